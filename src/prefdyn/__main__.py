@@ -1,0 +1,3 @@
+from prefdyn.cli import main
+
+main()

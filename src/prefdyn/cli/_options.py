@@ -1,0 +1,95 @@
+"""The options every experiment command shares, declared once."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from prefdyn.cli._config import build_config
+from prefdyn.errors import PrefdynError
+
+err_console = Console(stderr=True)
+
+
+def user_errors(fn):
+    """Print a :class:`PrefdynError` as one red line (no traceback) and exit with 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PrefdynError as e:
+            err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+# name -> (section or None for top level, field, typer annotation)
+COMMON: dict[str, tuple[str | None, str, Any]] = {
+    "config": (None, "config", Annotated[Optional[str], typer.Option(help="YAML run config; flags override it.")]),
+    "model": ("model", "name", Annotated[Optional[str], typer.Option(help="Model: local folder, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct).")]),
+    "data": ("data", "path", Annotated[Optional[str], typer.Option(help="Folder of persona JSONL files (default: bundled demo data).")]),
+    "behaviors": ("data", "behaviors", Annotated[Optional[str], typer.Option(help="Comma-separated behavior names (default: all).")]),
+    "n": ("task", "n_per_behavior", Annotated[Optional[int], typer.Option(help="Statements per behavior (seeded, balanced).")]),
+    "seed": (None, "seed", Annotated[Optional[int], typer.Option(help="Seed for sampling, splits and training.")]),
+    "out": (None, "out", Annotated[Optional[str], typer.Option(help="Output folder.")]),
+    "chat": ("task", "chat_template", Annotated[Optional[bool], typer.Option("--chat/--raw", help="Apply the model's chat template.")]),
+    "answers": ("task", "answers", Annotated[Optional[str], typer.Option(help='Comma-separated (yes,no) answers, e.g. "Yes,No".')]),
+    "test_fraction": ("task", "test_fraction", Annotated[Optional[float], typer.Option(help="Held-out share per behavior.")]),
+    "steps": ("train", "steps", Annotated[Optional[int], typer.Option(help="Training steps.")]),
+    "beta": ("train", "beta", Annotated[Optional[float], typer.Option(help="DPO beta.")]),
+    "lr": ("train", "lr", Annotated[Optional[float], typer.Option(help="Learning rate (default: derived from the curvature at the start).")]),
+    "optimizer": ("train", "optimizer", Annotated[Optional[str], typer.Option(help="sgd (the paper) or adamw.")]),
+    "loss": ("train", "loss", Annotated[Optional[str], typer.Option(help="Loss name: dpo, ipo, hinge.")]),
+    "batch_size": ("train", "batch_size", Annotated[Optional[int], typer.Option(help="Minibatch size per behavior (default: full batch).")]),
+    "device": ("model", "device", Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")]),
+    "cache_dir": ("model", "cache_dir", Annotated[Optional[str], typer.Option(help="Cache folder (default: $PREFDYN_CACHE or ~/.cache/prefdyn).")]),
+    "trust_remote_code": ("model", "trust_remote_code", Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow the model's own code (hub models only).")]),
+}
+
+_SPLIT = {"behaviors", "answers"}
+
+
+def _split(name: str, value: Any) -> Any:
+    if value is None or name not in _SPLIT:
+        return value
+    parts = [p for p in value.split(",") if p != ""]
+    return parts if name == "behaviors" else tuple(parts)
+
+
+def with_experiment_options(defaults: dict[str, dict[str, Any]] | None = None):
+    """Decorate ``fn(cfg, **own_options)``: adds the common options to its CLI signature
+    and builds ``cfg`` (defaults < --config file < flags) before calling it."""
+
+    def decorate(fn):
+        hints = typing.get_type_hints(fn, include_extras=True)
+        own = [p.replace(annotation=hints[p.name])
+               for p in inspect.signature(fn).parameters.values() if p.name != "cfg"]
+
+        @functools.wraps(fn)
+        @user_errors
+        def wrapper(**kwargs):
+            common = {k: kwargs.pop(k) for k in COMMON}
+            overrides: dict[str, dict[str, Any]] = {}
+            top: dict[str, Any] = {}
+            for name, (section, field, _) in COMMON.items():
+                if section is None:
+                    top[field] = common[name]
+                else:
+                    overrides.setdefault(section, {})[field] = _split(name, common[name])
+            cfg = build_config(top.pop("config"), overrides, top, defaults)
+            return fn(cfg, **kwargs)
+
+        params = own + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                          annotation=ann) for name, (_, _, ann) in COMMON.items()]
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__
+        return wrapper
+
+    return decorate

@@ -1,0 +1,38 @@
+"""Data: persona behaviors, preference pairs, behavior tasks, label flips and mixtures."""
+
+from prefdyn.data.demo import demo_data_dir, load_demo
+from prefdyn.data.pairs import detect_format, load_pairs, split_hh
+from prefdyn.data.persona import behavior_name, list_behaviors, load_persona_dir, load_persona_file
+from prefdyn.data.records import PersonaItem, PreferencePair
+from prefdyn.data.tasks import (
+    DEFAULT_TEMPLATE,
+    BehaviorData,
+    TaskConfig,
+    build_behavior,
+    build_behaviors,
+    flip,
+    mix_behaviors,
+    render_prompt,
+)
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "BehaviorData",
+    "PersonaItem",
+    "PreferencePair",
+    "TaskConfig",
+    "behavior_name",
+    "build_behavior",
+    "build_behaviors",
+    "demo_data_dir",
+    "detect_format",
+    "flip",
+    "list_behaviors",
+    "load_demo",
+    "load_pairs",
+    "load_persona_dir",
+    "load_persona_file",
+    "mix_behaviors",
+    "render_prompt",
+    "split_hh",
+]

@@ -1,0 +1,26 @@
+"""Diagnostics computed from hidden states before training (Im & Li, ICML 2024).
+
+``distinguishability``: per-behavior D, Delta and class geometry (Section 3);
+``priority``: priority levels of jointly trained behaviors (Eq. 5);
+``summary``: :func:`diagnose`, a ranked and explained prediction.
+"""
+
+from prefdyn.diagnostics.distinguishability import BehaviorStats, behavior_stats
+from prefdyn.diagnostics.priority import (
+    PriorityGaps,
+    PriorityResult,
+    priority_gap_matrix,
+    priority_levels,
+)
+from prefdyn.diagnostics.summary import Diagnosis, diagnose
+
+__all__ = [
+    "BehaviorStats",
+    "Diagnosis",
+    "PriorityGaps",
+    "PriorityResult",
+    "behavior_stats",
+    "diagnose",
+    "priority_gap_matrix",
+    "priority_levels",
+]

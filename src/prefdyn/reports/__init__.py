@@ -1,0 +1,30 @@
+"""Figures and the self-contained HTML report.
+
+``plots`` turns numpy arrays into matplotlib figures in one consistent look;
+``html`` assembles headline numbers, explanations, figures and tables into a
+single offline HTML file. Neither needs torch.
+"""
+
+from prefdyn.reports._style import D_CMAP, PALETTE, d_colors, style
+from prefdyn.reports.html import Report, Section
+from prefdyn.reports.plots import (
+    close_figure,
+    fig_to_png_bytes,
+    plot_bars,
+    plot_curves,
+    plot_grid,
+    plot_heatmap,
+    plot_pair_curves,
+    plot_projection_2d,
+    plot_scatter_rank,
+    save_figure,
+    spearman,
+    subplots_grid,
+)
+
+__all__ = [
+    "D_CMAP", "PALETTE", "Report", "Section", "close_figure", "d_colors", "fig_to_png_bytes",
+    "plot_bars", "plot_curves", "plot_grid", "plot_heatmap", "plot_pair_curves",
+    "plot_projection_2d", "plot_scatter_rank", "save_figure", "spearman", "style",
+    "subplots_grid",
+]

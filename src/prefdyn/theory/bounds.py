@@ -1,0 +1,163 @@
+"""Bounds on DPO's last-layer update (Im & Li, ICML 2024, Section 4.1).
+
+Setting: only the unembedding ``W_U`` ``(V, d)`` is trained, from ``W0``, on
+single-token answers. A sample with last hidden state ``g`` ``(d,)``, preferred
+row ``y+`` and dispreferred row ``y-`` has the implicit-reward margin
+
+    h = (W - W0)[y+] . g - (W - W0)[y-] . g
+
+(the log-partition of the softmax cancels in the DPO log-ratio), DPO loss
+``-log sigmoid(beta h)`` and gradient ``-beta sigmoid(-beta h) (e_y+ - e_y-) g^T``.
+
+Theorem 4.1 bounds the update after ``t`` steps of learning rate ``eta`` by
+
+    ||W_U(t) - W_U(0)|| <= 6 beta' eta t d^(Delta - 1/2),   beta = beta' d^(-1/2),
+
+and since ``d^Delta = D`` this is ``6 beta eta t D``: the more distinguishable a
+behavior, the faster its weights may move.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from prefdyn.errors import PrefdynError
+
+__all__ = [
+    "THEOREM41_CONSTANT",
+    "dpo_last_layer_grad",
+    "estimate_theorem41_constants",
+    "theorem41_bound",
+]
+
+THEOREM41_CONSTANT = 6.0
+"""The constant of Theorem 4.1: the per-step rate bound in units of ``beta * D``."""
+
+
+def theorem41_bound(beta: float, lr: float, steps: int | Tensor, d: int, D: float) -> Tensor:
+    """Theorem 4.1's bound on ``||W_U(t) - W_U(0)||`` after ``t = steps`` steps.
+
+    Written as the theorem states it, ``6 beta' eta t d^(Delta - 1/2)`` with
+    ``beta' = beta sqrt(d)`` (the paper scales DPO's ``beta = beta' d^(-1/2)``)
+    and ``Delta = log D / log d``. Because ``d^Delta = D`` and
+    ``beta' d^(-1/2) = beta``, it equals ``6 beta eta t D``.
+
+    Args:
+        beta: DPO's ``beta`` (the one passed to the loss, not ``beta'``).
+        lr: learning rate ``eta``.
+        steps: step count ``t``, an int or a tensor of any shape.
+        d: embedding width, at least 2.
+        D: distinguishability ``||mu+ - mu-||`` (Section 3); ``D = 0`` gives 0.
+
+    Returns:
+        float64 tensor shaped like ``steps``.
+    """
+    if d < 2 or not D >= 0:
+        raise PrefdynError(f"Theorem 4.1 needs d >= 2 and D >= 0, got d={d}, D={D}")
+    t = torch.as_tensor(steps, dtype=torch.float64)
+    if D == 0:  # Delta = -inf, d**Delta = 0
+        return torch.zeros_like(t)
+    beta_prime = beta * math.sqrt(d)
+    Delta = math.log(D) / math.log(d)
+    return THEOREM41_CONSTANT * beta_prime * lr * t * d ** (Delta - 0.5)
+
+
+def dpo_last_layer_grad(
+    W: Tensor,
+    W0: Tensor,
+    G: Tensor,
+    prefers_yes: Tensor,
+    beta: float,
+    rows: tuple[int, int] = (0, 1),
+) -> Tensor:
+    """Closed-form gradient of the mean last-layer DPO loss with respect to ``W``.
+
+    With ``s_i = +1`` where Yes is preferred and ``-1`` otherwise, the margin is
+    ``h_i = s_i <r, g_i>`` with ``r = (W - W0)[yes] - (W - W0)[no]``, and
+
+        grad[yes] = -grad[no] = -(beta / n) sum_i sigmoid(-beta h_i) s_i g_i,
+
+    all other rows zero (Section 4.1; the softmax's log-partition cancels).
+
+    Args:
+        W: ``(V, d)`` current unembedding, ``V >= 2``.
+        W0: ``(V, d)`` reference (initial) unembedding.
+        G: ``(n, d)`` last hidden states.
+        prefers_yes: ``(n,)`` bool, True where Yes is preferred.
+        beta: DPO's ``beta``.
+        rows: ``(yes_row, no_row)`` indices of the answer tokens in ``W``.
+
+    Returns:
+        ``(V, d)`` gradient in ``W``'s dtype.
+    """
+    yes, no = rows
+    delta_W = (W - W0).to(torch.float64)
+    g = G.to(torch.float64)
+    sign = prefers_yes.to(torch.float64) * 2 - 1
+    margin = sign * (g @ (delta_W[yes] - delta_W[no]))
+    coef = -beta * torch.sigmoid(-beta * margin) * sign
+    row_grad = coef @ g / g.shape[0]
+    grad = torch.zeros_like(delta_W)
+    grad[yes] = row_grad
+    grad[no] = -row_grad
+    return grad.to(W.dtype)
+
+
+def estimate_theorem41_constants(
+    embeddings: Tensor, prefers_yes: Tensor, beta: float
+) -> dict[str, float]:
+    """How tight Theorem 4.1's constant 6 is on these hidden states.
+
+    At ``W = W0`` every margin is 0 and ``sigmoid(0) = 1/2``, so the gradient of
+    the mean DPO loss on a (Yes, No) unembedding is
+    ``-(beta / 2) (e_yes - e_no) m^T`` with ``m = (n+ mu+ - n- mu-) / n`` and
+
+        ||grad L(W0)||_F = (beta / sqrt 2) ||m||.
+
+    One gradient step moves ``W_U`` by ``eta ||grad||``, so
+    ``C_hat = ||grad||_F / (beta D)`` is the observed per-step rate in the
+    theorem's units: the theorem's 6 is an upper bound on it. With balanced
+    classes ``m = b / 2`` and ``C_hat = sqrt(2) / 4 ~ 0.35``.
+
+    Caveat: real last hidden states share a large common mean direction (see
+    ``BehaviorStats.mean_norm``). With unbalanced classes ``m`` contains
+    ``(n+ - n-) / n`` times that mean, which ``D`` does not see, so ``C_hat``
+    can exceed 6; the theorem's distributional assumptions do not hold there.
+
+    Args:
+        embeddings: ``(n, d)`` last hidden states.
+        prefers_yes: ``(n,)`` bool, True where Yes is preferred.
+        beta: DPO's ``beta``.
+
+    Returns:
+        ``grad_norm``, ``C_hat``, ``theorem_constant`` (6), ``d``, ``D``,
+        ``Delta`` and ``beta_prime = beta sqrt(d)``, all floats.
+
+    Raises:
+        DataError: as :func:`prefdyn.diagnostics.behavior_stats`.
+        PrefdynError: ``beta <= 0``.
+    """
+    if not beta > 0:
+        raise PrefdynError(f"beta must be positive, got {beta}")
+    # Imported here because prefdyn.diagnostics.summary imports this module.
+    from prefdyn.diagnostics.distinguishability import check_embeddings, class_means
+
+    check_embeddings(embeddings, prefers_yes)
+    n, d = embeddings.shape
+    mu_pos, mu_neg = class_means(embeddings, prefers_yes)
+    D = float((mu_pos - mu_neg).norm())
+    n_pos = int(prefers_yes.sum())
+    signed_mean = (n_pos * mu_pos - (n - n_pos) * mu_neg) / n
+    grad_norm = beta / math.sqrt(2) * float(signed_mean.norm())
+    return {
+        "grad_norm": grad_norm,
+        "C_hat": grad_norm / (beta * D) if D > 0 else math.inf,
+        "theorem_constant": THEOREM41_CONSTANT,
+        "d": float(d),
+        "D": D,
+        "Delta": math.log(D) / math.log(d) if D > 0 else -math.inf,
+        "beta_prime": beta * math.sqrt(d),
+    }

@@ -1,0 +1,9 @@
+"""What is recorded while training: callbacks, metrics, history, run folders."""
+
+from prefdyn.tracking.callbacks import Callback, CallbackList
+from prefdyn.tracking.history import History
+from prefdyn.tracking.last_layer import LastLayerTracker, class_mean_difference
+from prefdyn.tracking.run_dir import RunDir, read_metrics
+
+__all__ = ["Callback", "CallbackList", "History", "LastLayerTracker", "RunDir",
+           "class_mean_difference", "read_metrics"]

@@ -1,0 +1,34 @@
+"""Callback protocol: dynamics tracking plugs into the one loop through these hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class Callback:
+    """Override what you need. ``state`` is the loop's :class:`TrainState`."""
+
+    def on_train_start(self, state, policy) -> None: ...
+
+    def on_step_end(self, state, policy, out) -> None: ...
+
+    def on_train_end(self, state, policy) -> None: ...
+
+
+class CallbackList(Callback):
+    def __init__(self, callbacks: Sequence[Callback]):
+        self.callbacks = list(callbacks)
+
+    def _all(self, name: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, name)(*args)
+
+    def on_train_start(self, state, policy) -> None:
+        self._all("on_train_start", state, policy)
+
+    def on_step_end(self, state, policy, out) -> None:
+        self._all("on_step_end", state, policy, out)
+
+    def on_train_end(self, state, policy) -> None:
+        self._all("on_train_end", state, policy)

@@ -1,0 +1,42 @@
+"""Preference metrics of a batch, vectorized over problems and their groups."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from prefdyn.losses.types import LossOutput, PreferenceLogps, masked_mean
+
+
+def per_example_metrics(out: LossOutput, logps: PreferenceLogps) -> dict[str, Tensor]:
+    """Per-example quantities whose means are tracked, each (..., n).
+
+    reward_acc: the implicit reward prefers y+ (margin > 0; ties at the start count 0);
+    policy_acc: the policy itself prefers y+ (log pi(y+) > log pi(y-));
+    chosen_fell: log pi(y+|x) dropped below the reference (likelihood displacement).
+    """
+    chosen_change = logps.chosen - logps.ref_chosen
+    return {
+        "loss": out.losses,
+        "margin": out.margins,
+        "reward_acc": (out.margins > 0).float(),
+        "policy_acc": (logps.chosen > logps.rejected).float(),
+        "chosen_logp": logps.chosen,
+        "rejected_logp": logps.rejected,
+        "chosen_logp_change": chosen_change,
+        "rejected_logp_change": logps.rejected - logps.ref_rejected,
+        "chosen_fell": (chosen_change < 0).float(),
+    }
+
+
+def reduce_metrics(values: dict[str, Tensor], mask: Tensor, groups: Tensor | None,
+                   n_groups: int) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """Masked means: per problem (B,) and, if ``n_groups > 1``, per (problem, group) (B, G)."""
+    whole = {k: masked_mean(v, mask) for k, v in values.items()}
+    if groups is None or n_groups <= 1:
+        return whole, None
+    onehot = torch.nn.functional.one_hot(groups, n_groups).to(mask.dtype) * mask[..., None]
+    w = onehot.float()  # (B, N, G)
+    counts = w.sum(1).clamp_min(1.0)
+    by_group = {k: torch.einsum("bn,bng->bg", v.float(), w) / counts for k, v in values.items()}
+    return whole, by_group

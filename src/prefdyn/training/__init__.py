@@ -1,0 +1,14 @@
+"""One training step and one loop for every mode; last-layer setup on top."""
+
+from prefdyn.training.batches import full_batches, random_minibatches
+from prefdyn.training.config import TrainConfig
+from prefdyn.training.last_layer import LastLayerData, LastLayerPolicy, stack_problems
+from prefdyn.training.loop import TrainState, train
+from prefdyn.training.runner import LastLayerRun, fit_last_layer, make_optimizer
+from prefdyn.training.step import StepOutput, compute_loss, training_step
+from prefdyn.training.step_size import default_lr, hessian_lambda_max
+
+__all__ = ["LastLayerData", "LastLayerPolicy", "LastLayerRun", "StepOutput", "TrainConfig",
+           "TrainState", "compute_loss", "default_lr", "fit_last_layer", "full_batches",
+           "hessian_lambda_max", "make_optimizer", "random_minibatches", "stack_problems",
+           "train", "training_step"]

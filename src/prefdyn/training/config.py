@@ -1,0 +1,49 @@
+"""Training configuration (one dataclass for every mode)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prefdyn.errors import PrefdynError
+
+
+@dataclass
+class TrainConfig:
+    """How to train.
+
+    ``lr=None`` derives the step size from the loss curvature at the start
+    (:func:`prefdyn.training.step_size.default_lr`). With plain gradient descent
+    on the last layer the curves depend on ``lr * beta**2`` only.
+    """
+
+    loss: str = "dpo"
+    beta: float = 0.1
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float | None = None
+    lr_safety: float = 1.0
+    weight_decay: float = 0.0
+    steps: int = 300
+    batch_size: int | None = None
+    rows: Literal["answers", "all"] = "answers"
+    log_every: int = 1
+    eval_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise PrefdynError(f"beta must be > 0, got {self.beta}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise PrefdynError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.lr is not None and self.lr <= 0:
+            raise PrefdynError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr_safety <= 2:
+            raise PrefdynError(f"lr_safety must be in (0, 2] (gradient descent diverges past 2/lambda_max), got {self.lr_safety}")
+        if self.steps < 1:
+            raise PrefdynError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise PrefdynError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.rows not in ("answers", "all"):
+            raise PrefdynError(f"rows must be 'answers' or 'all', got {self.rows!r}")
+        if self.log_every < 1 or self.eval_every < 1:
+            raise PrefdynError("log_every and eval_every must be >= 1")

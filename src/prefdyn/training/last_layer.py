@@ -1,0 +1,136 @@
+"""The last-layer policy of Im & Li (ICML 2024, Sections 3-4).
+
+The embeddings ``g(x)`` (inputs of ``lm_head``) are fixed; only the unembedding
+``W_U`` is trained, so ``pi(y|x) = softmax(W_U g(x))_y``. ``B`` independent
+problems (behaviors) are trained at once: the weights have shape ``(B, R, d)``
+and every data tensor ``(B, N, ...)``, padded with a row mask.
+
+``rows="answers"`` trains only the answer rows (R = 2). The other rows are
+frozen, so their contribution to the log-partition is a per-example constant
+``other_lse`` computed once: log-probabilities stay the true full-vocabulary ones
+while the step costs two dot products per example. For DPO the partition
+cancels and training all rows gives the same dynamics (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor, nn
+
+from prefdyn.losses.types import PreferenceLogps
+
+
+@dataclass
+class LastLayerData:
+    """``B`` problems of ``N`` (padded) examples each.
+
+    embeddings: (B, N, d) g(x); prefers_yes: (B, N) bool, the preferred answer is
+    row ``yes``; mask: (B, N) bool, real rows; groups: (B, N) long, sub-group
+    (behavior) of each row inside a mixture; other_lse: (B, N) logsumexp of the
+    frozen non-answer logits, or None to normalize over the answer rows only;
+    ref_yes / ref_no: (B, N) reference log-probs, filled by :meth:`with_reference`.
+    """
+
+    embeddings: Tensor
+    prefers_yes: Tensor
+    mask: Tensor
+    groups: Tensor
+    other_lse: Tensor | None = None
+    ref_yes: Tensor | None = None
+    ref_no: Tensor | None = None
+
+    @property
+    def n_problems(self) -> int:
+        return self.embeddings.shape[0]
+
+    def take(self, idx: Tensor) -> "LastLayerData":
+        """Rows ``idx`` (B, k) of every problem."""
+        def pick(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            if t.dim() == 3:
+                return torch.gather(t, 1, idx[..., None].expand(-1, -1, t.shape[-1]))
+            return torch.gather(t, 1, idx)
+        return LastLayerData(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
+
+    def with_reference(self, ref_yes: Tensor, ref_no: Tensor) -> "LastLayerData":
+        return replace(self, ref_yes=ref_yes.detach(), ref_no=ref_no.detach())
+
+
+def stack_problems(embeddings: list[Tensor], prefers_yes: list[Tensor],
+                   groups: list[Tensor] | None = None,
+                   other_lse: list[Tensor] | None = None) -> LastLayerData:
+    """Pad a list of per-problem tensors ((n_b, d), (n_b,)) into one :class:`LastLayerData`."""
+    B = len(embeddings)
+    n_max = max(e.shape[0] for e in embeddings)
+    d = embeddings[0].shape[1]
+    G = embeddings[0].new_zeros(B, n_max, d)
+    y = torch.zeros(B, n_max, dtype=torch.bool)
+    mask = torch.zeros(B, n_max, dtype=torch.bool)
+    grp = torch.zeros(B, n_max, dtype=torch.long)
+    lse = None if other_lse is None else embeddings[0].new_full((B, n_max), -torch.inf)
+    for b, (e, p) in enumerate(zip(embeddings, prefers_yes)):
+        n = e.shape[0]
+        G[b, :n], y[b, :n], mask[b, :n] = e, p.bool(), True
+        if groups is not None:
+            grp[b, :n] = groups[b]
+        if lse is not None:
+            lse[b, :n] = other_lse[b]
+    return LastLayerData(G, y, mask, grp, lse)
+
+
+class LastLayerPolicy(nn.Module):
+    """Trainable unembedding rows ``W: (B, R, d)`` with their start ``W0`` kept as a buffer.
+
+    ``yes`` / ``no`` are the row indices of the two answers in ``W`` (0 and 1 for
+    ``rows="answers"``, the token ids for ``rows="all"``).
+    """
+
+    def __init__(self, W_init: Tensor, n_problems: int, *, yes: int = 0, no: int = 1):
+        super().__init__()
+        W_init = W_init.detach().float()
+        if W_init.dim() == 2:
+            W_init = W_init.expand(n_problems, *W_init.shape)
+        self.W = nn.Parameter(W_init.clone())
+        self.register_buffer("W0", W_init.clone())
+        self.yes, self.no = yes, no
+
+    def answer_logps(self, data: LastLayerData) -> tuple[Tensor, Tensor]:
+        """log pi(yes|x), log pi(no|x): two (B, N) tensors."""
+        logits = torch.einsum("bnd,brd->bnr", data.embeddings, self.W)
+        lse = torch.logsumexp(logits, dim=-1)
+        if data.other_lse is not None:
+            lse = torch.logaddexp(lse, data.other_lse)
+        return logits[..., self.yes] - lse, logits[..., self.no] - lse
+
+    def logps(self, data: LastLayerData) -> PreferenceLogps:
+        """Chosen/rejected log-probs of the batch against its stored reference."""
+        yes, no = self.answer_logps(data)
+        y = data.prefers_yes
+        return PreferenceLogps(
+            chosen=torch.where(y, yes, no), rejected=torch.where(y, no, yes),
+            ref_chosen=torch.where(y, data.ref_yes, data.ref_no),
+            ref_rejected=torch.where(y, data.ref_no, data.ref_yes))
+
+    @torch.no_grad()
+    def reference_for(self, data: LastLayerData) -> LastLayerData:
+        """``data`` with the log-probs of the current weights stored as its reference."""
+        yes, no = self.answer_logps(data)
+        return data.with_reference(yes, no)
+
+    @torch.no_grad()
+    def delta(self) -> Tensor:
+        """W(t) - W(0): (B, R, d)."""
+        return self.W - self.W0
+
+    @torch.no_grad()
+    def boundary_delta(self) -> Tensor:
+        """Change of the decision direction u = dW[yes] - dW[no]: (B, d).
+
+        The DPO reward margin of an example is ``beta * s * <u, g>`` (s = +-1 by label),
+        so u is the normal of the learned decision boundary (Theorem 4.2's object).
+        """
+        dW = self.delta()
+        return dW[:, self.yes] - dW[:, self.no]

@@ -1,0 +1,54 @@
+"""The one training loop: batches in, steps out, callbacks for everything else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prefdyn.training.step import Objective, Policy, StepOutput, training_step
+from prefdyn.tracking.callbacks import Callback, CallbackList
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Where the loop is; callbacks read it (and may set ``stop``)."""
+
+    step: int = 0
+    max_steps: int = 0
+    stop: bool = False
+    error: BaseException | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def train(policy: Policy, objective: Objective, batches: Iterator[Any],
+          optimizer: torch.optim.Optimizer, *, steps: int,
+          callbacks: Sequence[Callback] = (), max_grad_norm: float | None = None,
+          start_step: int = 0) -> TrainState:
+    """Run ``steps`` updates. Callbacks see every step; on an error they are told
+    (``on_train_end`` with ``state.error`` set) before it propagates, so whatever
+    they recorded is kept."""
+    cbs = CallbackList(callbacks)
+    state = TrainState(step=start_step, max_steps=steps)
+    cbs.on_train_start(state, policy)
+    try:
+        for step in range(start_step + 1, steps + 1):
+            batch = next(batches)
+            out: StepOutput = training_step(policy, objective, batch, optimizer, step=step,
+                                            max_grad_norm=max_grad_norm)
+            state.step = step
+            cbs.on_step_end(state, policy, out)
+            if state.stop:
+                log.info("stopped by a callback at step %d", step)
+                break
+    except BaseException as e:
+        state.error = e
+        raise
+    finally:
+        cbs.on_train_end(state, policy)
+    return state

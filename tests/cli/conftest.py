@@ -1,0 +1,1 @@
+from tests.experiments.conftest import tiny_model_dir  # noqa: F401

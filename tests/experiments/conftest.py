@@ -1,0 +1,24 @@
+import pytest
+
+from prefdyn.data import TaskConfig
+from prefdyn.experiments import DataConfig, ModelConfig, prepare_workspace
+
+from tests._tiny import tiny_loaded, tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama + tokenizer saved as a local Hugging Face folder."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory):
+    """The bundled demo behaviors (20 statements each) seen by a tiny random model."""
+    cache = tmp_path_factory.mktemp("cache")
+    return prepare_workspace(ModelConfig(cache_dir=str(cache)), DataConfig(),
+                             TaskConfig(n_per_behavior=20, seed=0), progress=False,
+                             loaded=tiny_loaded())
