@@ -14,7 +14,10 @@ Theorem 4.1 bounds the update after ``t`` steps of learning rate ``eta`` by
     ||W_U(t) - W_U(0)|| <= 6 beta' eta t d^(Delta - 1/2),   beta = beta' d^(-1/2),
 
 and since ``d^Delta = D`` this is ``6 beta eta t D``: the more distinguishable a
-behavior, the faster its weights may move.
+behavior, the faster its weights may move. :func:`theorem42_bound` (the learned
+boundary aligns with ``mu+ - mu-``) and :func:`theorem43_bound` (the accuracy
+guarantee) are our reconstructions of Theorems 4.2 and 4.3 in this setting; their
+docstrings derive the exact form used.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ __all__ = [
     "dpo_last_layer_grad",
     "estimate_theorem41_constants",
     "theorem41_bound",
+    "theorem42_bound",
+    "theorem43_bound",
 ]
 
 THEOREM41_CONSTANT = 6.0
@@ -161,3 +166,85 @@ def estimate_theorem41_constants(
         "Delta": math.log(D) / math.log(d) if D > 0 else -math.inf,
         "beta_prime": beta * math.sqrt(d),
     }
+
+
+def theorem42_bound(steps: int | Tensor, cos_m_b: float, kappa: float) -> Tensor:
+    """Lower bound on ``cos(u(t), b)``, the learned boundary normal against ``b = mu+ - mu-``.
+
+    Our reconstruction of Theorem 4.2 (the paper's exact statement was not at
+    hand), derived for full-batch gradient descent on the mean last-layer DPO
+    loss, from any ``W0``. With ``u = (W - W0)[yes] - (W - W0)[no]``, ``s_i = +-1``,
+    ``sigma_i(t) = sigmoid(-beta s_i <u(t), g_i>)`` and ``m = (1/n) sum_i s_i g_i``:
+
+        u(t+1) = u(t) + (2 eta beta / n) sum_i sigma_i(t) s_i g_i,
+        u(t)   = eta beta t m + r(t)          (sigma_i = 1/2 would give r = 0).
+
+    Since ``|sigma(x) - 1/2| <= |x| / 4`` and ``||sum_i c_i s_i g_i|| <= ||G||_op ||c||``,
+    ``||r(t)|| <= kappa sum_(tau < t) ||u(tau)||`` with ``kappa = eta beta^2 ||G||_op^2 / (2n)
+    = eta lambda_max(H)`` (the curvature of the loss at ``W0``, see
+    :mod:`prefdyn.training.step_size`). The discrete Gronwall recursion gives
+    ``||r(t)|| <= eta beta ||m|| t rho(t)`` with ``rho(t) = (((1 + kappa)^t - 1) / kappa - t) / t``,
+    hence for ``t >= 1``
+
+        cos(u(t), b) >= (cos(m, b) - rho(t)) / (1 + rho(t)).
+
+    At ``t = 1`` it is exact (``u(1) = eta beta m``). It is informative while
+    ``kappa t = eta t lambda_max(H) <~ 1`` (the early, near-linear phase) and
+    falls to -1 (vacuous) after. ``cos(m, b)`` itself tends to 1 as ``n`` grows when
+    the classes are balanced and centered: ``m = b / 2 + noise`` with
+    ``E||noise||^2 = tr(Sigma) / n``.
+
+    Args:
+        steps: ``t``, an int or a tensor; ``t = 0`` (``u = 0``, no direction) gives -1.
+        cos_m_b: ``cos(m, b)``, the direction of the first step.
+        kappa: ``eta * lambda_max(H)`` at ``W0``, ``>= 0``.
+
+    Returns:
+        float64 tensor shaped like ``steps``, in ``[-1, 1]``.
+    """
+    if kappa < 0 or not -1 - 1e-9 <= cos_m_b <= 1 + 1e-9:
+        raise PrefdynError(f"need kappa >= 0 and cos_m_b in [-1, 1], got {kappa}, {cos_m_b}")
+    cos_m_b = min(1.0, max(-1.0, cos_m_b))  # a computed cosine may overshoot by rounding
+    t = torch.as_tensor(steps, dtype=torch.float64)
+    tt = t.clamp_min(1.0)
+    if kappa == 0:
+        rho = torch.zeros_like(tt)
+    else:
+        # expm1/log1p keep ((1 + kappa)^t - 1) / kappa accurate for small kappa.
+        rho = (torch.expm1(tt * math.log1p(kappa)) / kappa - tt) / tt
+    bound = (cos_m_b - rho) / (1 + rho)
+    bound = torch.where(torch.isfinite(bound), bound, torch.full_like(bound, -1.0))
+    return torch.where(t >= 1, bound.clamp(-1.0, 1.0), torch.full_like(bound, -1.0))
+
+
+def theorem43_bound(margin: float | Tensor, K: float | Tensor, alpha: float) -> Tensor:
+    """Lower bound on the probability that a fresh sample of one class is ranked right.
+
+    Our reconstruction of Theorem 4.3 (accuracy guarantee). A sample of class
+    ``c`` (``s_c = +-1``) is ranked right by the learned reward iff
+    ``s_c <u, g> > 0``. Write ``g = mu_c + eps`` and ``margin = s_c <u_hat, mu_c>``
+    (the class mean's distance to the boundary; for centered means
+    ``mu+- = +-b/2`` it is ``(D / 2) cos(u, b)``, and a common mean ``mu0`` lowers it
+    by at most ``|<u_hat, mu0>|``). If ``<u_hat, eps>`` is alpha-subexponential
+    with Orlicz norm ``K`` (``E exp(|X / K|^alpha) <= 2``), Markov's inequality gives
+
+        P(wrong) <= P(|<u_hat, eps>| >= margin) <= 2 exp(-(margin / K)^alpha),
+
+    so ``accuracy >= 1 - 2 exp(-(margin / K)^alpha)`` (clipped at 0; ``margin <= 0``
+    gives 0). ``u`` must not depend on the sample (a held-out sample).
+
+    Args:
+        margin: ``s_c <u_hat, mu_c>``, any shape.
+        K: psi_alpha norm of the noise along ``u_hat``, positive, broadcastable.
+        alpha: the tail shape, in ``(0, 2]``.
+
+    Returns:
+        float64 tensor, broadcast of ``margin`` and ``K``.
+    """
+    if not 0 < alpha <= 2:
+        raise PrefdynError(f"alpha must be in (0, 2], got {alpha}")
+    r = torch.as_tensor(margin, dtype=torch.float64).clamp_min(0.0)
+    K = torch.as_tensor(K, dtype=torch.float64)
+    if (K <= 0).any():
+        raise PrefdynError("K (the psi_alpha norm) must be positive")
+    return (1 - 2 * torch.exp(-((r / K) ** alpha))).clamp_min(0.0)
