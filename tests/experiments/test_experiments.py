@@ -74,3 +74,26 @@ def test_run_folder_has_everything(tiny_workspace, tmp_path):
     assert first["step"] == 0 and math.isclose(first["loss"], math.log(2), rel_tol=1e-5)
     env = json.loads((out / "environment.json").read_text())
     assert env["packages"]["torch"]
+
+
+def test_training_all_rows_gives_the_answer_rows_dynamics(tiny_workspace):
+    which = [0, 1]
+    cfg = TrainConfig(steps=10, lr=0.05)
+    answers = tiny_workspace.fit(tiny_workspace.problems(which), cfg, names=["a", "b"])
+    all_rows = tiny_workspace.fit(tiny_workspace.problems(which),
+                                  TrainConfig(steps=10, lr=0.05, rows="all"), names=["a", "b"])
+    for name in ("a", "b"):
+        assert answers.history.curves("loss")[1][name] == pytest.approx(
+            all_rows.history.curves("loss")[1][name], abs=1e-5)
+    yes, no = tiny_workspace.answer_ids
+    torch.testing.assert_close(all_rows.policy.W[:, [yes, no]], answers.policy.W, atol=1e-5, rtol=1e-5)
+
+
+def test_nan_keeps_metrics_and_names_the_step(tiny_workspace, tmp_path):
+    from prefdyn.errors import TrainingError
+    cfg = ExperimentConfig(train=TrainConfig(steps=50, lr=float("inf")), out=str(tmp_path))
+    with pytest.raises(TrainingError, match=r"step \d+"):
+        run_experiment("distinguishability", cfg, ws=tiny_workspace, progress=False)
+    out = tmp_path / "distinguishability"
+    assert json.loads((out / "summary.json").read_text())["failed_at_step"] >= 1
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["step"] == 0

@@ -14,7 +14,7 @@ from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_bars, plot_curves, plot_scatter_rank, spearman
 from prefdyn.theory.bounds import theorem41_bound
-from prefdyn.training import TrainConfig, fit_last_layer
+from prefdyn.training import TrainConfig
 
 
 def slope_through_origin(t: np.ndarray, y: np.ndarray) -> float:
@@ -32,7 +32,7 @@ def diagnose_workspace(ws: Workspace, train: TrainConfig, lr: float):
 def run_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None) -> ExperimentResult:
     names = ws.names
     has_test = all(len(b.test_idx) > 0 for b in ws.behaviors)
-    run = fit_last_layer(ws.W_answers, ws.problems(split="train"), train, names=names,
+    run = ws.fit(ws.problems(split="train"), train, names=names,
                          test_data=ws.problems(split="test") if has_test else None, sink=sink)
     diag = diagnose_workspace(ws, train, run.lr)
     D = {n: s.D for n, s in zip(names, diag.stats)}

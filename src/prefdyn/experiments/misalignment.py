@@ -26,7 +26,7 @@ import numpy as np
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_pair_curves
-from prefdyn.training import TrainConfig, fit_last_layer
+from prefdyn.training import TrainConfig
 
 FLIP_ACCURACY = 0.9
 """Misaligned "done": this share of flipped-label prompts prefer the flipped answer."""
@@ -42,19 +42,21 @@ def run_misalignment(ws: Workspace, train: TrainConfig, *, which: list[int] | No
                      sink=None) -> ExperimentResult:
     which = list(range(len(ws.names))) if which is None else which
     names = [ws.names[i] for i in which]
-    aligned = fit_last_layer(ws.W_answers, ws.problems(which), train, names=names)
+    aligned = ws.fit(ws.problems(which), train, names=names)
     # One step size for every run so that speeds are comparable.
     same = dataclasses.replace(train, lr=aligned.lr)
     W_aligned = aligned.policy.W.detach().clone()
     flipped = ws.problems(which, flip=True)
 
-    def fit(start, reference=None, tag=""):
-        return fit_last_layer(start, flipped, same, names=names, reference=reference,
-                              sink=_Tagged(sink, tag) if sink is not None else None)
+    W_base = ws.start_weights(train.rows)[0]
 
-    from_base = fit(ws.W_answers, tag="from_base")
+    def fit(start, reference=None, tag=""):
+        return ws.fit(flipped, same, start=start, reference=reference, names=names,
+                      sink=_Tagged(sink, tag) if sink is not None else None)
+
+    from_base = fit(None, tag="from_base")
     from_aligned = fit(W_aligned, tag="from_aligned")
-    from_aligned_base_ref = fit(W_aligned, reference=ws.W_answers, tag="from_aligned_base_ref")
+    from_aligned_base_ref = fit(W_aligned, reference=W_base, tag="from_aligned_base_ref")
 
     steps, base_loss = from_base.history.curves("loss")
     _, al_loss = from_aligned.history.curves("loss")

@@ -16,7 +16,7 @@ from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_bars, plot_curves, plot_heatmap, plot_scatter_rank, spearman
 from prefdyn.tracking import class_mean_difference
-from prefdyn.training import TrainConfig, fit_last_layer
+from prefdyn.training import TrainConfig
 
 
 def loss_auc(curve: np.ndarray) -> float:
@@ -30,7 +30,7 @@ def run_priority(ws: Workspace, train: TrainConfig, *, which: list[int] | None =
     names = [ws.names[i] for i in which]
     data = ws.mixture(which)
     has_test = all(len(ws.behaviors[i].test_idx) > 0 for i in which)
-    run = fit_last_layer(ws.W_answers, data, train, names=["joint"], group_names=names,
+    run = ws.fit(data, train, names=["joint"], group_names=names,
                          test_data=ws.mixture(which, split="test") if has_test else None, sink=sink)
 
     per = ws.problems(which)

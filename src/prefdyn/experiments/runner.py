@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefdyn._runtime import resolve_device, set_seed
+from prefdyn.errors import TrainingError
 from prefdyn.experiments.config import ExperimentConfig
 from prefdyn.experiments.diagnostics import run_diagnostics
 from prefdyn.experiments.distinguishability import run_distinguishability
@@ -46,7 +47,12 @@ def run_experiment(name: str, cfg: ExperimentConfig, *, progress: bool = True,
     out = Path(out or Path(cfg.out) / name)
     with RunDir(out, config=cfg, seed=cfg.seed, device=resolve_device(cfg.model.device)) as run:
         ws = ws or prepare_workspace(cfg.model, cfg.data, cfg.task, progress=progress)
-        result = EXPERIMENTS[name](ws, cfg.train, sink=run, **kwargs)
+        try:
+            result = EXPERIMENTS[name](ws, cfg.train, sink=run, **kwargs)
+        except TrainingError as e:
+            # metrics.jsonl already holds every step before the failure.
+            run.write_summary({"experiment": name, "error": str(e), "failed_at_step": e.step})
+            raise
         result.write(run)
         report = Report(f"prefdyn — {result.title}", subtitle=f"{ws.model_name}, {len(ws.names)} behaviors")
         result.add_to(report)

@@ -26,7 +26,7 @@ from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_bars, plot_curves, plot_grid, plot_heatmap, plot_scatter_rank
 from prefdyn.theory.bounds import theorem41_bound, theorem42_bound, theorem43_bound
 from prefdyn.theory.checks import (BoundaryRecorder, accuracy_bound, check_assumptions, check_theorem41,
-                                   check_theorem42, first_step_identity, psi_norm, theorem42_constants)
+                                   check_theorem42, cosines, first_step_identity, psi_norm, theorem42_constants)
 from prefdyn.theory.scaling import (cluster_structure, concept_problems, fit_exponent, persona_problems,
                                     run_margin_dynamics)
 from prefdyn.theory.synthetic import concept_law, two_class_law
@@ -91,37 +91,45 @@ def _hoeffding(n: int) -> float:
     return math.sqrt(math.log(1 / HOEFFDING_DELTA) / (2 * n))
 
 
-def _evaluate(run, rec: BoundaryRecorder, b: int, name: str, G, y, *, beta: float, D: float,
-              acc_inputs: tuple, alpha: float, n_test: int) -> dict:
-    """Theorems 4.1-4.3 for problem ``b`` of a run: assumptions, bounds and measured curves."""
+def _evaluate(run, rec: BoundaryRecorder, b: int, name: str, G, y, *, beta: float, b_ref, acc_inputs: tuple,
+              n_test: int, D: float | None = None, alpha: float | None = None) -> dict:
+    """Theorems 4.1-4.3 for problem ``b`` of a run: assumptions, bounds and measured curves.
+
+    4.2 is measured on the recorded boundary normals against ``b_ref`` (the law's
+    ``mu+ - mu-`` where known); 4.3 at the test-evaluation steps. ``D`` / ``alpha`` default
+    to the data's (``D_hat``, ``alpha_hat`` capped at 2) where the law is unknown."""
     d = G.shape[1]
     report = check_assumptions(G, y)
+    D = report.stats.D if D is None else D
+    alpha = min(report.alpha_hat, 2.0) if alpha is None else alpha
     w_steps, fro = run.history.curves("dW_fro", split="weights")
-    _, cos = run.history.curves("cos_boundary", split="weights")
     t41 = check_theorem41(w_steps, fro[name], beta=beta, lr=run.lr, d=d, D=D)
-    c42 = theorem42_constants(G, y, beta=beta, lr=run.lr)
-    bound42 = theorem42_bound(torch.as_tensor(w_steps), c42["cos_m_b"], c42["kappa"]).numpy()
-    t42 = check_theorem42(w_steps, cos[name], bound42)
-    t_steps, acc = run.history.curves("reward_acc", split="test")
+    c42 = theorem42_constants(G, y, beta=beta, lr=run.lr, b=b_ref, stats=report.stats)
     rec_steps, directions = rec.stacked()
-    keep = np.isin(rec_steps, t_steps)
-    bound43 = accuracy_bound(directions[b][keep], *acc_inputs, alpha).numpy()
+    cos = cosines(directions[b], b_ref)
+    bound42 = theorem42_bound(torch.as_tensor(rec_steps), c42["cos_m_b"], c42["kappa"]).numpy()
+    t42 = check_theorem42(rec_steps, cos, bound42)
+    t_steps, acc = run.history.curves("reward_acc", split="test")
+    at_test = directions[b][np.isin(rec_steps, t_steps)]
+    bound43 = accuracy_bound(at_test, *acc_inputs, alpha).numpy()
     pos = t_steps >= 1
     holds43 = bool(np.all(acc[name][pos] >= bound43[pos] - _hoeffding(n_test)))
     return {"name": name, "d": d, "D": D, "assumptions": report, "t41": t41, "c42": c42, "t42": t42,
-            "holds43": holds43, "w_steps": w_steps, "fro": fro[name], "cos": cos[name],
+            "holds43": holds43, "w_steps": w_steps, "fro": fro[name], "rec_steps": rec_steps, "cos": cos,
             "bound41": theorem41_bound(beta, run.lr, torch.as_tensor(w_steps), d, D).numpy(),
             "bound42": bound42, "t_steps": t_steps, "acc": acc[name], "bound43": bound43,
-            "directions": directions[b][keep]}
+            "directions": at_test}
 
 
 def _row(e: dict, **extra) -> dict:
     rep = e["assumptions"]
     return {**extra, "D": e["D"], "assumptions failing": ", ".join(rep.failed) or "none",
             "alpha_hat": rep.alpha_hat, "4.1 rate / (beta eta D)": e["t41"]["C_emp"],
-            "4.1 holds": e["t41"]["holds"], "cos(m, b)": e["c42"]["cos_m_b"], "kappa": e["c42"]["kappa"],
+            "4.1 holds": e["t41"]["holds"], "cos(m, b)": e["c42"]["cos_m_b"],
+            "cos(m, b) predicted": e["c42"]["predicted_cos"], "kappa": e["c42"]["kappa"],
             "4.2 holds": e["t42"]["holds"], "4.2 informative to step": e["t42"]["horizon"],
-            "test acc": float(e["acc"][-1]), "4.3 bound": float(e["bound43"][-1]), "4.3 holds": e["holds43"]}
+            "test acc": float(e["acc"][-1]), "4.3 bound": float(e["bound43"][-1]), "4.3 holds": e["holds43"],
+            **({"4.3 a priori (best)": float(np.max(e["bound43_apriori"]))} if "bound43_apriori" in e else {})}
 
 
 def _panels(points: list[dict], key: str, bound: str, ylabel: str, title: str, by: str = "d"):
@@ -129,7 +137,7 @@ def _panels(points: list[dict], key: str, bound: str, ylabel: str, title: str, b
     groups: dict = {}
     for e in points:
         groups.setdefault(e[by], []).append(e)
-    steps_key = "t_steps" if key == "acc" else "w_steps"
+    steps_key = {"acc": "t_steps", "cos": "rec_steps"}.get(key, "w_steps")
     panels = [functools.partial(plot_curves, {e["label"]: e[steps_key] for e in es},
                                 {e["label"]: e[key] for e in es},
                                 bounds={e["label"]: e[bound] for e in es},
@@ -161,7 +169,7 @@ def run_theorem_grid(grid: GridConfig, train: TrainConfig, *, seed: int = 0, sin
         trains = [law.sample(grid.n, generator=gen, pos_share=grid.pos_share) for law in laws]
         tests = [law.sample(grid.n_test, generator=gen, pos_share=grid.pos_share) for law in laws]
         names = [f"d={d}, Delta={Delta:g}, alpha={alpha:g}" for Delta, alpha in specs]
-        rec = BoundaryRecorder(train.eval_every)
+        rec = BoundaryRecorder(train.log_every)
         run = fit_last_layer(torch.zeros(2, d), stack_problems([g.float() for g, _ in trains], [y for _, y in trains]),
                              dataclasses.replace(train, beta=beta), names=names, sink=sink, callbacks=[rec],
                              test_data=stack_problems([g.float() for g, _ in tests], [y for _, y in tests]))
@@ -169,18 +177,15 @@ def run_theorem_grid(grid: GridConfig, train: TrainConfig, *, seed: int = 0, sin
             # Theorem 4.3's constants from the law (means) and a fresh noise sample (K).
             acc_inputs = (law.mu_pos, law.mu_neg, law.noise(grid.n, True, generator=gen),
                           law.noise(grid.n, False, generator=gen))
-            e = _evaluate(run, rec, b, name, G, y, beta=beta, D=law.D, acc_inputs=acc_inputs,
+            e = _evaluate(run, rec, b, name, G, y, beta=beta, D=law.D, b_ref=law.b, acc_inputs=acc_inputs,
                           alpha=alpha, n_test=grid.n_test)
             e.update(Delta=Delta, alpha=alpha, beta=beta, lr=run.lr, label=f"Delta={Delta:g}")
-            # A priori chain 4.2 -> 4.3: angle(u, b) <= angle(u, b_hat) + angle(b_hat, b).
-            b_hat = G[y].mean(0) - G[~y].mean(0)
-            gap = math.acos(max(-1.0, min(1.0, float(torch.nn.functional.cosine_similarity(b_hat, law.b, dim=0)))))
-            cos_lb = np.cos(np.minimum(np.pi, np.arccos(theorem42_bound(torch.as_tensor(e["t_steps"]),
-                                       e["c42"]["cos_m_b"], e["c42"]["kappa"]).numpy()) + gap))
+            # A priori chain 4.2 -> 4.3: the cosine's lower bound (against the law's b) as the
+            # margin (D/2) cos - ||mu0||, with the largest psi norm seen along any learned normal.
+            cos_lb = theorem42_bound(torch.as_tensor(e["t_steps"]), e["c42"]["cos_m_b"], e["c42"]["kappa"])
             u_hat = torch.nn.functional.normalize(e["directions"][1:], dim=-1)
             K = max(float(psi_norm(u_hat @ r.T, alpha).max()) for r in acc_inputs[2:])
-            e["bound43_apriori"] = theorem43_bound(torch.as_tensor(law.D / 2 * cos_lb - float(law.common_mean.norm())),
-                                                   K, alpha).numpy()
+            e["bound43_apriori"] = theorem43_bound(law.D / 2 * cos_lb - float(law.common_mean.norm()), K, alpha).numpy()
             points.append(e)
     return _grid_result(points, grid, train, seed)
 
@@ -282,16 +287,16 @@ def run_theorems_on_embeddings(ws: Workspace, train: TrainConfig, *, sink=None) 
     names, d = ws.names, ws.d
     if any(len(b.test_idx) < 2 for b in ws.behaviors):
         raise PrefdynError("the real-embedding checks need a test split (test_fraction > 0)")
-    rec = BoundaryRecorder(train.eval_every)
+    rec = BoundaryRecorder(train.log_every)
     run = fit_last_layer(ws.W_answers, ws.problems(split="train"), train, names=names, sink=sink,
                          test_data=ws.problems(split="test"), callbacks=[rec])
     points = []
     for b, name in enumerate(names):
         G = ws.embeddings[b][ws.rows(b, "train")]
         y = ws.behaviors[b].prefers_yes[ws.rows(b, "train")]
-        rep = check_assumptions(G, y)
-        e = _evaluate(run, rec, b, name, G, y, beta=train.beta, D=rep.stats.D, acc_inputs=_real_acc_inputs(G, y),
-                      alpha=min(rep.alpha_hat, 2.0), n_test=len(ws.behaviors[b].test_idx))
+        acc_inputs = _real_acc_inputs(G, y)
+        e = _evaluate(run, rec, b, name, G, y, beta=train.beta, b_ref=acc_inputs[0] - acc_inputs[1],
+                      acc_inputs=acc_inputs, n_test=len(ws.behaviors[b].test_idx))
         points.append(e)
     mix = ws.mixture(split="train")
     a3 = first_step_identity(mix.embeddings[0], mix.prefers_yes[0], mix.groups[0], beta=train.beta, lr=run.lr)

@@ -7,6 +7,7 @@ the last layer on these tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -18,7 +19,8 @@ from prefdyn.data import BehaviorData, TaskConfig, build_behaviors, load_demo, l
 from prefdyn.embeddings import cached_embeddings
 from prefdyn.experiments.config import DataConfig, ModelConfig
 from prefdyn.models import LoadedModel, answer_token_ids, load_model, unembedding
-from prefdyn.training import LastLayerData, stack_problems
+from prefdyn.training import (LastLayerData, LastLayerRun, TrainConfig, fit_last_layer,
+                              stack_problems)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,8 @@ class Workspace:
 
     embeddings[i]: (n_i, d) g(x) of every row of behaviors[i]; other_lse[i]: (n_i,)
     logsumexp of the logits of every token except the two answers (frozen in
-    last-layer training, so log-probs stay full-vocabulary ones); W_answers:
-    (2, d) the unembedding rows of (yes, no).
+    last-layer training, so log-probs stay full-vocabulary ones); W_U: (V, d) the
+    unembedding; answer_ids: the token ids of (yes, no).
     """
 
     model_name: str
@@ -38,8 +40,32 @@ class Workspace:
     behaviors: list[BehaviorData]
     embeddings: list[Tensor]
     other_lse: list[Tensor]
-    W_answers: Tensor
+    W_U: Tensor
     answer_ids: list[int]
+
+    @property
+    def W_answers(self) -> Tensor:
+        """(2, d) the unembedding rows of the (yes, no) answers."""
+        return self.W_U[self.answer_ids]
+
+    def start_weights(self, rows: str) -> tuple[Tensor, int, int]:
+        """(W_init, yes row, no row) for ``rows="answers"`` (2 rows) or ``"all"`` (V rows)."""
+        if rows == "all":
+            return self.W_U, self.answer_ids[0], self.answer_ids[1]
+        return self.W_answers, 0, 1
+
+    def fit(self, data: LastLayerData, cfg: TrainConfig, *, start: Tensor | None = None,
+            reference: Tensor | None = None, **kwargs) -> LastLayerRun:
+        """Last-layer training from this model's unembedding; ``cfg.rows`` picks the rows.
+
+        ``start``/``reference`` override the initial/reference weights (same rows).
+        """
+        W0, yes, no = self.start_weights(cfg.rows)
+        if cfg.rows == "all":
+            # Every row is trained: the softmax runs over the whole vocabulary.
+            data = dataclasses.replace(data, other_lse=None)
+        return fit_last_layer(W0 if start is None else start, data, cfg, yes=yes, no=no,
+                              reference=reference, **kwargs)
 
     @property
     def names(self) -> list[str]:
@@ -115,4 +141,4 @@ def prepare_workspace(model: ModelConfig, data: DataConfig, task: TaskConfig, *,
         model_name=loaded.name, model_fingerprint=loaded.fingerprint, behaviors=behaviors,
         embeddings=embeddings,
         other_lse=[other_logsumexp(e, W_U, answer_ids) for e in embeddings],
-        W_answers=W_U[answer_ids].clone(), answer_ids=answer_ids)
+        W_U=W_U, answer_ids=answer_ids)

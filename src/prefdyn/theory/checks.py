@@ -25,7 +25,7 @@ from prefdyn.theory.bounds import THEOREM41_CONSTANT, dpo_last_layer_grad, theor
 from prefdyn.training.loop import Callback
 
 __all__ = ["A3Result", "Assumption", "AssumptionReport", "BoundaryRecorder", "accuracy_bound",
-           "check_assumptions", "check_theorem41", "check_theorem42", "estimate_alpha",
+           "check_assumptions", "cosines", "check_theorem41", "check_theorem42", "estimate_alpha",
            "first_step_identity", "gn_moment_ratio", "psi_norm", "theorem42_constants"]
 
 BALANCE_TOL = 0.1
@@ -89,7 +89,7 @@ def _tail_ratio(residuals: Tensor, alpha: float) -> float:
     return float(np.quantile(z, q)) / fitted
 
 
-def psi_norm(x: Tensor, alpha: float, iters: int = 100) -> Tensor:
+def psi_norm(x: Tensor, alpha: float, iters: int = 50) -> Tensor:
     """Empirical Orlicz norm ``inf{K : mean exp(|x / K|^alpha) <= 2}`` over the last dim.
 
     By Markov's inequality the share of the sample with ``|x| >= r`` is at most
@@ -196,11 +196,12 @@ def check_theorem41(steps: np.ndarray, dW: np.ndarray, *, beta: float, lr: float
 
 
 def theorem42_constants(embeddings: Tensor, prefers_yes: Tensor, *, beta: float, lr: float,
-                        b: Tensor | None = None) -> dict[str, float]:
+                        b: Tensor | None = None, stats: BehaviorStats | None = None) -> dict[str, float]:
     """What :func:`prefdyn.theory.bounds.theorem42_bound` needs, from one behavior's data.
 
     ``m = (1/n) sum_i s_i g_i`` (the first step's direction), ``cos_m_b`` against ``b``
-    (default ``mu_hat+ - mu_hat-``, the direction the tracker compares with),
+    (default ``mu_hat+ - mu_hat-``, the tracker's direction; with balanced classes
+    ``m = (mu_hat+ - mu_hat-) / 2`` exactly, so pass the law's ``b`` where it is known),
     ``lambda = lambda_max(G^T G / n)`` and ``kappa = eta beta^2 lambda / 2``;
     ``predicted_cos = 1 / sqrt(1 + 4 tr(Sigma) / (n D^2))`` is the centered, balanced
     population value of ``cos(m, b)`` (``d^Delta`` enters through ``D``).
@@ -214,11 +215,18 @@ def theorem42_constants(embeddings: Tensor, prefers_yes: Tensor, *, beta: float,
     b = b.double()
     gram = g @ g.T if n <= g.shape[1] else g.T @ g
     lam = float(torch.linalg.eigvalsh(gram)[-1]) / n
-    stats = behavior_stats(embeddings, prefers_yes)
+    stats = stats or behavior_stats(embeddings, prefers_yes)
     trace_sigma = stats.trace_ratio * stats.D**2
     return {"cos_m_b": float(torch.nn.functional.cosine_similarity(m, b, dim=0)),
             "m_norm": float(m.norm()), "lambda": lam, "kappa": lr * beta**2 * lam / 2,
             "predicted_cos": 1 / math.sqrt(1 + 4 * trace_sigma / (n * stats.D**2))}
+
+
+def cosines(directions: Tensor, b: Tensor) -> np.ndarray:
+    """``cos(u(t), b)`` of recorded boundary normals ``(T, d)``; 0 where ``u = 0``."""
+    u = directions.double()
+    cos = torch.nn.functional.cosine_similarity(u, b.double()[None], dim=-1)
+    return torch.where(u.norm(dim=-1) > 0, cos, torch.zeros_like(cos)).numpy()
 
 
 def check_theorem42(steps: np.ndarray, cos: np.ndarray, bound: np.ndarray) -> dict[str, float | bool]:
