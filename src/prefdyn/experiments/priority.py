@@ -64,7 +64,9 @@ def run_priority(ws: Workspace, train: TrainConfig, *, which: list[int] | None =
         headlines.append(("Spearman(D·P, loss AUC)", fmt(rho), f"joint run of {len(names)}; expected < 0"))
 
     res = ExperimentResult(
-        name="priority", title="Joint training prioritizes some behaviors",
+        name="priority",
+        title=(f"Priority within a pair: {names[0]} vs {names[1]}" if len(names) == 2
+               else "Joint training prioritizes some behaviors"),
         explanation=(
             f"The behaviors {', '.join(names)} are mixed and trained together with DPO on the last "
             "layer. The shared update follows the mean b_bar of the per-behavior directions "

@@ -1,7 +1,11 @@
-"""Theory of the learning dynamics of alignment (Im & Li, ICML 2024).
+"""Theory of the learning dynamics of alignment (Im & Li, ICML 2024; Im & Li 2024b).
 
-One module per result: ``bounds`` holds Theorem 4.1 (the DPO update bound)
-and the closed-form last-layer DPO gradient it is about.
+One module per concern: ``bounds`` holds the bounds as pure formulas (Theorem
+4.1, our reconstructions of 4.2 and 4.3) and the closed-form last-layer DPO
+gradient; ``synthetic`` the alpha-subexponential generators (two classes with
+``||mu+ - mu-|| = d^Delta``; K concepts x Q samples); ``checks`` the assumption
+checks, constants, theorem checks and the exact A.3 identity; ``scaling`` the
+K-concept margin dynamics and the cluster-structure check.
 """
 
 from prefdyn.theory.bounds import (
@@ -9,11 +13,51 @@ from prefdyn.theory.bounds import (
     dpo_last_layer_grad,
     estimate_theorem41_constants,
     theorem41_bound,
+    theorem42_bound,
+    theorem43_bound,
+)
+from prefdyn.theory.checks import (
+    A3Result,
+    Assumption,
+    AssumptionReport,
+    BoundaryRecorder,
+    accuracy_bound,
+    check_assumptions,
+    check_theorem41,
+    check_theorem42,
+    cosines,
+    estimate_alpha,
+    first_step_identity,
+    psi_norm,
+    theorem42_constants,
+)
+from prefdyn.theory.scaling import (
+    ClusterStructure,
+    ScalingRun,
+    cluster_structure,
+    concept_problems,
+    fit_exponent,
+    linear_margin_rates,
+    persona_problems,
+    run_margin_dynamics,
+    steps_to_margin,
+)
+from prefdyn.theory.synthetic import (
+    ConceptLaw,
+    TwoClassLaw,
+    concept_law,
+    generalized_normal,
+    gn_psi_norm,
+    gn_scale,
+    two_class_law,
 )
 
 __all__ = [
-    "THEOREM41_CONSTANT",
-    "dpo_last_layer_grad",
-    "estimate_theorem41_constants",
-    "theorem41_bound",
+    "A3Result", "Assumption", "AssumptionReport", "BoundaryRecorder", "ClusterStructure", "ConceptLaw",
+    "ScalingRun", "THEOREM41_CONSTANT", "TwoClassLaw", "accuracy_bound", "check_assumptions",
+    "check_theorem41", "check_theorem42", "cluster_structure", "concept_law", "concept_problems",
+    "cosines", "dpo_last_layer_grad", "estimate_alpha", "estimate_theorem41_constants",
+    "first_step_identity", "fit_exponent", "generalized_normal", "gn_psi_norm", "gn_scale",
+    "linear_margin_rates", "persona_problems", "psi_norm", "run_margin_dynamics", "steps_to_margin",
+    "theorem41_bound", "theorem42_bound", "theorem42_constants", "theorem43_bound", "two_class_law",
 ]
