@@ -12,8 +12,10 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from prefdyn.cli._options import user_errors, with_experiment_options
+from prefdyn.cli.theory import theory_app
 from prefdyn.experiments import ExperimentConfig, ExperimentResult, run_demo, run_experiment
 from prefdyn.experiments.priority import highest_gap_pair
+from prefdyn.errors import PrefdynError
 from prefdyn.experiments.workspace import prepare_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -84,7 +86,6 @@ def priority(cfg: ExperimentConfig,
         names = pair.split(",")
         missing = [n for n in names if n not in ws.names]
         if len(names) != 2 or missing:
-            from prefdyn.errors import PrefdynError
             raise PrefdynError(f"--pair needs two of {ws.names}, got {pair!r}")
         which = [ws.names.index(n) for n in names]
     _experiment("priority", cfg, ws=ws, which=which)
@@ -105,3 +106,6 @@ def info() -> None:
     from prefdyn.models import embedded_gguf_path
     console.print(f"cache: {cache_dir()}")
     console.print(f"embedded model: {embedded_gguf_path()}")
+
+
+app.add_typer(theory_app, name="theory", help="Theory lab: the theorems checked numerically, and the scaling law.")

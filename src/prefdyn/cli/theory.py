@@ -28,6 +28,7 @@ from prefdyn.experiments.theory import (GridConfig, ScalingConfig, run_scaling_l
 from prefdyn.experiments.workspace import Workspace, prepare_workspace
 from prefdyn.reports import Report
 from prefdyn.tracking import RunDir
+from prefdyn.training import TrainConfig
 
 theory_app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -38,8 +39,11 @@ console = Console()
 GRID_DEFAULTS = {"train": {"beta": 1.0, "steps": 200, "lr_safety": 0.1, "log_every": 2, "eval_every": 10}}
 """beta is Theorem 4.1's beta' here; lr_safety 0.1 keeps eta lambda_max(H) small, where 4.2's bound speaks."""
 REAL_DEFAULTS = {"train": {"steps": 300, "lr_safety": 0.1, "log_every": 2, "eval_every": 10}}
-SCALING_DEFAULTS = {"train": {"steps": 300, "lr_safety": 0.1, "log_every": 1, "eval_every": 1}}
-"""Every step evaluated and a tenth of the curvature step: steps-to-margin must resolve K = 1."""
+SCALING_DEFAULTS = {"train": {"steps": 300, "log_every": 1, "eval_every": 1}}
+SCALING_SAFETY = {"synthetic": 0.1, "persona": 1.0}
+"""Share of 1/lambda_max(H) per source. Synthetic: a tenth, so steps-to-margin resolves K = 1
+(every step is evaluated). Persona: the full step; real hidden states share a large mean
+direction that sets lambda_max(H) while barely entering the DPO update, so smaller steps crawl."""
 PERSONA_DIR_N = 64
 """Statements per behavior when a persona folder is given without --n (embedding stays minutes)."""
 THEORY_ATTRIBUTION = ("Theory: Im & Li, 'Understanding the Learning Dynamics of Alignment with Human "
@@ -147,7 +151,8 @@ def real(cfg: ExperimentConfig) -> None:
 @theory_app.command()
 @with_experiment_options(SCALING_DEFAULTS)
 def scaling(cfg: ExperimentConfig,
-            source: Annotated[str, typer.Option(help="synthetic (fast) or persona (behaviors as concepts).")] = "synthetic",
+            source: Annotated[str, typer.Option(
+                help="synthetic (fast) or persona (behaviors as concepts).")] = "synthetic",
             ks: Annotated[str, typer.Option(help="Numbers of concepts K, comma-separated.")] = "1,2,4,8,16",
             qs: Annotated[Optional[str], typer.Option(help="Samples per cluster Q (default: 8,32,128 synthetic; "
                                                            "three sizes up to what persona data holds).")] = None,
@@ -157,11 +162,17 @@ def scaling(cfg: ExperimentConfig,
             center_norm: Annotated[float, typer.Option(help="Synthetic: norm of each concept's center.")] = 4.0,
             global_mean: Annotated[float, typer.Option(help="Synthetic: norm of a mean shared by all concepts.")] = 0.0,
             alpha: Annotated[float, typer.Option(help="Synthetic: noise tail shape in (0, 2].")] = 2.0,
-            target: Annotated[Optional[float], typer.Option(help="Target reward margin (default: half the "
-                                                                 "smallest final test margin).")] = None) -> None:
+            target: Annotated[Optional[float], typer.Option(
+                help="Target reward margin (default: half the smallest final test margin at the largest Q).")] = None,
+            safety: Annotated[Optional[float], typer.Option(
+                help="Step size as a share of 1/lambda_max(H) (default: 0.1 synthetic, 1.0 persona).")] = None) -> None:
     """Reward-margin dynamics of K concepts x Q samples (Im & Li 2024b) and the cluster-structure check."""
     if source not in ("synthetic", "persona"):
         raise PrefdynError(f"--source must be synthetic or persona, got {source!r}")
+    if safety is None and cfg.train.lr_safety == TrainConfig.lr_safety:  # not set by a --config file either
+        safety = SCALING_SAFETY[source]
+    if safety is not None:
+        cfg.train = dataclasses.replace(cfg.train, lr_safety=safety)
     settings = ScalingConfig(ks=_numbers(ks, int, "ks"), qs=_numbers(qs, int, "qs") if qs else None, d=dim, D=sep,
                              rho=rho, center_norm=center_norm, global_mean=global_mean, alpha=alpha, target=target)
 

@@ -77,3 +77,15 @@ def reduce_loss(losses: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 __all__ = ["PreferenceLogps", "LossOutput", "masked_mean", "reduce_loss"]
+
+
+def compute_loss(policy, objective, batch):
+    """Forward pass and reduction, no update: (scalar loss, per-problem loss, out, logps).
+
+    ``policy.logps(batch)`` gives the log-probabilities, ``objective`` the per-example
+    losses; the batch's ``mask`` (if any) marks real rows.
+    """
+    logps = policy.logps(batch)
+    out = objective(logps)
+    problem_loss = masked_mean(out.losses, getattr(batch, "mask", None))
+    return problem_loss.sum(), problem_loss, out, logps

@@ -167,7 +167,8 @@ def check_assumptions(embeddings: Tensor, prefers_yes: Tensor) -> AssumptionRepo
     checks = [
         check("balanced", abs(share - 0.5), BALANCE_TOL, abs(share - 0.5) <= BALANCE_TOL,
               "|share preferring Yes - 1/2|", "4.1, A.3"),
-        check("centered", center, CENTER_RATIO, center <= CENTER_RATIO, "||(mu+ + mu-)/2|| / D", "4.1 (unbalanced), 4.3"),
+        check("centered", center, CENTER_RATIO, center <= CENTER_RATIO, "||(mu+ + mu-)/2|| / D",
+              "4.1 (unbalanced), 4.3"),
         check("enough_samples", noise, NOISE_SHARE, noise <= NOISE_SHARE,
               "tr(Sigma)(1/n+ + 1/n-) / D^2", "4.1, 4.2"),
         check("concentrated", stats.along_ratio, SPREAD_RATIO, stats.along_ratio <= SPREAD_RATIO,

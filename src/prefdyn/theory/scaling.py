@@ -248,14 +248,20 @@ class ScalingRun:
 def run_margin_dynamics(W_init: Tensor, problems: ScalingProblems, cfg: TrainConfig, *,
                         target: float | None = None, sink=None) -> ScalingRun:
     """Train every cell jointly on its mixture (one step size for all cells, so speeds compare)
-    and measure the margins. ``target=None``: half the smallest final test margin, so that every
-    cell reaches it (margins rise about monotonically under full-batch DPO)."""
+    and measure the margins. ``target=None``: half the smallest final test margin among the cells
+    with the largest ``Q`` (they generalize best), so that every such cell reaches it (margins rise
+    about monotonically under full-batch DPO); cells with small ``Q`` may not (inf)."""
     run = fit_last_layer(W_init, problems.train, cfg, names=problems.names, test_data=problems.test,
                          sink=sink)
     steps, train_margin = run.history.curves("margin")
     test_steps, test_margin = run.history.curves("margin", split="test")
     if target is None:
-        target = 0.5 * min(float(v[-1]) for v in test_margin.values())
+        q_max = max(problems.Qs)
+        finals = [float(test_margin[n][-1]) for n, q in zip(problems.names, problems.Qs) if q == q_max]
+        target = 0.5 * min(finals)
+        if not target > 0:
+            raise PrefdynError(f"a cell with Q = {q_max} ends with a test margin <= 0 ({min(finals):.3g}); "
+                               "train longer, raise the step size, or give a target margin")
     rate_train, rate_test = linear_margin_rates(problems.train, problems.test, beta=cfg.beta, lr=run.lr)
     names = problems.names
     steps_test = {n: steps_to_margin(test_steps, test_margin[n], target) for n in names}

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prefdyn.losses.types import masked_mean
+from prefdyn.losses.types import compute_loss
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.preference import per_example_metrics, reduce_metrics
-from prefdyn.training.step import compute_loss
 
 
 def class_mean_difference(data) -> Tensor:

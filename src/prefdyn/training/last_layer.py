@@ -30,7 +30,8 @@ class LastLayerData:
     row ``yes``; mask: (B, N) bool, real rows; groups: (B, N) long, sub-group
     (behavior) of each row inside a mixture; other_lse: (B, N) logsumexp of the
     frozen non-answer logits, or None to normalize over the answer rows only;
-    ref_yes / ref_no: (B, N) reference log-probs, filled by :meth:`with_reference`.
+    ref_chosen / ref_rejected: (B, N) reference log-probs of the preferred and
+    dispreferred answers, filled by :meth:`with_reference`.
     """
 
     embeddings: Tensor
@@ -38,8 +39,8 @@ class LastLayerData:
     mask: Tensor
     groups: Tensor
     other_lse: Tensor | None = None
-    ref_yes: Tensor | None = None
-    ref_no: Tensor | None = None
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
 
     @property
     def n_problems(self) -> int:
@@ -56,7 +57,10 @@ class LastLayerData:
         return LastLayerData(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
 
     def with_reference(self, ref_yes: Tensor, ref_no: Tensor) -> "LastLayerData":
-        return replace(self, ref_yes=ref_yes.detach(), ref_no=ref_no.detach())
+        """Store the reference log-probs of the preferred and dispreferred answers."""
+        y = self.prefers_yes
+        return replace(self, ref_chosen=torch.where(y, ref_yes, ref_no).detach(),
+                       ref_rejected=torch.where(y, ref_no, ref_yes).detach())
 
 
 def stack_problems(embeddings: list[Tensor], prefers_yes: list[Tensor],
@@ -81,6 +85,25 @@ def stack_problems(embeddings: list[Tensor], prefers_yes: list[Tensor],
     return LastLayerData(G, y, mask, grp, lse)
 
 
+class _FixedInputLinear(torch.autograd.Function):
+    """logits = G @ W^T per problem, (B, N, d) x (B, R, d) -> (B, N, R).
+
+    The embeddings never need a gradient, and autograd's default backward for a
+    batched matmul reads G transposed, 2-4x slower on CPU than the contiguous
+    product dlogits^T @ G used here (the step is memory-bound on reading G).
+    """
+
+    @staticmethod
+    def forward(ctx, G: Tensor, W: Tensor) -> Tensor:
+        ctx.save_for_backward(G)
+        return torch.bmm(G, W.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad_logits: Tensor):
+        (G,) = ctx.saved_tensors
+        return None, torch.bmm(grad_logits.transpose(1, 2), G)
+
+
 class LastLayerPolicy(nn.Module):
     """Trainable unembedding rows ``W: (B, R, d)`` with their start ``W0`` kept as a buffer.
 
@@ -97,22 +120,31 @@ class LastLayerPolicy(nn.Module):
         self.register_buffer("W0", W_init.clone())
         self.yes, self.no = yes, no
 
-    def answer_logps(self, data: LastLayerData) -> tuple[Tensor, Tensor]:
-        """log pi(yes|x), log pi(no|x): two (B, N) tensors."""
-        logits = torch.einsum("bnd,brd->bnr", data.embeddings, self.W)
-        lse = torch.logsumexp(logits, dim=-1)
+    def _log_partition(self, logits: Tensor, data: LastLayerData) -> Tensor:
+        if logits.shape[-1] == 2:  # an elementwise op is much cheaper than a size-2 reduction
+            lse = torch.logaddexp(logits[..., 0], logits[..., 1])
+        else:
+            lse = torch.logsumexp(logits, dim=-1)
         if data.other_lse is not None:
             lse = torch.logaddexp(lse, data.other_lse)
+        return lse
+
+    def answer_logps(self, data: LastLayerData) -> tuple[Tensor, Tensor]:
+        """log pi(yes|x), log pi(no|x): two (B, N) tensors."""
+        logits = _FixedInputLinear.apply(data.embeddings, self.W)
+        lse = self._log_partition(logits, data)
         return logits[..., self.yes] - lse, logits[..., self.no] - lse
 
     def logps(self, data: LastLayerData) -> PreferenceLogps:
         """Chosen/rejected log-probs of the batch against its stored reference."""
-        yes, no = self.answer_logps(data)
-        y = data.prefers_yes
-        return PreferenceLogps(
-            chosen=torch.where(y, yes, no), rejected=torch.where(y, no, yes),
-            ref_chosen=torch.where(y, data.ref_yes, data.ref_no),
-            ref_rejected=torch.where(y, data.ref_no, data.ref_yes))
+        logits = _FixedInputLinear.apply(data.embeddings, self.W)
+        lse = self._log_partition(logits, data)
+        rows = torch.where(data.prefers_yes[..., None],
+                           logits.new_tensor([self.yes, self.no], dtype=torch.long),
+                           logits.new_tensor([self.no, self.yes], dtype=torch.long))
+        pair = logits.gather(-1, rows) - lse[..., None]
+        return PreferenceLogps(chosen=pair[..., 0], rejected=pair[..., 1],
+                               ref_chosen=data.ref_chosen, ref_rejected=data.ref_rejected)
 
     @torch.no_grad()
     def reference_for(self, data: LastLayerData) -> LastLayerData:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from prefdyn.errors import TrainingError
-from prefdyn.losses.types import LossOutput, PreferenceLogps, masked_mean
+from prefdyn.losses.types import LossOutput, PreferenceLogps, compute_loss
 
 
 class Policy(Protocol):
@@ -39,15 +39,6 @@ class StepOutput:
     out: LossOutput
     logps: PreferenceLogps
     grad_norm: Tensor
-
-
-def compute_loss(policy: Policy, objective: Objective, batch: Any):
-    """Forward pass and reduction, no update: (scalar loss, per-problem loss, out, logps)."""
-    logps = policy.logps(batch)
-    out = objective(logps)
-    mask = getattr(batch, "mask", None)
-    problem_loss = masked_mean(out.losses, mask)
-    return problem_loss.sum(), problem_loss, out, logps
 
 
 def training_step(policy: Policy, objective: Objective, batch: Any,

@@ -1,0 +1,101 @@
+"""``prefdyn theory ...``: every verb end to end, writing the usual run folder."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from prefdyn.cli.theory import theory_app
+
+RUN_FILES = {"config.yaml", "environment.json", "metrics.jsonl", "summary.json", "report.html"}
+
+
+def _invoke(*args: str):
+    result = CliRunner().invoke(theory_app, list(args))
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def _check_run(folder, experiment: str) -> dict:
+    names = {p.name for p in folder.iterdir()}
+    assert RUN_FILES <= names and any(n.endswith(".png") for n in names)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["experiment"] == experiment
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["seed"] == 3 and "experiment" in config["config"]
+    assert "<img" in (folder / "report.html").read_text()
+    return summary
+
+
+def test_grid_command(tmp_path):
+    out = _invoke("grid", "--ds", "8,16", "--deltas", "0.2,0.5", "--alphas", "2,1", "--samples", "200",
+                  "--test-samples", "100", "--steps", "20", "--seed", "3", "--out", str(tmp_path)).output
+    assert "Theorem 4.1 holds" in out
+    summary = _check_run(tmp_path / "theory_grid", "theory_grid")
+    assert summary["points"] == 8 and summary["share_holds"]["4.1"] == 1.0
+    assert summary["a3_max_abs_error"] < 1e-12
+    assert summary["grid"]["ds"] == [8, 16]
+
+
+def test_grid_lr_is_one_eta_for_every_point(tmp_path):
+    _invoke("grid", "--ds", "8,32", "--deltas", "0.3", "--alphas", "2", "--samples", "100", "--test-samples", "50",
+            "--steps", "5", "--lr", "0.05", "--seed", "3", "--out", str(tmp_path))
+    summary = json.loads((tmp_path / "theory_grid" / "summary.json").read_text())
+    assert summary["lr_rule"] == "given"
+
+
+def test_scaling_synthetic_command(tmp_path):
+    _invoke("scaling", "--ks", "1,2,4", "--qs", "4,16", "--dim", "16", "--steps", "30", "--seed", "3",
+            "--out", str(tmp_path))
+    summary = _check_run(tmp_path / "theory_scaling_synthetic", "theory_scaling")
+    assert summary["Ks"] == [1, 2, 4] and summary["Qs"] == [4, 16] and len(summary["cells"]) == 6
+    config = yaml.safe_load((tmp_path / "theory_scaling_synthetic" / "config.yaml").read_text())
+    assert config["config"]["experiment"]["train"]["lr_safety"] == 0.1  # the synthetic default
+    assert config["config"]["theory"]["ks"] == [1, 2, 4]
+
+
+@pytest.mark.parametrize("args", [["grid", "--alphas", "3"], ["grid", "--ds", "a,b"],
+                                  ["scaling", "--source", "web"], ["scaling", "--ks", "0"]])
+def test_bad_input_is_one_red_line(args, tmp_path):
+    result = CliRunner().invoke(theory_app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "error" in result.output
+
+
+def test_through_the_main_entry_point(tmp_path):
+    """By subprocess: ``prefdyn theory`` once the lead has mounted it, else the main app with the
+    sub-app mounted the way cli/app.py will (``app.add_typer(theory_app, name="theory")``)."""
+    from prefdyn.cli.app import app
+    if any(g.name == "theory" for g in app.registered_groups):
+        cmd = [shutil.which("prefdyn") or "prefdyn"]
+    else:
+        cmd = [sys.executable, "-c", "from prefdyn.cli.app import app; from prefdyn.cli.theory import theory_app; "
+               "app.add_typer(theory_app, name='theory'); app()"]
+    done = subprocess.run([*cmd, "theory", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "grid" in done.stdout and "scaling" in done.stdout
+    done = subprocess.run([*cmd, "theory", "grid", "--ds", "8", "--deltas", "0.3", "--alphas", "2", "--samples", "64",
+                           "--test-samples", "32", "--steps", "5", "--seed", "3", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _check_run(tmp_path / "theory_grid", "theory_grid")
+
+
+@pytest.mark.integration
+def test_real_command_on_demo_data(tmp_path):
+    _invoke("real", "--steps", "20", "--seed", "3", "--out", str(tmp_path))
+    summary = _check_run(tmp_path / "theory_real", "theory_real")
+    assert len(summary["behaviors"]) == 8 and summary["a3_max_abs_error"] < 1e-9
+    assert set(summary["assumption_share"]) >= {"balanced", "centered", "subexponential_tails"}
+
+
+@pytest.mark.integration
+def test_scaling_persona_command_on_demo_data(tmp_path):
+    _invoke("scaling", "--source", "persona", "--steps", "20", "--seed", "3", "--out", str(tmp_path))
+    summary = _check_run(tmp_path / "theory_scaling_persona", "theory_scaling")
+    assert summary["Ks"] == [1, 2, 4, 8]  # the demo data has 8 behaviors
+    config = yaml.safe_load((tmp_path / "theory_scaling_persona" / "config.yaml").read_text())
+    assert config["config"]["experiment"]["train"]["lr_safety"] == 1.0
+    assert summary["cluster_structure"]["within_centered"] > summary["cluster_structure"]["between_centered"]
