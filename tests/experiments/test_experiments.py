@@ -4,11 +4,10 @@ import math
 import pytest
 import torch
 
-from prefdyn.experiments import (ExperimentConfig, DataConfig, ModelConfig, run_diagnostics,
+from prefdyn.experiments import (ExperimentConfig, run_diagnostics,
                                  run_distinguishability, run_experiment, run_misalignment,
                                  run_priority)
 from prefdyn.experiments.priority import highest_gap_pair
-from prefdyn.data import TaskConfig
 from prefdyn.training import TrainConfig
 
 CFG = TrainConfig(steps=30, log_every=1, eval_every=5)
