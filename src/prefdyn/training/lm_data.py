@@ -1,0 +1,140 @@
+"""Batches for LM training: persona Yes/No prompts and multi-token preference pairs.
+
+Texts are final strings (chat template already applied) and are encoded with
+``add_special_tokens=False``, as in :mod:`prefdyn.embeddings.extract`. Both
+builders validate everything up front (a :class:`DataError` names the row) and
+return an endless iterator of seeded, shuffled minibatches for
+:func:`prefdyn.training.loop.train`; one permutation per epoch, from an
+explicit generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from prefdyn.data.records import PreferencePair
+from prefdyn.data.tasks import BehaviorData
+from prefdyn.errors import DataError
+from prefdyn.training.lm_policy import AnswerBatch, PairBatch
+
+
+def _epochs(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Index minibatches forever: a fresh seeded permutation every epoch."""
+    if n < 1:
+        raise DataError("no training rows")
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=gen).tolist()
+        for start in range(0, n, batch_size):
+            yield perm[start:start + batch_size]
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise DataError("tokenizer has neither a pad nor an eos token to pad with")
+    return pad
+
+
+def _check_length(ids: list[int], max_length: int | None, what: str) -> None:
+    if max_length is not None and len(ids) > max_length:
+        raise DataError(f"{what} is {len(ids)} tokens, longer than the model's context "
+                        f"({max_length}); shorten it or drop it")
+
+
+def collate_prompts(token_ids: Sequence[list[int]], rows: Sequence[int], prefers_yes: torch.Tensor,
+                    yes_id: int, no_id: int, pad_id: int) -> AnswerBatch:
+    """Left-pad prompts into one :class:`AnswerBatch` (position ids from the mask)."""
+    n, width = len(token_ids), max(len(ids) for ids in token_ids)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, ids in enumerate(token_ids):
+        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, width - len(ids):] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return AnswerBatch(input_ids, attention_mask, position_ids, yes_id, no_id,
+                       prefers_yes.bool(), torch.as_tensor(list(rows), dtype=torch.long))
+
+
+def answer_batches(behavior: BehaviorData, tokenizer, yes_id: int, no_id: int, batch_size: int,
+                   seed: int, *, max_length: int | None = None) -> Iterator[AnswerBatch]:
+    """Endless shuffled minibatches of ``behavior``'s train rows (``rows`` = dataset index)."""
+    train_rows = behavior.train_idx.tolist()
+    prompts = [behavior.prompts[i] for i in train_rows]
+    token_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    for row, ids in zip(train_rows, token_ids):
+        if not ids:
+            raise DataError(f"prompt of row {row} is empty", source=behavior.name, field="prompt")
+        _check_length(ids, max_length, f"prompt of row {row}")
+    pad_id = _pad_id(tokenizer)
+    prefers_yes = behavior.prefers_yes
+
+    def gen() -> Iterator[AnswerBatch]:
+        for idx in _epochs(len(train_rows), batch_size, seed):
+            rows = [train_rows[i] for i in idx]
+            yield collate_prompts([token_ids[i] for i in idx], rows, prefers_yes[rows],
+                                  yes_id, no_id, pad_id)
+
+    return gen()
+
+
+def tokenize_pair(pair: PreferencePair, tokenizer, index: int, max_length: int | None
+                  ) -> tuple[list[int], int, list[int], int]:
+    """(chosen ids, prompt length, rejected ids, prompt length) of one pair, checked.
+
+    The prompt must tokenize to a prefix of prompt+response (token-level), or the
+    split between "context" and "scored response" would be ill-defined.
+    """
+    where = f"pair {index} ({pair.source})"
+    prompt_ids = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"]
+    if not prompt_ids:
+        raise DataError(f"{where}: empty prompt; the first response token needs a context",
+                        field="prompt")
+    out: list = []
+    for name, response in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+        ids = tokenizer(pair.prompt + response, add_special_tokens=False)["input_ids"]
+        if ids[:len(prompt_ids)] != prompt_ids:
+            raise DataError(f"{where}: the prompt's tokens are not a prefix of prompt+{name} "
+                            "(the tokenizer merges across the boundary); end the prompt with "
+                            "whitespace or a special token", field=name)
+        if len(ids) == len(prompt_ids):
+            raise DataError(f"{where}: empty {name} response", field=name)
+        _check_length(ids, max_length, f"{where}: prompt+{name}")
+        out += [ids, len(prompt_ids)]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def collate_pairs(encoded: Sequence[tuple[list[int], int, list[int], int]], rows: Sequence[int],
+                  pad_id: int) -> PairBatch:
+    """Right-pad chosen then rejected sequences into one (2n, T) :class:`PairBatch`."""
+    seqs = [(e[0], e[1]) for e in encoded] + [(e[2], e[3]) for e in encoded]
+    width = max(len(ids) for ids, _ in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    response_mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (ids, n_prompt) in enumerate(seqs):
+        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, :len(ids)] = 1
+        response_mask[i, n_prompt:len(ids)] = True
+    lengths = response_mask.sum(-1).float()
+    n = len(encoded)
+    return PairBatch(input_ids, attention_mask, response_mask, lengths[:n], lengths[n:],
+                     torch.as_tensor(list(rows), dtype=torch.long))
+
+
+def pair_batches(pairs: Sequence[PreferencePair], tokenizer, batch_size: int, seed: int,
+                 max_length: int | None = None) -> Iterator[PairBatch]:
+    """Endless shuffled minibatches of ``pairs``; ``max_length`` is the model's context
+    (e.g. ``model.config.max_position_embeddings``): longer sequences are a DataError."""
+    encoded = [tokenize_pair(p, tokenizer, i, max_length) for i, p in enumerate(pairs)]
+    pad_id = _pad_id(tokenizer)
+
+    def gen() -> Iterator[PairBatch]:
+        for idx in _epochs(len(encoded), batch_size, seed):
+            yield collate_pairs([encoded[i] for i in idx], idx, pad_id)
+
+    return gen()

@@ -1,0 +1,238 @@
+"""A causal LM as a preference policy, for full fine-tuning and LoRA.
+
+The sibling of :mod:`prefdyn.training.last_layer`: :class:`LMPolicy` turns a
+batch into :class:`PreferenceLogps` and goes through the same
+:func:`prefdyn.training.step.training_step` and loop. DPO (Rafailov et al. 2023,
+Eq. 7) needs ``log pi(y|x)`` of whole responses; two batch kinds give it:
+
+* :class:`AnswerBatch`, single-token answers (the persona Yes/No task of Im & Li
+  2024, Sec. 5): one forward pass of the prompt; ``lm_head`` is applied to the
+  last position only, so the (n, T, V) logits are never built.
+* :class:`PairBatch`, multi-token responses: chosen and rejected sequences in
+  one concatenated forward pass; ``lm_head`` is applied to the response
+  positions only and token log-probs are summed per sequence.
+
+Reference log-probs are computed once per row with the initial model (see
+:func:`reference_logps`): with LoRA by disabling the adapters, in full mode
+with a frozen copy of the starting weights (as TRL's ``ref_model``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prefdyn.errors import ModelError
+from prefdyn.losses.types import PreferenceLogps
+
+
+@dataclass
+class AnswerBatch:
+    """n left-padded prompts whose answer is one token.
+
+    input_ids / attention_mask / position_ids: (n, T); position ids come from the
+    mask so each prompt sees positions 0..len-1 as it would alone. prefers_yes:
+    (n,) bool. rows: (n,) long, dataset row of each prompt (keys the reference).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    yes_id: int
+    no_id: int
+    prefers_yes: Tensor
+    rows: Tensor
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    mask: Tensor | None = None  # every row is real
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class PairBatch:
+    """n (prompt, chosen, rejected) triples as 2n right-padded sequences.
+
+    input_ids / attention_mask / response_mask: (2n, T), rows 0..n-1 are
+    prompt+chosen, rows n..2n-1 prompt+rejected. ``response_mask[i, t]`` marks the
+    response tokens whose log-prob is summed (token t is predicted at t-1).
+    chosen_len / rejected_len: (n,) response lengths in tokens.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    chosen_len: Tensor
+    rejected_len: Tensor
+    rows: Tensor
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    mask: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.chosen_len.shape[0]
+
+
+LMBatch = AnswerBatch | PairBatch
+
+
+def apply_lora(model: nn.Module, r: int = 8, alpha: int = 32, dropout: float = 0.05,
+               target_modules: Sequence[str] = ("q_proj", "v_proj"), *,
+               seed: int | None = None) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters (peft), the setting of Im & Li 2024, App. C
+    (r=8, alpha=32, dropout 0.05 on q_proj and v_proj). The adapters are injected into
+    ``model``'s modules in place; only they are trainable. ``seed`` makes the
+    adapters' random init reproducible without touching the global RNG."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:  # pragma: no cover - peft is a declared dependency
+        raise ModelError("LoRA needs peft: pip install peft") from e
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=list(target_modules), bias="none", task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return get_peft_model(model, config)
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+class LMPolicy(nn.Module):
+    """A causal LM (plain, or peft-wrapped for LoRA) exposing ``logps(batch)``.
+
+    ``reference_model``: a frozen copy of the starting weights for full fine-tuning;
+    ``None`` with a LoRA model means "the model with its adapters disabled".
+    """
+
+    def __init__(self, model: nn.Module, reference_model: nn.Module | None = None):
+        super().__init__()
+        self.model = model
+        self.reference_model = reference_model
+        if reference_model is not None:
+            reference_model.requires_grad_(False).eval()
+        config = getattr(self._causal_lm(model), "config", None)
+        for name in ("final_logit_softcapping", "logit_scale"):
+            if getattr(config, name, None) not in (None, 1.0):
+                raise ModelError(f"LMPolicy applies lm_head alone and does not support {name}")
+
+    @property
+    def lora(self) -> bool:
+        return is_peft(self.model)
+
+    @staticmethod
+    def _causal_lm(model: nn.Module) -> nn.Module:
+        # The peft wrapper's base model carries the injected adapters.
+        return model.get_base_model() if is_peft(model) else model
+
+    def _parts(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        lm = self._causal_lm(model)
+        head = lm.get_output_embeddings()
+        if head is None:
+            raise ModelError(f"{type(lm).__name__} has no lm_head")
+        return lm.get_decoder(), head
+
+    def answer_logps(self, batch: AnswerBatch, model: nn.Module | None = None
+                     ) -> tuple[Tensor, Tensor]:
+        """log pi(yes|x), log pi(no|x), each (n,), from the last position's hidden state."""
+        decoder, head = self._parts(model if model is not None else self.model)
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        logprobs = torch.log_softmax(head(hidden[:, -1]).float(), dim=-1)  # (n, V)
+        return logprobs[:, batch.yes_id], logprobs[:, batch.no_id]
+
+    def pair_logps(self, batch: PairBatch, model: nn.Module | None = None
+                   ) -> tuple[Tensor, Tensor]:
+        """Summed response-token log-probs of chosen and rejected, each (n,)."""
+        decoder, head = self._parts(model if model is not None else self.model)
+        position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=position_ids, use_cache=False).last_hidden_state
+        targets = batch.response_mask[:, 1:]  # token t+1 is predicted from position t
+        row_idx = targets.nonzero(as_tuple=True)[0]
+        logits = head(hidden[:, :-1][targets]).float()  # (K, V), K = response tokens only
+        token_logps = torch.log_softmax(logits, dim=-1).gather(
+            -1, batch.input_ids[:, 1:][targets][:, None]).squeeze(-1)
+        seq = logits.new_zeros(batch.input_ids.shape[0]).index_add(0, row_idx, token_logps)
+        n = len(batch)
+        return seq[:n], seq[n:]
+
+    def _yes_no_to_pair(self, batch: AnswerBatch, yes: Tensor, no: Tensor
+                        ) -> tuple[Tensor, Tensor]:
+        y = batch.prefers_yes
+        return torch.where(y, yes, no), torch.where(y, no, yes)
+
+    def pair(self, batch: LMBatch, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        """(chosen, rejected) log-probs under ``model`` (default: the trained model)."""
+        if isinstance(batch, AnswerBatch):
+            return self._yes_no_to_pair(batch, *self.answer_logps(batch, model))
+        if isinstance(batch, PairBatch):
+            return self.pair_logps(batch, model)
+        raise TypeError(f"LMPolicy cannot score a {type(batch).__name__}")
+
+    def logps(self, batch: LMBatch) -> PreferenceLogps:
+        """Chosen/rejected log-probs of the batch against its stored reference."""
+        if batch.ref_chosen is None or batch.ref_rejected is None:
+            raise ValueError("batch has no reference log-probs: pass it through reference_logps")
+        chosen, rejected = self.pair(batch)
+        lengths = ((batch.chosen_len, batch.rejected_len) if isinstance(batch, PairBatch)
+                   else (None, None))
+        return PreferenceLogps(chosen, rejected, batch.ref_chosen, batch.ref_rejected, *lengths)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[nn.Module]:
+        """The reference model pi_ref, in eval mode, for the duration of the block."""
+        if self.reference_model is not None:
+            yield self.reference_model
+            return
+        if not self.lora:
+            raise ValueError("a full fine-tuning policy needs a reference_model")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter():
+                yield self.model
+        finally:
+            self.model.train(was_training)
+
+
+@torch.no_grad()
+def reference_logps(policy: LMPolicy, batch: LMBatch) -> LMBatch:
+    """``batch`` with pi_ref's chosen/rejected log-probs stored (computed without grad)."""
+    with policy.reference() as ref_model:
+        chosen, rejected = policy.pair(batch, ref_model)
+    return replace(batch, ref_chosen=chosen.detach(), ref_rejected=rejected.detach())
+
+
+class ReferenceCache:
+    """Reference log-probs per dataset row, computed the first time a row is drawn.
+
+    pi_ref never changes, so each row costs one extra no-grad forward pass over the
+    whole run; later epochs read the cache.
+    """
+
+    def __init__(self, policy: LMPolicy):
+        self.policy = policy
+        self._cache: dict[int, tuple[float, float]] = {}
+
+    def __call__(self, batch: LMBatch) -> LMBatch:
+        rows = batch.rows.tolist()
+        if not all(r in self._cache for r in rows):
+            batch = reference_logps(self.policy, batch)
+            for r, c, j in zip(rows, batch.ref_chosen.tolist(), batch.ref_rejected.tolist()):
+                self._cache[r] = (c, j)
+            return batch
+        ref = torch.tensor([self._cache[r] for r in rows], dtype=torch.float32,
+                           device=batch.input_ids.device)
+        return replace(batch, ref_chosen=ref[:, 0], ref_rejected=ref[:, 1])
+
+    def wrap(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            yield self(batch)
