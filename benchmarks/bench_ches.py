@@ -22,7 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from prefdyn.data import load_pairs
-from prefdyn.diagnostics.ches import ches_from_sums, pair_hidden_sums, pair_hidden_sums_naive
+from prefdyn.diagnostics.ches import (
+    ches_from_sums,
+    pair_hidden_sums,
+    pair_hidden_sums_naive,
+)
 from prefdyn.models import load_model
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"

@@ -63,3 +63,16 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     (tmp_path / "bad.yaml").write_text("train:\n  nope: 1\n")
     r = prefdyn("diagnose", "--config", tmp_path / "bad.yaml", cwd=tmp_path)
     assert r.returncode == 2 and "nope" in r.stderr
+
+
+def test_filter_through_the_entry_point(tiny_model_dir, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"Q{i}: say something.", "chosen": " Yes, gladly" + "!" * i, "rejected": " No"}
+            for i in range(4)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = prefdyn("filter", pairs, "--out", tmp_path / "kept.jsonl", "--score", "ches",
+                "--top-percent", "50", "--model", tiny_model_dir, "--cache-dir", tmp_path / "c",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    kept = (tmp_path / "kept.jsonl").read_text().splitlines()
+    assert len(kept) == 2 and set(json.loads(kept[0])) == {"prompt", "chosen", "rejected"}

@@ -66,7 +66,7 @@ def test_filter_trl_end_to_end(tmp_path, tiny_model_dir, app, score):
 
 
 def test_filter_hh_threshold_keeps_format(tmp_path, tiny_model_dir, app):
-    source, pairs = _write_input(tmp_path, "hh")
+    source, _ = _write_input(tmp_path, "hh")
     out = tmp_path / "kept.jsonl"
     result = CliRunner().invoke(app, ["filter", str(source), "--out", str(out), "--score", "edit",
                                       "--threshold", "0.5", "--model", str(tiny_model_dir), "--no-html"])

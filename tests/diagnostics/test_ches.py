@@ -138,7 +138,11 @@ def test_embedded_model_on_hh_pairs():
 
 
 def test_similarity_baselines(tiny):
-    from prefdyn.diagnostics.similarity import edit_similarity, last_hidden_inner_products, levenshtein
+    from prefdyn.diagnostics.similarity import (
+        edit_similarity,
+        last_hidden_inner_products,
+        levenshtein,
+    )
 
     assert levenshtein([1, 2, 3], [1, 3]) == 1 and levenshtein([], [4, 5]) == 2
     assert levenshtein([1, 2, 3, 4], [2, 1, 3, 5]) == 3

@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
-from prefdyn.diagnostics.token_geometry import displacement_scores, predicted_gainers, token_pair_geometry
+from prefdyn.diagnostics.token_geometry import (
+    displacement_scores,
+    predicted_gainers,
+    token_pair_geometry,
+)
 from tests._tiny import tiny_tokenizer
 
 # Rows: 0 = y+, 1 = y-, 2 aligned with y+ - y- but longer, 3 orthogonal, 4 = -y+.

@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from prefdyn.cli._options import user_errors, with_experiment_options
+from prefdyn.cli.filter import filter_command
 from prefdyn.cli.theory import theory_app
 from prefdyn.experiments import ExperimentConfig, ExperimentResult, run_demo, run_experiment
 from prefdyn.experiments.priority import highest_gap_pair
@@ -108,4 +109,5 @@ def info() -> None:
     console.print(f"embedded model: {embedded_gguf_path()}")
 
 
+app.command("filter")(filter_command)
 app.add_typer(theory_app, name="theory", help="Theory lab: the theorems checked numerically, and the scaling law.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -97,10 +97,10 @@ def filter_command(
     pairs: Annotated[Path, typer.Argument(help="Preference pairs: TRL or HH-RLHF JSONL (.gz ok).")],
     out: Annotated[Path, typer.Option(help="Filtered pairs, written in the input's format (.gz ok).")],
     score: Annotated[str, typer.Option(help="ches, ches_normalized, edit or hidden; the highest are dropped.")] = "ches",
-    top_percent: Annotated[Optional[float], typer.Option(help="Drop this percentage of pairs, highest scores first.")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Drop every pair whose score is above this.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model: local folder, .gguf file or hub id (default: embedded).")] = None,
-    cache_dir: Annotated[Optional[str], typer.Option(help="Cache folder (default: $PREFDYN_CACHE or ~/.cache/prefdyn).")] = None,
+    top_percent: Annotated[float | None, typer.Option(help="Drop this percentage of pairs, highest scores first.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Drop every pair whose score is above this.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model: local folder, .gguf file or hub id (default: embedded).")] = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Cache folder (default: $PREFDYN_CACHE or ~/.cache/prefdyn).")] = None,
     format: Annotated[str, typer.Option(help="Input format: auto, trl or hh.")] = "auto",
     skip_bad: Annotated[bool, typer.Option("--skip-bad/--strict", help="Skip malformed records.")] = False,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,

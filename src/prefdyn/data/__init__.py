@@ -1,6 +1,7 @@
 """Data: persona behaviors, preference pairs, behavior tasks, label flips and mixtures."""
 
 from prefdyn.data.demo import demo_data_dir, load_demo
+from prefdyn.data.filtering import filter_pairs, write_pairs
 from prefdyn.data.pairs import detect_format, load_pairs, split_hh
 from prefdyn.data.persona import behavior_name, list_behaviors, load_persona_dir, load_persona_file
 from prefdyn.data.records import PersonaItem, PreferencePair
@@ -26,6 +27,7 @@ __all__ = [
     "build_behaviors",
     "demo_data_dir",
     "detect_format",
+    "filter_pairs",
     "flip",
     "list_behaviors",
     "load_demo",
@@ -35,4 +37,5 @@ __all__ = [
     "mix_behaviors",
     "render_prompt",
     "split_hh",
+    "write_pairs",
 ]

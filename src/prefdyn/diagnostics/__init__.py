@@ -13,6 +13,10 @@ from prefdyn.diagnostics.priority import (
     priority_levels,
 )
 from prefdyn.diagnostics.summary import Diagnosis, diagnose
+from prefdyn.diagnostics.ches import ches_from_sums, ches_scores, pair_hidden_sums
+from prefdyn.diagnostics.similarity import edit_similarity, last_hidden_inner_products
+from prefdyn.diagnostics.token_geometry import (displacement_scores, predicted_gainers,
+                                                token_pair_geometry)
 
 __all__ = [
     "BehaviorStats",
@@ -23,4 +27,12 @@ __all__ = [
     "diagnose",
     "priority_gap_matrix",
     "priority_levels",
+    "ches_from_sums",
+    "ches_scores",
+    "pair_hidden_sums",
+    "edit_similarity",
+    "last_hidden_inner_products",
+    "displacement_scores",
+    "predicted_gainers",
+    "token_pair_geometry",
 ]

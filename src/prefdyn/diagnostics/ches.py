@@ -219,7 +219,7 @@ def _read_sums(path: Path, key: str, shape: tuple[int, int]) -> HiddenSums | Non
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in _TENSORS}
-    except Exception as e:  # truncated, foreign, or missing a tensor
+    except Exception as e:  # noqa: BLE001 -- truncated, foreign, or missing a tensor
         return _reject(path, f"unreadable ({e})")
     expected = {"format": _FORMAT, "key": key, "shape": _shape_str(shape)}
     found = {k: meta.get(k) for k in expected}
@@ -235,7 +235,6 @@ def _read_sums(path: Path, key: str, shape: tuple[int, int]) -> HiddenSums | Non
 
 def _reject(path: Path, why: str) -> None:
     warnings.warn(f"ignoring corrupt CHES cache file {path}: {why}; recomputing", stacklevel=3)
-    return None
 
 
 def _write_sums(path: Path, sums: HiddenSums, key: str, shape: tuple[int, int], model_name: str) -> None:
