@@ -12,15 +12,6 @@ from prefdyn.cli.filter import filter_command, report_base
 from prefdyn.data import load_pairs
 from prefdyn.data.filtering import write_pairs
 from prefdyn.data.records import PreferencePair
-from tests._tiny import tiny_llama, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture()

@@ -3,16 +3,7 @@ import pytest
 from prefdyn.data import TaskConfig
 from prefdyn.experiments import DataConfig, ModelConfig, prepare_workspace
 
-from tests._tiny import tiny_loaded, tiny_llama, tiny_tokenizer
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random Llama + tokenizer saved as a local Hugging Face folder."""
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+from tests._tiny import tiny_loaded
 
 
 @pytest.fixture(scope="session")

@@ -1,1 +1,0 @@
-from tests.experiments.conftest import tiny_model_dir  # noqa: F401
