@@ -17,7 +17,8 @@ from prefdyn.losses import get_loss
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.last_layer import LastLayerTracker
-from prefdyn.training.batches import full_batches, random_minibatches
+from prefdyn.training.batches import full_batches
+from prefdyn.training.checkpoint import ResumableMinibatches
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.last_layer import LastLayerData, LastLayerPolicy
 from prefdyn.training.loop import TrainState, train
@@ -43,17 +44,30 @@ def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
-def fit_last_layer(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig, *,
-                   names: Sequence[str], test_data: LastLayerData | None = None,
-                   group_names: Sequence[str] | None = None, yes: int = 0, no: int = 1,
-                   reference: Tensor | None = None, sink=None,
-                   callbacks: Sequence[Callback] = ()) -> LastLayerRun:
-    """Train the unembedding rows ``W_init`` ((R, d) shared start, or (B, R, d)) on
-    ``train_data`` with ``cfg``.
+@dataclass
+class LastLayerSetup:
+    """Everything a last-layer run needs before its first step."""
 
-    ``reference`` sets pi_ref's weights (default: the start, the usual DPO protocol);
-    ``sink`` receives every metrics record (a :class:`~prefdyn.tracking.run_dir.RunDir`).
-    """
+    policy: LastLayerPolicy
+    objective: object
+    train_data: LastLayerData
+    test_data: LastLayerData | None
+    lr: float
+    lr_info: dict
+    optimizer: torch.optim.Optimizer
+    batches: object
+    history: History
+    tracker: LastLayerTracker
+
+
+def setup_last_layer(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig, *,
+                     names: Sequence[str], test_data: LastLayerData | None = None,
+                     group_names: Sequence[str] | None = None, yes: int = 0, no: int = 1,
+                     reference: Tensor | None = None, sink=None,
+                     lr: tuple[float, dict] | None = None) -> LastLayerSetup:
+    """Policy (W starts at ``W_init``; pi_ref's weights are ``reference``, default the
+    start), reference log-probs, step size (``lr`` = (value, how) overrides the rule),
+    optimizer, batch stream and tracker."""
     B = train_data.n_problems
     objective = get_loss(cfg.loss, beta=cfg.beta)
     policy = LastLayerPolicy(reference if reference is not None else W_init, B, yes=yes, no=no)
@@ -64,22 +78,41 @@ def fit_last_layer(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig, 
         policy.W.copy_(start.expand_as(policy.W) if start.dim() == 2 else start)
         policy.W0.copy_(policy.W)
 
-    if cfg.lr is not None:
-        lr, lr_info = cfg.lr, {"rule": "given"}
+    if lr is not None:
+        lr_value, lr_info = lr
+    elif cfg.lr is not None:
+        lr_value, lr_info = cfg.lr, {"rule": "given"}
     else:
-        lr, lr_info = default_lr(policy, objective, train_data, optimizer=cfg.optimizer,
-                                 beta=cfg.beta, safety=cfg.lr_safety)
-    log.info("learning rate %.4g (%s)", lr, lr_info["rule"])
+        lr_value, lr_info = default_lr(policy, objective, train_data, optimizer=cfg.optimizer,
+                                       beta=cfg.beta, safety=cfg.lr_safety)
+    log.info("learning rate %.4g (%s)", lr_value, lr_info["rule"])
 
     if cfg.batch_size is None:
         batches = full_batches(train_data)
     else:
-        batches = random_minibatches(train_data, cfg.batch_size, seed=cfg.seed)
+        batches = ResumableMinibatches(train_data, cfg.batch_size, seed=cfg.seed)
     history = History(sink)
     tracker = LastLayerTracker(objective, train_data, test_data, names=list(names),
                                group_names=list(group_names or []), log_every=cfg.log_every,
                                eval_every=cfg.eval_every, history=history)
-    optimizer = make_optimizer([policy.W], cfg, lr)
-    state = train(policy, objective, batches, optimizer, steps=cfg.steps,
-                  callbacks=[tracker, *callbacks])
-    return LastLayerRun(policy, history, lr, lr_info, state)
+    return LastLayerSetup(policy, objective, train_data, test_data, lr_value, lr_info,
+                          make_optimizer([policy.W], cfg, lr_value), batches, history, tracker)
+
+
+def fit_last_layer(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig, *,
+                   names: Sequence[str], test_data: LastLayerData | None = None,
+                   group_names: Sequence[str] | None = None, yes: int = 0, no: int = 1,
+                   reference: Tensor | None = None, sink=None,
+                   callbacks: Sequence[Callback] = ()) -> LastLayerRun:
+    """Train the unembedding rows ``W_init`` ((R, d) shared start, or (B, R, d)) on
+    ``train_data`` with ``cfg``.
+
+    ``reference`` sets pi_ref's weights (default: the start, the usual DPO protocol);
+    ``sink`` receives every metrics record (a :class:`~prefdyn.tracking.run_dir.RunDir`).
+    For a run that survives being killed, see :mod:`prefdyn.training.resume`.
+    """
+    run = setup_last_layer(W_init, train_data, cfg, names=names, test_data=test_data,
+                           group_names=group_names, yes=yes, no=no, reference=reference, sink=sink)
+    state = train(run.policy, run.objective, run.batches, run.optimizer, steps=cfg.steps,
+                  callbacks=[run.tracker, *callbacks])
+    return LastLayerRun(run.policy, run.history, run.lr, run.lr_info, state)

@@ -1,0 +1,219 @@
+"""Checkpoints that let a killed run continue as if it had never stopped.
+
+A checkpoint is a folder ``step_{step:08d}`` holding the weights and buffers
+(``model.safetensors``), the optimizer's tensors (``optimizer.safetensors``) and
+the rest of its state (``optimizer.json``), every RNG state (``rng.safetensors``,
+``rng.json``) and ``state.json`` (step, batch-stream state, extra). Weights are
+never pickled, so loading a checkpoint cannot execute code. Each checkpoint is
+written into a temporary folder and renamed into place, and ``latest`` is
+updated last, so a kill at any moment leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from prefdyn.tracking.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json",
+         "rng.safetensors", "rng.json", "state.json")
+
+
+@dataclass
+class Checkpoint:
+    """One loaded checkpoint: plain tensors and JSON, nothing bound to live objects yet."""
+
+    path: Path
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    batch_state: dict | None
+    extra: dict | None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj))
+
+
+def _split_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors to ``{"{param_index}.{name}": tensor}``; everything else stays JSON."""
+    tensors, scalars = {}, {}
+    for idx, pstate in sd["state"].items():
+        scalars[str(idx)] = {}
+        for name, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[str(idx)][name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {int(i): dict(s) for i, s in meta["scalars"].items()}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    # JSON turned tuples (AdamW's betas) into lists; only "params" is a real list.
+    groups = [{k: v if k == "params" or not isinstance(v, list) else tuple(v) for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(folder: str | Path, *, step: int, policy: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, batch_state: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write ``folder/step_{step:08d}`` atomically and point ``folder/latest`` at it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
+    # safetensors refuses tensors sharing storage (W0 may be a view); clone each one.
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in policy.state_dict().items()},
+              tmp / "model.safetensors")
+    opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    _write_json(tmp / "optimizer.json", opt_meta)
+    save_file({"torch_cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
+    np_state = np.random.get_state()
+    _write_json(tmp / "rng.json", {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]})
+    _write_json(tmp / "state.json", {"step": step, "batch_state": batch_state, "extra": extra})
+    final = folder / name
+    if final.exists():  # re-saving a step (rare): the old copy is replaced, not merged
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    latest_tmp = folder / ".latest.tmp"
+    latest_tmp.write_text(name)
+    os.replace(latest_tmp, folder / "latest")
+    log.info("checkpoint %s", final)
+    return final
+
+
+def _read(path: Path) -> Checkpoint:
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} lacks {', '.join(missing)}")
+    state = json.loads((path / "state.json").read_text())
+    rng = json.loads((path / "rng.json").read_text())
+    rng["torch_cpu"] = load_file(path / "rng.safetensors")["torch_cpu"]
+    optimizer = _join_optimizer(load_file(path / "optimizer.safetensors"),
+                                json.loads((path / "optimizer.json").read_text()))
+    return Checkpoint(path, int(state["step"]), load_file(path / "model.safetensors"),
+                      optimizer, rng, state.get("batch_state"), state.get("extra"))
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint | None:
+    """The newest readable checkpoint in ``folder`` (``latest`` first, then older ones,
+    each skipped with a warning if partial or corrupt); None if there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = sorted((p for p in folder.glob("step_*") if p.is_dir()), reverse=True)
+    latest = folder / "latest"
+    if latest.is_file():
+        named = folder / latest.read_text().strip()
+        candidates = [named] + [p for p in candidates if p != named]
+    for path in candidates:
+        try:
+            return _read(path)
+        except Exception as e:  # noqa: BLE001 -- any unreadable file means "use an older one"
+            warnings.warn(f"skipping unusable checkpoint {path}: {e}", stacklevel=2)
+    return None
+
+
+def restore(checkpoint: Checkpoint, policy: torch.nn.Module,
+            optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Put weights, optimizer state and every global RNG back as they were at the save."""
+    policy.load_state_dict(checkpoint.model)
+    if optimizer is not None:
+        optimizer.load_state_dict(checkpoint.optimizer)
+    torch.set_rng_state(checkpoint.rng["torch_cpu"])
+    version, internal, gauss = checkpoint.rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = checkpoint.rng["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+class CheckpointCallback(Callback):
+    """Save every ``every`` steps and when training ends normally.
+
+    The loop's hooks see the policy but not the optimizer, so it is given here.
+
+    ``batches_state_fn()`` returns the batch stream's state (e.g.
+    :meth:`ResumableMinibatches.state`); ``extra`` is stored as is (e.g. the step
+    size, so a resumed run need not re-derive it).
+    """
+
+    def __init__(self, folder: str | Path, every: int,
+                 batches_state_fn: Callable[[], dict] | None = None, *,
+                 optimizer: torch.optim.Optimizer, extra: dict | None = None):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.folder, self.every, self.optimizer = Path(folder), every, optimizer
+        self.batches_state_fn, self.extra = batches_state_fn, extra
+        self.last_saved: int | None = None
+
+    def _save(self, state, policy) -> None:
+        save_checkpoint(self.folder, step=state.step, policy=policy, optimizer=self.optimizer,
+                        batch_state=self.batches_state_fn() if self.batches_state_fn else None,
+                        extra=self.extra)
+        self.last_saved = state.step
+
+    def on_train_start(self, state, policy) -> None:
+        self.last_saved = state.step  # the start (or the resumed-from step) is on disk already
+
+    def on_step_end(self, state, policy, out) -> None:
+        if state.step % self.every == 0:
+            self._save(state, policy)
+
+    def on_train_end(self, state, policy) -> None:
+        # After an error the batch stream may be one batch ahead of the weights.
+        if state.error is None and state.step != self.last_saved:
+            self._save(state, policy)
+
+
+class ResumableMinibatches(Iterator):
+    """:func:`prefdyn.training.batches.random_minibatches` with a savable position.
+
+    Draws exactly what ``random_minibatches(data, batch_size, seed=seed)`` draws
+    (same generator, same ops; a test holds the two equal).
+    """
+
+    def __init__(self, data, batch_size: int, seed: int):
+        n_real = data.mask.sum(1)
+        if int(n_real.min()) < batch_size:
+            raise ValueError(f"batch_size {batch_size} exceeds the smallest problem ({int(n_real.min())} rows)")
+        self.data, self.batch_size = data, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.count = 0
+
+    def __next__(self):
+        keys = torch.rand(self.data.mask.shape, generator=self.gen) + (~self.data.mask).float() * 2.0
+        idx = keys.argsort(dim=1)[:, :self.batch_size]
+        self.count += 1
+        return self.data.take(idx)
+
+    def state(self) -> dict:
+        return {"generator": self.gen.get_state().tolist(), "count": self.count}
+
+    def load_state(self, state: dict) -> None:
+        self.gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        self.count = int(state["count"])
