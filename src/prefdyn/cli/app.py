@@ -45,7 +45,7 @@ def _show(result: ExperimentResult, out: Path) -> None:
 
 
 def _experiment(name: str, cfg: ExperimentConfig, **kwargs) -> None:
-    result, out = run_experiment(name, cfg, **kwargs)
+    result, out = run_experiment(name, cfg, progress=True, **kwargs)
     _show(result, out)
 
 
@@ -55,7 +55,7 @@ def demo(cfg: ExperimentConfig) -> None:
     """The main job: diagnostics and the three Im & Li experiments on the embedded model, one HTML report."""
     if cfg.out == "runs":
         cfg.out = "runs/demo"
-    path = run_demo(cfg)
+    path = run_demo(cfg, progress=True)
     console.print(f"[bold green]done[/bold green]: open {path}")
 
 
@@ -79,7 +79,7 @@ def priority(cfg: ExperimentConfig,
              pair: Annotated[Optional[str], typer.Option(
                  help='Train only this pair: "a,b", or "auto" for the largest priority gap.')] = None) -> None:
     """Fig. 5: behaviors trained jointly; does the priority level predict who is learned first?"""
-    ws = prepare_workspace(cfg.model, cfg.data, cfg.task)
+    ws = prepare_workspace(cfg.model, cfg.data, cfg.task, progress=True)
     which = None
     if pair == "auto":
         which = highest_gap_pair(ws)

@@ -100,7 +100,7 @@ def _workspace(cfg: ExperimentConfig, max_behaviors: int) -> Workspace:
             cfg.data.behaviors = sorted(names[i] for i in pick[:max_behaviors].tolist())
         if cfg.task.n_per_behavior is None:
             cfg.task = dataclasses.replace(cfg.task, n_per_behavior=PERSONA_DIR_N)
-    return prepare_workspace(cfg.model, cfg.data, cfg.task)
+    return prepare_workspace(cfg.model, cfg.data, cfg.task, progress=True)
 
 
 def _persona_footer(cfg: ExperimentConfig, ws: Workspace) -> dict:

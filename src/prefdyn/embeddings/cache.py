@@ -48,7 +48,7 @@ def cached_embeddings(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 16,
     reuse_prefix: bool = True,
-    progress: bool = True,
+    progress: bool = False,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """:func:`~prefdyn.embeddings.extract_embeddings`, memoised on disk. Returns (n, d) float32.

@@ -65,7 +65,7 @@ def extract_embeddings(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     reuse_prefix: bool = True,
-    progress: bool = True,
+    progress: bool = False,
 ) -> torch.Tensor:
     """g(x) for every text: the lm_head input at its last token. Returns (n, d) float32 on CPU.
 

@@ -40,7 +40,7 @@ def _footer(report: Report, cfg: ExperimentConfig, ws: Workspace) -> None:
                    "steps": cfg.train.steps, "attribution": PERSONA_ATTRIBUTION})
 
 
-def run_experiment(name: str, cfg: ExperimentConfig, *, progress: bool = True,
+def run_experiment(name: str, cfg: ExperimentConfig, *, progress: bool = False,
                    ws: Workspace | None = None, out: Path | None = None, **kwargs) -> tuple[ExperimentResult, Path]:
     """One experiment in its own run folder ``cfg.out/name`` with its own report."""
     set_seed(cfg.seed)
@@ -61,7 +61,7 @@ def run_experiment(name: str, cfg: ExperimentConfig, *, progress: bool = True,
     return result, out
 
 
-def run_demo(cfg: ExperimentConfig, *, progress: bool = True) -> Path:
+def run_demo(cfg: ExperimentConfig, *, progress: bool = False) -> Path:
     """The main job: diagnostics and the three experiments in one report."""
     set_seed(cfg.seed)
     out = Path(cfg.out)

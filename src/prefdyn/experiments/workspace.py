@@ -119,7 +119,7 @@ def other_logsumexp(embeddings: Tensor, W_U: Tensor, exclude: list[int],
 
 
 def prepare_workspace(model: ModelConfig, data: DataConfig, task: TaskConfig, *,
-                      progress: bool = True, loaded: LoadedModel | None = None) -> Workspace:
+                      progress: bool = False, loaded: LoadedModel | None = None) -> Workspace:
     """Load the model and data, render prompts, extract (or read cached) embeddings."""
     device = resolve_device(model.device)
     if loaded is None:
