@@ -1,0 +1,122 @@
+"""Likelihood displacement on a fixed probe set (Razin et al. 2024).
+
+Razin et al. 2024, "Unintentional Unalignment: Likelihood Displacement in Direct
+Preference Optimization" (Sec. 3-4), show that DPO can *lower* ``log pi(y+|x)``
+of the preferred response while widening the margin, and that the lost
+probability mass moves to other tokens, sometimes of opposite meaning.
+:class:`DisplacementMonitor` measures both on a fixed probe: the share of rows
+whose chosen log-prob fell below its start, the mean chosen/rejected changes,
+and the tokens that gained the most log-probability on average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prefdyn.tracking.callbacks import Callback
+from prefdyn.tracking.history import History
+from prefdyn.training.lm_policy import AnswerBatch, LMPolicy
+
+AnswerLogprobs = Callable[[Any, Any], Tensor]  # (policy, probe) -> (n, V)
+
+
+@torch.no_grad()
+def lm_answer_logprobs(policy: LMPolicy, batch: AnswerBatch) -> Tensor:
+    """Full-vocabulary log-probs at the answer position, (n, V) float32.
+
+    One decoder pass of the prompts, ``lm_head`` on the last hidden state only (as
+    :meth:`LMPolicy.answer_logps`), in eval mode so dropout (e.g. LoRA's) does not
+    add noise to the measurement; the model's train/eval mode is restored after.
+    """
+    decoder, head = policy._parts(policy.model)
+    was_training = policy.model.training
+    policy.model.eval()
+    try:
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        return torch.log_softmax(head(hidden[:, -1]).float(), dim=-1)
+    finally:
+        policy.model.train(was_training)
+
+
+def answer_pair_ids(probe: Any) -> tuple[Tensor, Tensor]:
+    """(chosen_ids, rejected_ids), each (n,) long, for anything with ``yes_id``,
+    ``no_id`` and ``prefers_yes`` (an :class:`AnswerBatch`)."""
+    yes = torch.full_like(probe.prefers_yes, probe.yes_id, dtype=torch.long)
+    no = torch.full_like(yes, probe.no_id)
+    return torch.where(probe.prefers_yes, yes, no), torch.where(probe.prefers_yes, no, yes)
+
+
+class DisplacementMonitor(Callback):
+    """Records likelihood displacement (Razin et al. 2024) on ``probe``.
+
+    At train start it stores ``answer_logprobs(policy, probe)`` (n, V); every
+    ``every`` steps, and at the end of the run, it adds to ``history`` a record
+    with split ``"displacement"``:
+
+    * ``chosen_fell``: share of rows with ``log pi_t(y+|x) < log pi_0(y+|x)``;
+    * ``chosen_change`` / ``rejected_change``: mean of ``log pi_t - log pi_0`` for
+      the chosen / rejected answer token;
+    * ``top_gain_ids`` / ``top_gain_tokens`` / ``top_gain``: the ``top_k`` tokens
+      with the largest mean log-prob gain over the probe (no token excluded, so
+      the answers themselves can appear), sorted by gain, descending.
+    """
+
+    def __init__(self, probe: Any, answer_logprobs: AnswerLogprobs = lm_answer_logprobs, *,
+                 history: History, every: int, top_k: int = 10, tokenizer: Any = None,
+                 pair_ids: Callable[[Any], tuple[Tensor, Tensor]] = answer_pair_ids,
+                 name: str = "displacement"):
+        if every < 1 or top_k < 1:
+            raise ValueError(f"every and top_k must be >= 1, got {every} and {top_k}")
+        self.probe, self.answer_logprobs = probe, answer_logprobs
+        self.history, self.every, self.top_k = history, every, top_k
+        self.tokenizer, self.name = tokenizer, name
+        self.chosen_ids, self.rejected_ids = pair_ids(probe)
+        self._start: Tensor | None = None
+        self._last_step: int | None = None
+        self._last: dict[str, Any] | None = None
+
+    def on_train_start(self, state, policy) -> None:
+        self._start = self.answer_logprobs(policy, self.probe).detach().float()
+        self._last_step = state.step
+
+    def on_step_end(self, state, policy, out) -> None:
+        if state.step % self.every == 0:
+            self._record(state.step, policy)
+
+    def on_train_end(self, state, policy) -> None:
+        if self._start is not None and state.step != self._last_step:
+            self._record(state.step, policy)
+
+    @torch.no_grad()
+    def measure(self, policy) -> dict[str, Any]:
+        """The displacement metrics of ``policy`` now against the stored start."""
+        if self._start is None:
+            raise RuntimeError("DisplacementMonitor.measure before on_train_start")
+        delta = self.answer_logprobs(policy, self.probe).detach().float() - self._start  # (n, V)
+        rows = torch.arange(delta.shape[0], device=delta.device)
+        chosen = delta[rows, self.chosen_ids.to(delta.device)]
+        rejected = delta[rows, self.rejected_ids.to(delta.device)]
+        gain, ids = delta.mean(0).topk(min(self.top_k, delta.shape[1]))  # sorted, descending
+        id_list = ids.tolist()
+        tokens = ([self.tokenizer.decode([i]) for i in id_list] if self.tokenizer is not None
+                  else [str(i) for i in id_list])
+        return {"chosen_fell": (chosen < 0).float().mean().item(),
+                "chosen_change": chosen.mean().item(),
+                "rejected_change": rejected.mean().item(),
+                "top_gain_ids": id_list, "top_gain_tokens": tokens,
+                "top_gain": gain.tolist()}
+
+    def _record(self, step: int, policy) -> None:
+        record = {"step": step, "split": "displacement", "problem": self.name, "group": None,
+                  **self.measure(policy)}
+        self.history.add(record)
+        self._last_step, self._last = step, record
+
+    def summary(self) -> dict[str, Any] | None:
+        """The last record (None before the first)."""
+        return self._last
