@@ -1,4 +1,3 @@
-import time
 
 import pytest
 import torch
@@ -158,9 +157,7 @@ def test_lora_steps_on_the_embedded_model():
                               TaskConfig(n_per_behavior=4, test_fraction=0.0))
     yes_id, no_id = answer_token_ids(loaded.tokenizer, behavior.answers)
     batches = answer_batches(behavior, loaded.tokenizer, yes_id, no_id, batch_size=4, seed=0)
-    t0 = time.perf_counter()
     run = fit_lm(loaded, batches, TrainConfig(lr=1e-4), mode="lora", steps=2)
-    assert time.perf_counter() - t0 < 90
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in run.history.records)
     lora_B = [p for n, p in run.policy.model.named_parameters() if "lora_B" in n]
     assert lora_B and any(p.abs().sum() > 0 for p in lora_B)
