@@ -18,7 +18,7 @@ import random
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prefdyn.tracking.callbacks import Callback
+from prefdyn.training.batches import ResumableMinibatches  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -188,32 +189,3 @@ class CheckpointCallback(Callback):
         # After an error the batch stream may be one batch ahead of the weights.
         if state.error is None and state.step != self.last_saved:
             self._save(state, policy)
-
-
-class ResumableMinibatches(Iterator):
-    """:func:`prefdyn.training.batches.random_minibatches` with a savable position.
-
-    Draws exactly what ``random_minibatches(data, batch_size, seed=seed)`` draws
-    (same generator, same ops; a test holds the two equal).
-    """
-
-    def __init__(self, data, batch_size: int, seed: int):
-        n_real = data.mask.sum(1)
-        if int(n_real.min()) < batch_size:
-            raise ValueError(f"batch_size {batch_size} exceeds the smallest problem ({int(n_real.min())} rows)")
-        self.data, self.batch_size = data, batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-        self.count = 0
-
-    def __next__(self):
-        keys = torch.rand(self.data.mask.shape, generator=self.gen) + (~self.data.mask).float() * 2.0
-        idx = keys.argsort(dim=1)[:, :self.batch_size]
-        self.count += 1
-        return self.data.take(idx)
-
-    def state(self) -> dict:
-        return {"generator": self.gen.get_state().tolist(), "count": self.count}
-
-    def load_state(self, state: dict) -> None:
-        self.gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
-        self.count = int(state["count"])

@@ -17,8 +17,7 @@ from prefdyn.losses import get_loss
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.last_layer import LastLayerTracker
-from prefdyn.training.batches import full_batches
-from prefdyn.training.checkpoint import ResumableMinibatches
+from prefdyn.training.batches import ResumableMinibatches, full_batches
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.last_layer import LastLayerData, LastLayerPolicy
 from prefdyn.training.loop import TrainState, train
