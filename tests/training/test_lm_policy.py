@@ -73,7 +73,8 @@ def test_full_mode_changes_weights_and_lowers_dpo_loss():
     yes_id, no_id = answer_token_ids(tok, ["Yes", "No"])
     batches = answer_batches(_behavior(tok), tok, yes_id, no_id, batch_size=4, seed=0)
     before = _params(loaded.model)
-    run = fit_lm(loaded, batches, TrainConfig(lr=1e-3, log_every=1), mode="full", steps=5)
+    run = fit_lm(loaded, batches, TrainConfig(optimizer="adamw", lr=1e-3, log_every=1), mode="full",
+                 steps=5)
     losses = [r["loss"] for r in run.history.records]
     assert losses[0] == pytest.approx(0.6931, abs=1e-3) and losses[-1] < losses[0] - 0.01
     after = _params(loaded.model)
@@ -97,7 +98,7 @@ def test_lora_mode_changes_only_adapters_and_reference_is_the_start():
         start = fresh.pair(probe)
     before = _params(loaded.model)
     batches = answer_batches(behavior, tok, yes_id, no_id, batch_size=2, seed=0)
-    run = fit_lm(loaded, batches, TrainConfig(lr=1e-2), mode="lora", steps=4)
+    run = fit_lm(loaded, batches, TrainConfig(optimizer="adamw", lr=1e-2), mode="lora", steps=4)
     after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach()
              for n, p in run.policy.model.named_parameters()}
     lora = {n: p for n, p in after.items() if "lora_" in n}
@@ -157,7 +158,7 @@ def test_lora_steps_on_the_embedded_model():
                               TaskConfig(n_per_behavior=4, test_fraction=0.0))
     yes_id, no_id = answer_token_ids(loaded.tokenizer, behavior.answers)
     batches = answer_batches(behavior, loaded.tokenizer, yes_id, no_id, batch_size=4, seed=0)
-    run = fit_lm(loaded, batches, TrainConfig(lr=1e-4), mode="lora", steps=2)
+    run = fit_lm(loaded, batches, TrainConfig(optimizer="adamw", lr=1e-4), mode="lora", steps=2)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in run.history.records)
     lora_B = [p for n, p in run.policy.model.named_parameters() if "lora_B" in n]
     assert lora_B and any(p.abs().sum() > 0 for p in lora_B)

@@ -12,7 +12,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from prefdyn.cli._options import user_errors, with_experiment_options
+from prefdyn.cli.displacement import displacement_app
 from prefdyn.cli.filter import filter_command
+from prefdyn.cli.lm import lm_app
 from prefdyn.cli.theory import theory_app
 from prefdyn.experiments import ExperimentConfig, ExperimentResult, run_demo, run_experiment
 from prefdyn.experiments.priority import highest_gap_pair
@@ -111,3 +113,5 @@ def info() -> None:
 
 app.command("filter")(filter_command)
 app.add_typer(theory_app, name="theory", help="Theory lab: the theorems checked numerically, and the scaling law.")
+app.add_typer(lm_app, name="lm", help="Im & Li Sec. 5: the experiments with every weight (or LoRA) trained.")
+app.add_typer(displacement_app, name="displacement", help="Likelihood displacement (Razin et al. 2024): tokens, predictors, mitigation.")

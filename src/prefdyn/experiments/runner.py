@@ -11,6 +11,10 @@ from prefdyn.errors import TrainingError
 from prefdyn.experiments.config import ExperimentConfig
 from prefdyn.experiments.diagnostics import run_diagnostics
 from prefdyn.experiments.distinguishability import run_distinguishability
+from prefdyn.experiments.distribution_change import run_distribution_change
+from prefdyn.experiments.lm_distinguishability import run_lm_distinguishability
+from prefdyn.experiments.lm_misalignment import run_lm_misalignment
+from prefdyn.experiments.lm_priority import run_lm_priority
 from prefdyn.experiments.misalignment import run_misalignment
 from prefdyn.experiments.priority import highest_gap_pair, run_priority
 from prefdyn.experiments.result import ExperimentResult
@@ -25,6 +29,10 @@ EXPERIMENTS: dict[str, Callable[..., ExperimentResult]] = {
     "distinguishability": run_distinguishability,
     "priority": run_priority,
     "misalignment": run_misalignment,
+    "lm_misalignment": run_lm_misalignment,
+    "lm_distinguishability": run_lm_distinguishability,
+    "lm_priority": run_lm_priority,
+    "distribution_change": run_distribution_change,
 }
 
 PERSONA_ATTRIBUTION = (

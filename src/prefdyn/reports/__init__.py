@@ -7,6 +7,7 @@ single offline HTML file. Neither needs torch.
 
 from prefdyn.reports._style import D_CMAP, PALETTE, d_colors, style
 from prefdyn.reports.html import Report, Section
+from prefdyn.reports.projections import pca_2d, plot_before_after, umap_2d
 from prefdyn.reports.plots import (
     close_figure,
     fig_to_png_bytes,
@@ -24,7 +25,7 @@ from prefdyn.reports.plots import (
 
 __all__ = [
     "D_CMAP", "PALETTE", "Report", "Section", "close_figure", "d_colors", "fig_to_png_bytes",
-    "plot_bars", "plot_curves", "plot_grid", "plot_heatmap", "plot_pair_curves",
+    "pca_2d", "plot_before_after", "plot_bars", "plot_curves", "plot_grid", "plot_heatmap", "plot_pair_curves",
     "plot_projection_2d", "plot_scatter_rank", "save_figure", "spearman", "style",
-    "subplots_grid",
+    "subplots_grid", "umap_2d",
 ]

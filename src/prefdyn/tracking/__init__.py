@@ -4,7 +4,8 @@ from prefdyn.tracking.callbacks import Callback, CallbackList
 from prefdyn.tracking.displacement import DisplacementMonitor, lm_answer_logprobs
 from prefdyn.tracking.history import History
 from prefdyn.tracking.last_layer import LastLayerTracker, class_mean_difference
+from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.run_dir import RunDir, read_metrics
 
-__all__ = ["Callback", "CallbackList", "DisplacementMonitor", "lm_answer_logprobs", "History", "LastLayerTracker", "RunDir",
+__all__ = ["Callback", "CallbackList", "DisplacementMonitor", "lm_answer_logprobs", "History", "LastLayerTracker", "LMEvalTracker", "RunDir",
            "class_mean_difference", "read_metrics"]

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
+from prefdyn.training._shared_prefix import MIN_SHARED_PREFIX, last_token_hidden
 from prefdyn.training.lm_policy import AnswerBatch, LMPolicy
 
 AnswerLogprobs = Callable[[Any, Any], Tensor]  # (policy, probe) -> (n, V)
@@ -28,17 +29,19 @@ AnswerLogprobs = Callable[[Any, Any], Tensor]  # (policy, probe) -> (n, V)
 def lm_answer_logprobs(policy: LMPolicy, batch: AnswerBatch) -> Tensor:
     """Full-vocabulary log-probs at the answer position, (n, V) float32.
 
-    One decoder pass of the prompts, ``lm_head`` on the last hidden state only (as
+    One decoder pass of the prompts (their shared prefix once, if the policy's
+    ``share_prefix``), ``lm_head`` on the last hidden state only (as
     :meth:`LMPolicy.answer_logps`), in eval mode so dropout (e.g. LoRA's) does not
     add noise to the measurement; the model's train/eval mode is restored after.
     """
     decoder, head = policy._parts(policy.model)
     was_training = policy.model.training
     policy.model.eval()
+    min_prefix = MIN_SHARED_PREFIX if getattr(policy, "share_prefix", True) else None
     try:
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
-        return torch.log_softmax(head(hidden[:, -1]).float(), dim=-1)
+        last = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                 min_prefix=min_prefix)
+        return torch.log_softmax(head(last).float(), dim=-1)
     finally:
         policy.model.train(was_training)
 

@@ -1,7 +1,8 @@
 """Checkpoints that let a killed run continue as if it had never stopped.
 
 A checkpoint is a folder ``step_{step:08d}`` holding the weights and buffers
-(``model.safetensors``), the optimizer's tensors (``optimizer.safetensors``) and
+(``model.safetensors``; for LM runs only the trainable parameters, e.g. the LoRA
+adapters, see ``trainable_only``), the optimizer's tensors (``optimizer.safetensors``) and
 the rest of its state (``optimizer.json``), every RNG state (``rng.safetensors``,
 ``rng.json``) and ``state.json`` (step, batch-stream state, extra). Weights are
 never pickled, so loading a checkpoint cannot execute code. Each checkpoint is
@@ -77,21 +78,33 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (for LoRA: the adapters only), by state-dict name."""
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+
 def save_checkpoint(folder: str | Path, *, step: int, policy: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, batch_state: dict | None = None,
-                    extra: dict | None = None) -> Path:
-    """Write ``folder/step_{step:08d}`` atomically and point ``folder/latest`` at it."""
+                    extra: dict | None = None, trainable_only: bool = False) -> Path:
+    """Write ``folder/step_{step:08d}`` atomically and point ``folder/latest`` at it.
+
+    ``trainable_only`` stores just the parameters that train (LM runs: the LoRA
+    adapters, or every weight of the policy but not the frozen reference copy)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
     # safetensors refuses tensors sharing storage (W0 may be a view); clone each one.
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in policy.state_dict().items()},
+    weights = trainable_state(policy) if trainable_only else policy.state_dict()
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in weights.items()},
               tmp / "model.safetensors")
     opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     _write_json(tmp / "optimizer.json", opt_meta)
-    save_file({"torch_cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():  # dropout on GPUs draws from these
+        rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, tmp / "rng.safetensors")
     np_state = np.random.get_state()
     _write_json(tmp / "rng.json", {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
@@ -114,7 +127,7 @@ def _read(path: Path) -> Checkpoint:
         raise FileNotFoundError(f"{path} lacks {', '.join(missing)}")
     state = json.loads((path / "state.json").read_text())
     rng = json.loads((path / "rng.json").read_text())
-    rng["torch_cpu"] = load_file(path / "rng.safetensors")["torch_cpu"]
+    rng.update(load_file(path / "rng.safetensors"))
     optimizer = _join_optimizer(load_file(path / "optimizer.safetensors"),
                                 json.loads((path / "optimizer.json").read_text()))
     return Checkpoint(path, int(state["step"]), load_file(path / "model.safetensors"),
@@ -142,11 +155,26 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
 
 def restore(checkpoint: Checkpoint, policy: torch.nn.Module,
             optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Put weights, optimizer state and every global RNG back as they were at the save."""
-    policy.load_state_dict(checkpoint.model)
+    """Put weights, optimizer state and every global RNG back as they were at the save.
+
+    A checkpoint holding only the trainable parameters must hold all of them."""
+    trainable = set(trainable_state(policy))
+    if set(checkpoint.model) == set(policy.state_dict()):
+        policy.load_state_dict(checkpoint.model)
+    elif set(checkpoint.model) == trainable:
+        policy.load_state_dict(checkpoint.model, strict=False)
+    else:
+        missing = sorted(trainable - set(checkpoint.model))[:3]
+        unexpected = sorted(set(checkpoint.model) - set(policy.state_dict()))[:3]
+        raise ValueError(f"{checkpoint.path}: weights do not match the model "
+                         f"(missing e.g. {missing}, unexpected e.g. {unexpected})")
     if optimizer is not None:
         optimizer.load_state_dict(checkpoint.optimizer)
     torch.set_rng_state(checkpoint.rng["torch_cpu"])
+    cuda = [checkpoint.rng[f"torch_cuda_{i}"] for i in range(len(checkpoint.rng))
+            if f"torch_cuda_{i}" in checkpoint.rng]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     version, internal, gauss = checkpoint.rng["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = checkpoint.rng["numpy"]
@@ -165,17 +193,19 @@ class CheckpointCallback(Callback):
 
     def __init__(self, folder: str | Path, every: int,
                  batches_state_fn: Callable[[], dict] | None = None, *,
-                 optimizer: torch.optim.Optimizer, extra: dict | None = None):
+                 optimizer: torch.optim.Optimizer, extra: dict | None = None,
+                 trainable_only: bool = False):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.folder, self.every, self.optimizer = Path(folder), every, optimizer
         self.batches_state_fn, self.extra = batches_state_fn, extra
+        self.trainable_only = trainable_only
         self.last_saved: int | None = None
 
     def _save(self, state, policy) -> None:
         save_checkpoint(self.folder, step=state.step, policy=policy, optimizer=self.optimizer,
                         batch_state=self.batches_state_fn() if self.batches_state_fn else None,
-                        extra=self.extra)
+                        extra=self.extra, trainable_only=self.trainable_only)
         self.last_saved = state.step
 
     def on_train_start(self, state, policy) -> None:

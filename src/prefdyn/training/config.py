@@ -13,8 +13,15 @@ class TrainConfig:
     """How to train.
 
     ``lr=None`` derives the step size from the loss curvature at the start
-    (:func:`prefdyn.training.step_size.default_lr`). With plain gradient descent
-    on the last layer the curves depend on ``lr * beta**2`` only.
+    (:func:`prefdyn.training.step_size.default_lr`) in last-layer mode, and is
+    1e-5 in LM modes (:func:`prefdyn.training.lm_runner.fit_lm`). With plain
+    gradient descent on the last layer the curves depend on ``lr * beta**2`` only.
+
+    ``grad_accum`` splits each batch into that many micro-batches whose gradients
+    are summed (weighted by size) before one update: the same update as the whole
+    batch at a fraction of the memory. ``epochs`` (LM modes) sets the number of
+    steps from the number of training rows: ``epochs * ceil(rows / batch)``; it
+    overrides ``steps``.
     """
 
     loss: str = "dpo"
@@ -29,6 +36,8 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 10
     seed: int = 0
+    grad_accum: int = 1
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
@@ -45,5 +54,12 @@ class TrainConfig:
             raise PrefdynError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.rows not in ("answers", "all"):
             raise PrefdynError(f"rows must be 'answers' or 'all', got {self.rows!r}")
+        if self.grad_accum < 1:
+            raise PrefdynError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.epochs is not None and self.epochs < 1:
+            raise PrefdynError(f"epochs must be >= 1 (or None), got {self.epochs}")
+        if self.batch_size is not None and self.batch_size < self.grad_accum:
+            raise PrefdynError(f"batch_size {self.batch_size} is smaller than grad_accum "
+                               f"{self.grad_accum}: a micro-batch would be empty")
         if self.log_every < 1 or self.eval_every < 1:
             raise PrefdynError("log_every and eval_every must be >= 1")

@@ -3,14 +3,15 @@
 Texts are final strings (chat template already applied) and are encoded with
 ``add_special_tokens=False``, as in :mod:`prefdyn.embeddings.extract`. Both
 builders validate everything up front (a :class:`DataError` names the row) and
-return an endless iterator of seeded, shuffled minibatches for
-:func:`prefdyn.training.loop.train`; one permutation per epoch, from an
-explicit generator.
+return an endless, resumable :class:`LMBatchStream` of seeded, shuffled
+minibatches for :func:`prefdyn.training.loop.train`; one permutation per epoch,
+from an explicit generator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -20,17 +21,83 @@ from prefdyn.errors import DataError
 from prefdyn.training.lm_policy import AnswerBatch, PairBatch
 
 
-def _epochs(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Index minibatches forever: a fresh seeded permutation every epoch."""
-    if n < 1:
-        raise DataError("no training rows")
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        perm = torch.randperm(n, generator=gen).tolist()
-        for start in range(0, n, batch_size):
-            yield perm[start:start + batch_size]
+class LMBatchStream(Iterator):
+    """Endless seeded minibatches of ``n`` rows, resumable, shardable, splittable.
+
+    Epoch ``e`` visits the rows in the ``e``-th permutation drawn from one
+    generator seeded with ``seed`` (the last minibatch of an epoch may be short).
+    :meth:`state` is ``{"epoch", "position"}``; :meth:`load_state` replays the
+    permutations up to that epoch, so a resumed stream continues exactly.
+
+    ``collate(indices) -> batch`` builds a batch from positions ``0..n-1``.
+    :meth:`layout` sets how each global minibatch is delivered: this process's
+    shard (``rank::world``, for data-parallel runs) cut into ``micro_batches``
+    near-equal pieces (a list, for gradient accumulation; a plain batch when 1).
+    ``content`` is a JSON-able description of the encoded data (for cache keys).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, collate: Callable[[list[int]], object],
+                 *, content: object = None):
+        if n < 1:
+            raise DataError("no training rows")
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.seed, self.collate = n, batch_size, seed, collate
+        self.content = content
+        self.micro_batches, self.rank, self.world = 1, 0, 1
+        self._restart(0, 0)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def _restart(self, epoch: int, position: int) -> None:
+        self._gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(epoch):
+            torch.randperm(self.n, generator=self._gen)
+        self.epoch, self.position = epoch, position
+        self._perm = torch.randperm(self.n, generator=self._gen).tolist()
+
+    def next_indices(self) -> list[int]:
+        """The next global minibatch (positions into the data)."""
+        if self.position >= self.n:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._perm = torch.randperm(self.n, generator=self._gen).tolist()
+        idx = self._perm[self.position:self.position + self.batch_size]
+        self.position += len(idx)
+        return idx
+
+    def layout(self, *, micro_batches: int = 1, rank: int = 0, world: int = 1) -> LMBatchStream:
+        if micro_batches < 1 or world < 1 or not 0 <= rank < world:
+            raise ValueError(f"bad layout: micro_batches={micro_batches}, rank={rank}, world={world}")
+        if self.batch_size < micro_batches * world:
+            raise DataError(f"batch size {self.batch_size} cannot feed {world} process(es) x "
+                            f"{micro_batches} micro-batch(es); use a batch size >= {micro_batches * world}")
+        # An epoch's short last batch may still give a process fewer (or no) rows:
+        # the gradient sync weights each process by its number of examples.
+        self.micro_batches, self.rank, self.world = micro_batches, rank, world
+        return self
+
+    def __next__(self):
+        idx = self.next_indices()[self.rank::self.world]
+        if not idx:  # an epoch's short last batch left this process nothing
+            return []
+        if self.micro_batches == 1:
+            return self.collate(idx)
+        k = self.micro_batches
+        cuts = [len(idx) * i // k for i in range(k + 1)]
+        return [self.collate(idx[a:b]) for a, b in itertools.pairwise(cuts) if b > a]
+
+    def in_order(self, batch_size: int) -> Iterator[object]:
+        """Every row once, in order, ``batch_size`` at a time (e.g. for reference log-probs)."""
+        for start in range(0, self.n, batch_size):
+            yield self.collate(list(range(start, min(start + batch_size, self.n))))
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state(self, state: dict) -> None:
+        self._restart(int(state["epoch"]), int(state["position"]))
 
 
 def _pad_id(tokenizer) -> int:
@@ -61,7 +128,7 @@ def collate_prompts(token_ids: Sequence[list[int]], rows: Sequence[int], prefers
 
 
 def answer_batches(behavior: BehaviorData, tokenizer, yes_id: int, no_id: int, batch_size: int,
-                   seed: int, *, max_length: int | None = None) -> Iterator[AnswerBatch]:
+                   seed: int, *, max_length: int | None = None) -> LMBatchStream:
     """Endless shuffled minibatches of ``behavior``'s train rows (``rows`` = dataset index)."""
     train_rows = behavior.train_idx.tolist()
     prompts = [behavior.prompts[i] for i in train_rows]
@@ -73,13 +140,14 @@ def answer_batches(behavior: BehaviorData, tokenizer, yes_id: int, no_id: int, b
     pad_id = _pad_id(tokenizer)
     prefers_yes = behavior.prefers_yes
 
-    def gen() -> Iterator[AnswerBatch]:
-        for idx in _epochs(len(train_rows), batch_size, seed):
-            rows = [train_rows[i] for i in idx]
-            yield collate_prompts([token_ids[i] for i in idx], rows, prefers_yes[rows],
-                                  yes_id, no_id, pad_id)
+    def collate(idx: list[int]) -> AnswerBatch:
+        rows = [train_rows[i] for i in idx]
+        return collate_prompts([token_ids[i] for i in idx], rows, prefers_yes[rows],
+                               yes_id, no_id, pad_id)
 
-    return gen()
+    content = {"kind": "answers", "rows": train_rows, "ids": token_ids, "yes": yes_id, "no": no_id,
+               "prefers_yes": prefers_yes[train_rows].tolist() if train_rows else []}
+    return LMBatchStream(len(train_rows), batch_size, seed, collate, content=content)
 
 
 def tokenize_pair(pair: PreferencePair, tokenizer, index: int, max_length: int | None
@@ -127,14 +195,14 @@ def collate_pairs(encoded: Sequence[tuple[list[int], int, list[int], int]], rows
 
 
 def pair_batches(pairs: Sequence[PreferencePair], tokenizer, batch_size: int, seed: int,
-                 max_length: int | None = None) -> Iterator[PairBatch]:
+                 max_length: int | None = None) -> LMBatchStream:
     """Endless shuffled minibatches of ``pairs``; ``max_length`` is the model's context
     (e.g. ``model.config.max_position_embeddings``): longer sequences are a DataError."""
     encoded = [tokenize_pair(p, tokenizer, i, max_length) for i, p in enumerate(pairs)]
     pad_id = _pad_id(tokenizer)
 
-    def gen() -> Iterator[PairBatch]:
-        for idx in _epochs(len(encoded), batch_size, seed):
-            yield collate_pairs([encoded[i] for i in idx], idx, pad_id)
+    def collate(idx: list[int]) -> PairBatch:
+        return collate_pairs([encoded[i] for i in idx], idx, pad_id)
 
-    return gen()
+    return LMBatchStream(len(encoded), batch_size, seed, collate,
+                         content={"kind": "pairs", "encoded": encoded})

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from prefdyn.errors import ModelError
 from prefdyn.losses.types import PreferenceLogps
+from prefdyn.training._shared_prefix import MIN_SHARED_PREFIX, last_token_hidden
 
 
 @dataclass
@@ -112,10 +113,14 @@ class LMPolicy(nn.Module):
     ``None`` with a LoRA model means "the model with its adapters disabled".
     """
 
-    def __init__(self, model: nn.Module, reference_model: nn.Module | None = None):
+    def __init__(self, model: nn.Module, reference_model: nn.Module | None = None, *,
+                 share_prefix: bool = True):
         super().__init__()
         self.model = model
         self.reference_model = reference_model
+        # AnswerBatch prompts: run their common token prefix once per batch and
+        # broadcast it (exact; see prefdyn.training._shared_prefix). False: plain path.
+        self.share_prefix = share_prefix
         if reference_model is not None:
             reference_model.requires_grad_(False).eval()
         config = getattr(self._causal_lm(model), "config", None)
@@ -143,9 +148,9 @@ class LMPolicy(nn.Module):
                      ) -> tuple[Tensor, Tensor]:
         """log pi(yes|x), log pi(no|x), each (n,), from the last position's hidden state."""
         decoder, head = self._parts(model if model is not None else self.model)
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
-        logprobs = torch.log_softmax(head(hidden[:, -1]).float(), dim=-1)  # (n, V)
+        last = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                 min_prefix=MIN_SHARED_PREFIX if self.share_prefix else None)
+        logprobs = torch.log_softmax(head(last).float(), dim=-1)  # (n, V)
         return logprobs[:, batch.yes_id], logprobs[:, batch.no_id]
 
     def pair_logps(self, batch: PairBatch, model: nn.Module | None = None
@@ -211,18 +216,32 @@ def reference_logps(policy: LMPolicy, batch: LMBatch) -> LMBatch:
     return replace(batch, ref_chosen=chosen.detach(), ref_rejected=rejected.detach())
 
 
+def to_device(batch: LMBatch | list, device: torch.device | str) -> LMBatch | list:
+    """``batch`` (or a list of micro-batches) with every tensor on ``device``; the one
+    place LM batches move, so library code never calls ``.cuda()``."""
+    if isinstance(batch, list):
+        return [to_device(b, device) for b in batch]
+    moved = {f.name: getattr(batch, f.name).to(device) for f in fields(batch)
+             if isinstance(getattr(batch, f.name), Tensor)}
+    return replace(batch, **moved)
+
+
 class ReferenceCache:
     """Reference log-probs per dataset row, computed the first time a row is drawn.
 
     pi_ref never changes, so each row costs one extra no-grad forward pass over the
-    whole run; later epochs read the cache.
+    whole run; later epochs read the cache. ``table`` (row -> (chosen, rejected))
+    preloads it, e.g. from :func:`prefdyn.training.reference_cache.precompute_reference`.
+    Lists of micro-batches are handled one micro-batch at a time.
     """
 
-    def __init__(self, policy: LMPolicy):
+    def __init__(self, policy: LMPolicy, table: dict[int, tuple[float, float]] | None = None):
         self.policy = policy
-        self._cache: dict[int, tuple[float, float]] = {}
+        self._cache: dict[int, tuple[float, float]] = dict(table or {})
 
-    def __call__(self, batch: LMBatch) -> LMBatch:
+    def __call__(self, batch: LMBatch | list) -> LMBatch | list:
+        if isinstance(batch, list):
+            return [self(b) for b in batch]
         rows = batch.rows.tolist()
         if not all(r in self._cache for r in rows):
             batch = reference_logps(self.policy, batch)

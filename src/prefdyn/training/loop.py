@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from prefdyn.training.step import Objective, Policy, StepOutput, training_step
 from prefdyn.tracking.callbacks import Callback, CallbackList
+from prefdyn.training.step import GradSync, Objective, Policy, StepOutput, training_step
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,11 @@ class TrainState:
 def train(policy: Policy, objective: Objective, batches: Iterator[Any],
           optimizer: torch.optim.Optimizer, *, steps: int,
           callbacks: Sequence[Callback] = (), max_grad_norm: float | None = None,
-          start_step: int = 0) -> TrainState:
-    """Run ``steps`` updates. Callbacks see every step; on an error they are told
-    (``on_train_end`` with ``state.error`` set) before it propagates, so whatever
-    they recorded is kept."""
+          start_step: int = 0, grad_sync: GradSync | None = None) -> TrainState:
+    """Run updates ``start_step + 1 .. steps``. Callbacks see every step; on an error
+    they are told (``on_train_end`` with ``state.error`` set) before it propagates, so
+    whatever they recorded is kept. ``grad_sync`` is passed to the step (distributed
+    runs)."""
     cbs = CallbackList(callbacks)
     state = TrainState(step=start_step, max_steps=steps)
     cbs.on_train_start(state, policy)
@@ -40,7 +41,7 @@ def train(policy: Policy, objective: Objective, batches: Iterator[Any],
         for step in range(start_step + 1, steps + 1):
             batch = next(batches)
             out: StepOutput = training_step(policy, objective, batch, optimizer, step=step,
-                                            max_grad_norm=max_grad_norm)
+                                            max_grad_norm=max_grad_norm, grad_sync=grad_sync)
             state.step = step
             cbs.on_step_end(state, policy, out)
             if state.stop:

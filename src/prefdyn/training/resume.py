@@ -1,4 +1,8 @@
-"""Last-layer training that survives being killed: checkpoint, then continue exactly.
+"""Training that survives being killed: checkpoint, then continue exactly.
+
+Shared pieces (:func:`truncate_metrics`, :func:`config_dict`) serve every mode;
+LM runs resume through ``fit_lm(run_folder=...)`` (:mod:`prefdyn.training.lm_resume`).
+Last-layer runs resume with :func:`fit_last_layer_resumable`:
 
 The pieces are ``fit_last_layer``'s (same policy, reference, step size, optimizer,
 tracker and the one loop); only the batch stream is the resumable twin of
@@ -66,9 +70,13 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
     return kept
 
 
-def _config_dict(cfg: TrainConfig) -> dict:
-    # The step count may grow between runs (train longer); nothing else may change.
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}
+def config_dict(cfg: TrainConfig) -> dict:
+    """What a resumed run must share with the checkpoint: the config without the step
+    count (``steps``/``epochs`` may grow between runs: train longer)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "epochs")}
+
+
+_config_dict = config_dict
 
 
 def fit_last_layer_resumable(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig, *,

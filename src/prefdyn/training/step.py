@@ -11,7 +11,7 @@ comparable.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -41,17 +41,74 @@ class StepOutput:
     grad_norm: Tensor
 
 
+GradSync = Callable[[list[Tensor], bool, int], bool]
+"""Distributed hook ``(grads, finite, n_examples) -> all_finite``: replace the gradients
+in place by the example-weighted mean over processes and say whether every process had
+a finite loss (see :mod:`prefdyn.training.distributed`)."""
+
+
+def _size(batch: Any) -> int:
+    mask = getattr(batch, "mask", None)
+    if mask is not None:
+        return int(mask.sum())
+    return len(batch)
+
+
+def _cat(parts: list, kind):
+    """Concatenate per-example tensors of micro-batches along the example (last) dim."""
+    if len(parts) == 1:
+        return parts[0]
+    return kind(**{f.name: (torch.cat([getattr(p, f.name) for p in parts], dim=-1)
+                            if getattr(parts[0], f.name) is not None else None)
+                   for f in fields(kind)})
+
+
 def training_step(policy: Policy, objective: Objective, batch: Any,
                   optimizer: torch.optim.Optimizer, *, step: int,
-                  max_grad_norm: float | None = None) -> StepOutput:
+                  max_grad_norm: float | None = None,
+                  grad_sync: GradSync | None = None) -> StepOutput:
     """One update. Raises :class:`TrainingError` naming the step on a NaN/inf loss or
-    gradient, *before* the weights are touched, so the last good state is kept."""
-    loss, problem_loss, out, logps = compute_loss(policy, objective, batch)
-    if not torch.isfinite(loss):
-        raise TrainingError(f"loss is {loss.item()} (not finite); weights left at step {step - 1}",
-                            step=step)
+    gradient, *before* the weights are touched, so the last good state is kept.
+
+    ``batch`` may be a list of micro-batches (gradient accumulation): each one is
+    back-propagated with its loss weighted by its share of the examples, so the
+    accumulated gradient and the reported loss equal those of the concatenated
+    batch; one optimizer update follows. ``grad_sync`` (distributed runs) averages
+    the accumulated gradients across processes, weighted by each one's number of
+    examples, before clipping and the update; the loss reported is this process's.
+    """
+    micro = batch if isinstance(batch, list) else [batch]
+    if not micro and grad_sync is None:  # a process may get an empty shard; alone, no
+        raise TrainingError("empty list of micro-batches", step=step)
+    sizes = [_size(b) for b in micro]
+    total = sum(sizes)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss_sum = problem_sum = None
+    outs, logps_parts = [], []
+    finite = True
+    for b, size in zip(micro, sizes):
+        loss, problem_loss, out, logps = compute_loss(policy, objective, b)
+        weight = size / total if len(micro) > 1 else 1.0
+        if not torch.isfinite(loss):
+            finite, loss_sum = False, loss.detach()
+            break
+        (loss * weight).backward()
+        loss_sum = loss.detach() * weight + (0 if loss_sum is None else loss_sum)
+        problem_sum = problem_loss.detach() * weight + (0 if problem_sum is None else problem_sum)
+        outs.append(out.detach())
+        logps_parts.append(logps.detach())
+    if grad_sync is not None:
+        # Collective: every process must reach it, even one whose loss is not finite.
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g
+        finite = grad_sync(grads, finite, total)
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        value = loss_sum.item() if loss_sum is not None and not torch.isfinite(loss_sum) else "nan"
+        raise TrainingError(f"loss is {value} (not finite); weights left at step {step - 1}",
+                            step=step)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if max_grad_norm is not None:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -60,5 +117,9 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
     if not torch.isfinite(grad_norm):
         raise TrainingError("gradient is not finite; weights left unchanged", step=step)
     optimizer.step()
-    return StepOutput(loss.detach(), problem_loss.detach(), out.detach(), logps.detach(),
+    if not outs:  # this process's shard was empty: nothing of its own to report
+        empty = torch.empty(0)
+        return StepOutput(empty.sum(), empty.sum(), LossOutput(empty, empty, empty),
+                          PreferenceLogps(empty, empty, empty, empty), grad_norm.detach())
+    return StepOutput(loss_sum, problem_sum, _cat(outs, LossOutput), _cat(logps_parts, PreferenceLogps),
                       grad_norm.detach())

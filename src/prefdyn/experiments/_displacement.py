@@ -1,0 +1,298 @@
+"""Shared pieces of the likelihood-displacement experiments (Razin et al., 2024).
+
+Razin, Malladi, Bhaskar, Chen, Arora & Hanin, "Unintentional Unalignment:
+Likelihood Displacement in Direct Preference Optimization" (2024). Used by
+:mod:`displacement_tokens`, :mod:`displacement_predictors` and
+:mod:`displacement_mitigation`: synonym groups, persona pairs with multi-token
+responses, per-pair log-prob changes of a trained policy, a fresh model copy per
+run, the DPO+SFT loss, and the run folder writer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from prefdyn.data.pairs import load_pairs
+from prefdyn.data.persona import list_behaviors, load_persona_dir
+from prefdyn.data.records import PreferencePair
+from prefdyn.data.tasks import BehaviorData, TaskConfig, build_behaviors
+from prefdyn.errors import DataError
+from prefdyn.losses.preference import dpo_loss
+from prefdyn.losses.registry import available_losses, register_loss
+from prefdyn.losses.types import LossOutput, PreferenceLogps
+from prefdyn.losses.variants import with_sft
+from prefdyn.reports import Report
+from prefdyn.tracking.run_dir import RunDir
+from prefdyn.training.config import TrainConfig
+from prefdyn.training.lm_data import collate_pairs, pair_batches, tokenize_pair
+from prefdyn.training.lm_policy import LMPolicy
+from prefdyn.training.lm_runner import fit_lm
+
+HH_DEFAULT = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+PERSONA_DEFAULT = "../shared/data/persona"
+RAZIN_CITATION = ("Razin, Malladi, Bhaskar, Chen, Arora & Hanin, 'Unintentional Unalignment: Likelihood "
+                  "Displacement in Direct Preference Optimization', 2024.")
+SFT_LOSS = "dpo_sft"
+SFT_WEIGHT = 1.0
+"""Weight of the length-normalized NLL of y+ added to DPO (RPO, Pang et al. 2024, use 1)."""
+
+
+def _dpo_sft_loss(logps: PreferenceLogps, *, beta: float = 0.1) -> LossOutput:
+    """DPO (Rafailov et al. 2023, Eq. 7) + ``SFT_WEIGHT * (-log pi(y+|x) / |y+|)``: the SFT
+    baseline Razin et al. (2024, Sec. 6) compare CHES filtering against."""
+    return with_sft(lambda lp: dpo_loss(lp, beta=beta), SFT_WEIGHT)(logps)
+
+
+# fit_lm builds its loss with get_loss(cfg.loss, beta=...), so the SFT variant needs a name.
+if SFT_LOSS not in available_losses():
+    register_loss(SFT_LOSS)(_dpo_sft_loss)
+
+
+# ---------------------------------------------------------------- synonyms ---
+
+def _norm_word(text: str) -> str:
+    """A token or word as compared with the synonym list: no spaces/punctuation, lower case."""
+    return re.sub(r"[\W_]+", "", text, flags=re.UNICODE).lower()
+
+
+@dataclass
+class Synonyms:
+    """Meaning groups of words; ``opposites`` are pairs of groups of opposite meaning."""
+
+    groups: list[set[str]]
+    opposites: list[tuple[str, str]]
+
+    def group(self, word: str) -> set[str]:
+        w = _norm_word(word)
+        for g in self.groups:
+            if w in g:
+                return g
+        return {w} if w else set()
+
+    def same(self, a: str, b: str) -> bool:
+        return bool(_norm_word(a)) and _norm_word(a) in self.group(b)
+
+    def opposite(self, a: str, b: str) -> bool:
+        ga, gb = self.group(a), self.group(b)
+        return any((x in ga and y in gb) or (y in ga and x in gb) for x, y in self.opposites)
+
+    def mark(self, token: str, y_plus: str, y_minus: str) -> str:
+        """``benign`` (same meaning as y+), ``catastrophic`` (opposite to y+: listed as
+        its opposite, or same meaning as y- when y- is not a synonym of y+) or ``other``."""
+        if not _norm_word(token):
+            return "other"
+        if self.same(token, y_plus):
+            return "benign"
+        if self.opposite(token, y_plus) or (self.same(token, y_minus) and not self.same(y_minus, y_plus)):
+            return "catastrophic"
+        return "other"
+
+
+def default_synonyms_path() -> Path:
+    return Path(str(resources.files("prefdyn.experiments").joinpath("displacement_synonyms.yaml")))
+
+
+def parse_synonyms(data: Any, source: str) -> Synonyms:
+    """``{word: [synonyms]}`` or ``{"synonyms": {...}, "opposites": [[a, b], ...]}``."""
+    if not isinstance(data, Mapping):
+        raise DataError("expected a mapping of word -> list of synonyms", source=source)
+    table = data.get("synonyms", data) if "synonyms" in data else data
+    opposites_raw = data.get("opposites", []) if "synonyms" in data else []
+    if not isinstance(table, Mapping):
+        raise DataError("'synonyms' must map a word to a list of synonyms", source=source, field="synonyms")
+    groups: list[set[str]] = []
+    for word, syns in table.items():
+        if isinstance(word, bool) or (isinstance(syns, list) and any(isinstance(s, bool) for s in syns)):
+            raise DataError(f"{word!r}: YAML read a bare yes/no/true/false as a boolean; quote the words",
+                            source=source, field=str(word))
+        if not isinstance(syns, list) or not all(isinstance(s, str) for s in syns):
+            raise DataError(f"synonyms of {word!r} must be a list of strings", source=source, field=str(word))
+        new = {_norm_word(w) for w in [str(word), *syns]} - {""}
+        merged = [g for g in groups if g & new]
+        groups = [g for g in groups if not g & new]
+        groups.append(new.union(*merged))
+    opposites = []
+    for i, pair in enumerate(opposites_raw or []):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise DataError(f"opposites[{i}] must be a list of two words", source=source, field="opposites")
+        opposites.append((_norm_word(pair[0]), _norm_word(pair[1])))
+    return Synonyms(groups, opposites)
+
+
+def load_synonyms(path: str | Path | None = None) -> Synonyms:
+    """The synonym file at ``path`` (YAML or JSON), or prefdyn's small default list."""
+    path = Path(path) if path is not None else default_synonyms_path()
+    if not path.is_file():
+        raise DataError("synonym file not found", source=str(path))
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise DataError(f"cannot parse: {e}", source=str(path)) from None
+    return parse_synonyms(data, str(path))
+
+
+# ------------------------------------------------------------------- data ---
+
+def persona_pairs(behaviors: Sequence[BehaviorData], eos: str, rows: str = "all") -> list[PreferencePair]:
+    """Persona prompts with two-token responses: ``answer + eos`` (e.g. ``"Yes<|im_end|>"``).
+
+    Why not the single answer token: CHES sums the hidden states that *predict* the
+    response tokens, and for one-token responses that is the same state h(x) for y+
+    and y-, so CHES = <h, h> - ||h||^2 = 0 for every pair. Closing the turn adds a
+    second, answer-dependent state h(x, y) and makes the score informative.
+    ``rows``: ``all``, ``train`` or ``test`` (each behavior's own split).
+    """
+    out: list[PreferencePair] = []
+    for b in behaviors:
+        idx = {"all": None, "train": b.train_idx, "test": b.test_idx}[rows]
+        for p in b.to_pairs(idx):
+            out.append(PreferencePair(p.prompt, p.chosen + eos, p.rejected + eos, p.source, p.group or b.name))
+    return out
+
+
+def subsample_pairs(pairs: Sequence[PreferencePair], tokenizer, n: int, max_tokens: int | None,
+                    seed: int) -> list[PreferencePair]:
+    """Up to ``n`` pairs, drawn in a seeded random order among those whose prompt+chosen and
+    prompt+rejected are at most ``max_tokens`` tokens. A drawn pair that is malformed (empty
+    response, prompt not a token prefix) raises the :class:`DataError` naming it."""
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    picked = []
+    for i in order:
+        if len(picked) >= n:
+            break
+        chosen_ids, _, rejected_ids, _ = tokenize_pair(pairs[i], tokenizer, i, None)
+        if max_tokens is None or max(len(chosen_ids), len(rejected_ids)) <= max_tokens:
+            picked.append(pairs[i])
+    return picked
+
+
+# ---------------------------------------------------------------- training ---
+
+def fresh_copy(loaded):
+    """A LoadedModel sharing the tokenizer with its own copy of the weights: fit_lm changes
+    the model in place (LoRA injects adapters, full mode trains it), runs must start equal."""
+    return type(loaded)(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.name, loaded.fingerprint)
+
+
+@torch.no_grad()
+def pair_logps(policy: LMPolicy, pairs: Sequence[PreferencePair], tokenizer, *, batch_size: int = 8,
+               max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Chosen/rejected summed log-probs under the policy and its reference, each (n,) float64.
+
+    Keys ``chosen``, ``rejected``, ``ref_chosen``, ``ref_rejected``. Eval mode (no
+    dropout); bad records raise the :class:`DataError` of :func:`tokenize_pair`.
+    """
+    encoded = [tokenize_pair(p, tokenizer, i, max_length) for i, p in enumerate(pairs)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(policy.model.parameters()).device
+    cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("chosen", "rejected", "ref_chosen", "ref_rejected")}
+    was_training = policy.model.training
+    policy.model.eval()
+    try:
+        for start in range(0, len(encoded), batch_size):
+            idx = list(range(start, min(start + batch_size, len(encoded))))
+            batch = collate_pairs([encoded[i] for i in idx], idx, pad)
+            batch = type(batch)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                                   for k, v in vars(batch).items()})
+            c, r = policy.pair(batch)
+            with policy.reference() as ref:
+                rc, rr = policy.pair(batch, ref)
+            for k, v in zip(cols, (c, r, rc, rr)):
+                v_cpu = v.detach().to("cpu", torch.float64)
+                cols[k].append(v_cpu)
+    finally:
+        policy.model.train(was_training)
+    return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for k, v in cols.items()}
+
+
+def displacement_stats(logps: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Mean chosen log-prob change, share displaced (chosen fell), preference accuracy
+    (chosen log-ratio > rejected log-ratio) and mean rejected change."""
+    chosen = logps["chosen"] - logps["ref_chosen"]
+    rejected = logps["rejected"] - logps["ref_rejected"]
+    return {"chosen_change": float(chosen.mean()), "displaced_share": float((chosen < 0).double().mean()),
+            "preference_accuracy": float((chosen > rejected).double().mean()),
+            "rejected_change": float(rejected.mean())}
+
+
+DEFAULT_BATCH = 8
+
+
+def train_and_measure(loaded, train_pairs: Sequence[PreferencePair],
+                      eval_sets: Mapping[str, Sequence[PreferencePair]], train: TrainConfig, *,
+                      mode: str = "lora", sink=None, name: str = "lm") -> dict[str, dict[str, torch.Tensor]]:
+    """DPO (``train.loss``) on ``train_pairs`` from a fresh copy of ``loaded`` through
+    :func:`fit_lm`; then :func:`pair_logps` of every evaluation set under the trained policy."""
+    if not train_pairs:
+        raise DataError(f"{name}: no training pairs left")
+    work = fresh_copy(loaded)
+    max_length = getattr(work.model.config, "max_position_embeddings", None)
+    batches = pair_batches(train_pairs, work.tokenizer, train.batch_size or DEFAULT_BATCH, train.seed,
+                           max_length)
+    device = next(work.model.parameters()).device
+    run = fit_lm(work, _to_device(batches, device), train, mode=mode, sink=sink, name=name)
+    out = {key: pair_logps(run.policy, pairs, work.tokenizer, max_length=max_length)
+           for key, pairs in eval_sets.items()}
+    del work, run
+    return out
+
+
+def _to_device(batches, device):
+    for batch in batches:
+        yield type(batch)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                             for k, v in vars(batch).items()})
+
+
+def load_source(source: str, tokenizer, *, hh_path: str, persona_path: str | None,
+                behaviors: Sequence[str] | None, n: int, max_tokens: int | None, seed: int,
+                chat_template: bool = True) -> tuple[list[PreferencePair], str]:
+    """Up to ``n`` seeded pairs of ``source`` (``hh`` or ``persona``) and a sentence saying
+    exactly what was chosen (for the report)."""
+    if source == "hh":
+        pairs = load_pairs(hh_path, on_error="skip")
+        picked = subsample_pairs(pairs, tokenizer, n, max_tokens, seed)
+        return picked, (f"HH-RLHF {hh_path}: {len(picked)} of {len(pairs)} pairs, drawn in a seeded "
+                        f"(seed {seed}) random order among those with prompt+response <= {max_tokens} tokens")
+    if source != "persona":
+        raise DataError(f"unknown source {source!r}: use hh or persona")
+    path = persona_path or PERSONA_DEFAULT
+    names = list(behaviors) if behaviors else list_behaviors(path)
+    if not behaviors:
+        pick = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed))[:4].tolist()
+        names = sorted(names[i] for i in pick)
+    per = max(2, -(-n // len(names)))
+    per += per % 2  # balanced Yes/No subsample needs an even count
+    data = build_behaviors(load_persona_dir(path, names), tokenizer,
+                           TaskConfig(n_per_behavior=per, seed=seed, chat_template=chat_template))
+    eos = tokenizer.eos_token or ""
+    pairs = subsample_pairs(persona_pairs(data, eos), tokenizer, n, max_tokens, seed)
+    return pairs, (f"persona {path}: behaviors {', '.join(names)}, {per} statements each (seeded, "
+                   f"balanced), {len(pairs)} pairs; responses are the answer word followed by "
+                   f"{eos!r} (single-token responses would give CHES = 0 identically)")
+
+
+# ---------------------------------------------------------------- run dirs ---
+
+def write_run(out: Path, config: Any, seed: int, device: str, compute: Callable[[RunDir], Any],
+              footer: dict[str, Any]):
+    """One experiment in the run folder ``out`` (config.yaml, environment.json, metrics.jsonl,
+    PNGs, summary.json, report.html); ``compute(run)`` returns ``(result, subtitle)``."""
+    with RunDir(out, config=config, seed=seed, device=device) as run:
+        result, subtitle = compute(run)
+        result.write(run)
+        report = Report(f"prefdyn — {result.title}", subtitle=subtitle)
+        result.add_to(report)
+        report.footer({**footer, "seed": seed, "paper": RAZIN_CITATION})
+        report.write(run.file("report.html"))
+    return result

@@ -1,0 +1,456 @@
+"""Im & Li (ICML 2024), Appendix C / Fig. 15-16: HH-RLHF with LoRA, aligned vs base misalignment.
+
+Protocol (the paper's): LoRA DPO on the true HH-RLHF preferences gives the
+*aligned* model; then LoRA DPO on flipped preferences (chosen and rejected
+swapped) is run from the *base* model and from the *aligned* model (its
+adapters merged, fresh adapters on top), each with the model at its own start
+as the reference. What is tracked is the policy's chosen-minus-rejected
+log-prob difference ``log pi(y_w|x) - log pi(y_l|x)`` on held-out pairs (the
+true orientation; not a ratio to the reference), every ``eval_every`` steps.
+
+The paper's claim: misaligning the aligned model drives that difference back
+near the base model's within the first 100 steps. We report the first step at
+which the aligned start has undone ``FALLBACK_SHARE`` of what alignment gained,
+and the drop of the difference from the aligned start vs from the base start
+over the same steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from prefdyn._runtime import resolve_device, set_seed
+from prefdyn.data import load_pairs
+from prefdyn.data.records import PreferencePair
+from prefdyn.errors import DataError, PrefdynError, TrainingError
+from prefdyn.experiments.config import ModelConfig
+from prefdyn.experiments.misalignment import _Tagged
+from prefdyn.experiments.result import ExperimentResult, fmt
+from prefdyn.models import LoadedModel, load_model
+from prefdyn.reports import Report, plot_curves, plot_pair_curves
+from prefdyn.tracking.callbacks import Callback
+from prefdyn.tracking.history import History
+from prefdyn.tracking.run_dir import RunDir
+from prefdyn.training.config import TrainConfig
+from prefdyn.training.lm_data import _pad_id, collate_pairs, pair_batches, tokenize_pair
+from prefdyn.training.lm_policy import LMBatch, LMPolicy
+from prefdyn.training.lm_runner import LMRun, fit_lm
+
+log = logging.getLogger(__name__)
+
+HH_ATTRIBUTION = ("HH-RLHF: Anthropic (Bai et al. 2022, arXiv 2204.05862), MIT license. Theory: "
+                  "Im & Li, 'Understanding the Learning Dynamics of Alignment with Human "
+                  "Feedback', ICML 2024.")
+
+FALLBACK_SHARE = 0.9
+"""'Fallen back near the base': this share of the alignment gain in the held-out
+log-prob difference is undone."""
+
+
+@dataclass
+class HHPreset:
+    """Settings of the HH-RLHF experiment.
+
+    Paper (Im & Li 2024, App. C): LoRA r=8, alpha=32, dropout 0.05 on q_proj/v_proj
+    (the :func:`~prefdyn.training.lm_policy.apply_lora` defaults), DPO with beta 0.1,
+    the "first 100 steps" window. Guessed (not stated in what we have of the paper):
+    lr, batch size, step counts, the held-out size and the token cap.
+    """
+
+    n_train: int = 32
+    n_test: int = 16
+    max_tokens: int | None = 64
+    batch_size: int = 4
+    align_steps: int = 40
+    flip_steps: int = 25
+    eval_every: int = 5
+    lr: float = 5e-4
+    beta: float = 0.1
+    window: int = 25
+    """Steps within which the paper says the difference falls back (scaled in quick)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_test", "batch_size", "align_steps", "flip_steps",
+                     "eval_every", "window"):
+            if getattr(self, name) < 1:
+                raise PrefdynError(f"hh-rlhf preset: {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise PrefdynError(f"hh-rlhf preset: max_tokens must be >= 2, got {self.max_tokens}")
+        if self.lr <= 0 or self.beta <= 0:
+            raise PrefdynError("hh-rlhf preset: lr and beta must be > 0")
+
+
+HH_PRESETS: dict[str, HHPreset] = {
+    # For 2 CPU cores with SmolLM2-135M: pairs of at most 64 tokens, 65 steps in all;
+    # the paper's 100-step window scaled down 4x to 25 steps (= flip_steps).
+    "quick": HHPreset(n_train=32, n_test=16, max_tokens=64, batch_size=4, align_steps=40,
+                      flip_steps=25, eval_every=5, lr=5e-4, beta=0.1, window=25),
+    # For a GPU: the paper's 100-step window inside a 300-step misalignment run. Only the
+    # harmless-base *test* split is at hand, so 2000 of its 2303 pairs train and 256 are
+    # held out (no cap beyond the model's context); batch 32, lr and step counts guessed.
+    "paper": HHPreset(n_train=2000, n_test=256, max_tokens=None, batch_size=32,
+                      align_steps=500, flip_steps=300, eval_every=10, lr=5e-4, beta=0.1,
+                      window=100),
+}
+
+
+def hh_preset(name: str, **overrides) -> HHPreset:
+    """A named preset with some fields replaced (``None`` values are ignored)."""
+    if name not in HH_PRESETS:
+        raise PrefdynError(f"unknown preset {name!r}: use one of {sorted(HH_PRESETS)}")
+    return dataclasses.replace(HH_PRESETS[name], **{k: v for k, v in overrides.items()
+                                                   if v is not None})
+
+
+def flip_pairs(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
+    """The same pairs with chosen and rejected swapped (misalignment data)."""
+    return [dataclasses.replace(p, chosen=p.rejected, rejected=p.chosen) for p in pairs]
+
+
+def select_pairs(pairs: Sequence[PreferencePair], tokenizer, n_train: int, n_test: int,
+                 max_tokens: int | None, seed: int, *, context: int | None = None
+                 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """A seeded (train, test) subsample of the pairs whose prompt+response fits ``max_tokens``.
+
+    Pairs that do not tokenize cleanly (prompt not a token prefix) or exceed the cap
+    (or the model's ``context``) are left out; too few left is a DataError.
+    """
+    cap = min(c for c in (max_tokens, context) if c is not None) if (max_tokens or context) else None
+    keep = []
+    for i, p in enumerate(pairs):
+        try:
+            tokenize_pair(p, tokenizer, i, cap)
+        except DataError:
+            continue
+        keep.append(p)
+    need = n_train + n_test
+    if len(keep) < need:
+        raise DataError(f"only {len(keep)} of {len(pairs)} pairs fit {cap} tokens; "
+                        f"{need} needed (n_train {n_train} + n_test {n_test}): lower them or "
+                        "raise max_tokens", source=pairs[0].source.rsplit(":", 1)[0] if pairs else None)
+    order = torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = [keep[i] for i in order[:need]]
+    return chosen[:n_train], chosen[n_train:]
+
+
+def fixed_pair_batches(pairs: Sequence[PreferencePair], tokenizer, batch_size: int
+                       ) -> list[LMBatch]:
+    """The pairs as a fixed list of :class:`PairBatch` (in order), for evaluation."""
+    encoded = [tokenize_pair(p, tokenizer, i, None) for i, p in enumerate(pairs)]
+    pad = _pad_id(tokenizer)
+    return [collate_pairs(encoded[s:s + batch_size], list(range(s, min(s + batch_size, len(encoded)))), pad)
+            for s in range(0, len(encoded), batch_size)]
+
+
+def _to_device(batch, device: torch.device):
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device)
+                                         for f in dataclasses.fields(batch)
+                                         if isinstance(getattr(batch, f.name), torch.Tensor)})
+
+
+def on_device(batches: Iterator, device: torch.device) -> Iterator:
+    """Move each batch to ``device`` (no-op copies on the CPU)."""
+    for b in batches:
+        yield _to_device(b, device)
+
+
+class HeldOutLogps(Callback):
+    """Chosen and rejected log-probs of fixed batches, at the start, every ``every`` steps
+    and at the end, with the model in eval mode (no dropout).
+
+    ``splits`` maps a split name (e.g. ``"test"`` for held-out pairs, ``"train_probe"``
+    for a fixed subset of the training pairs) to its batches. Records ``{"split",
+    "problem": name, "logp_diff", "chosen_logp", "rejected_logp", "pref_acc"}``;
+    ``logp_diff`` is the mean of ``log pi(chosen) - log pi(rejected)`` (the policy's,
+    not relative to pi_ref). Works for :class:`PairBatch` and :class:`AnswerBatch` alike.
+    """
+
+    def __init__(self, splits: dict[str, Sequence[LMBatch]], history: History, *, every: int,
+                 name: str = "lm"):
+        self.splits = {k: list(v) for k, v in splits.items()}
+        self.history, self.every, self.name = history, every, name
+
+    @torch.no_grad()
+    def measure(self, policy: LMPolicy, batches: Sequence[LMBatch]) -> dict[str, float]:
+        was_training = policy.model.training
+        policy.model.eval()
+        try:
+            device = next(policy.model.parameters()).device
+            pairs = [policy.pair(_to_device(b, device)) for b in batches]
+        finally:
+            policy.model.train(was_training)
+        chosen = torch.cat([c for c, _ in pairs]).float()
+        rejected = torch.cat([r for _, r in pairs]).float()
+        diff = chosen - rejected
+        return {"logp_diff": diff.mean().item(), "chosen_logp": chosen.mean().item(),
+                "rejected_logp": rejected.mean().item(), "pref_acc": (diff > 0).float().mean().item()}
+
+    def _record(self, step: int, policy: LMPolicy) -> None:
+        for split, batches in self.splits.items():
+            self.history.add({"step": step, "split": split, "problem": self.name, "group": None,
+                              **self.measure(policy, batches)})
+
+    def on_train_start(self, state, policy) -> None:
+        self._record(state.step, policy)
+
+    def on_step_end(self, state, policy, out) -> None:
+        if state.step % self.every == 0:
+            self._record(state.step, policy)
+
+    def on_train_end(self, state, policy) -> None:
+        if state.error is None and state.step % self.every != 0:
+            self._record(state.step, policy)
+
+
+def fresh_copy(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` with a deep copy of its model (fit_lm changes the model in place)."""
+    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+
+
+def merged_model(run: LMRun) -> torch.nn.Module:
+    """The trained model as a plain model: LoRA adapters merged into the weights."""
+    model = run.policy.model
+    if run.policy.lora:
+        model = model.merge_and_unload()
+    return model.eval()
+
+
+def trained_loaded(loaded: LoadedModel, run: LMRun) -> LoadedModel:
+    """The model trained in ``run`` (adapters merged) as a :class:`LoadedModel` with its
+    own fingerprint: fit_lm keys its on-disk reference cache on the fingerprint, and the
+    base model's would hand the aligned run the base model's reference log-probs."""
+    trained = dataclasses.replace(loaded, model=merged_model(run))
+    trained.refresh_fingerprint()
+    if trained.fingerprint == loaded.fingerprint:
+        raise PrefdynError("the trained model has the base model's fingerprint: training did "
+                           "not change the weights (lr too small?)")
+    return trained
+
+
+def fit_with_probe(loaded: LoadedModel, train_pairs, probe_splits, tokenizer, cfg: TrainConfig,
+                   preset: HHPreset, *, steps: int, mode: Literal["full", "lora"], sink, tag: str,
+                   seed: int) -> tuple[LMRun, History]:
+    """One fit_lm run on ``train_pairs`` with the log-prob probe attached."""
+    device = next(loaded.model.parameters()).device
+    tagged = _Tagged(sink, tag) if sink is not None else None
+    probe_history = History(tagged)
+    probe = HeldOutLogps(probe_splits, probe_history, every=preset.eval_every, name=tag)
+    batches = pair_batches(train_pairs, tokenizer, preset.batch_size, seed)
+    log.info("hh-rlhf %s: %d steps on %d pairs", tag, steps, len(train_pairs))
+    if device.type != "cpu":
+        batches = on_device(batches, device)
+    run = fit_lm(loaded, batches, cfg, mode=mode, steps=steps,
+                 callbacks=[probe], sink=tagged, name=tag)
+    return run, probe_history
+
+
+def first_step_at_or_below(steps: np.ndarray, curve: np.ndarray, level: float) -> float:
+    """First step where ``curve <= level`` (inf if never)."""
+    hit = np.nonzero(curve <= level)[0]
+    return float(steps[hit[0]]) if len(hit) else float("inf")
+
+
+SPLITS = {"test": "held-out pairs", "train_probe": "training pairs"}
+
+
+def fallback_stats(steps: np.ndarray, from_base: np.ndarray, from_aligned: np.ndarray,
+                   window: int) -> dict[str, float]:
+    """How far and how fast misalignment undoes alignment, from two log-prob-difference
+    curves on the same steps (step 0 first): the base's and the aligned model's start,
+    the gain, the first step at which ``FALLBACK_SHARE`` of the gain is undone, the drop
+    of each curve over the window and their ratio."""
+    base, aligned = float(from_base[0]), float(from_aligned[0])
+    gain = aligned - base
+    fallback = (first_step_at_or_below(steps, from_aligned, aligned - FALLBACK_SHARE * gain)
+                if gain > 0 else float("nan"))
+    last = np.nonzero(steps <= window)[0][-1]
+    drop_base = float(from_base[0] - from_base[last])
+    drop_aligned = float(from_aligned[0] - from_aligned[last])
+    return {"base": base, "aligned": aligned, "gain": gain, "fallback_step": fallback,
+            "fell_back_within_window": bool(np.isfinite(fallback) and fallback <= window),
+            "window_end": float(steps[last]), "drop_from_base": drop_base,
+            "drop_from_aligned": drop_aligned,
+            "speedup": drop_aligned / drop_base if abs(drop_base) > 1e-12 else float("nan"),
+            "aligned_minus_base_at_window": float(from_aligned[last] - base)}
+
+
+def run_hh_rlhf(loaded: LoadedModel, pairs: Sequence[PreferencePair], preset: HHPreset, *,
+                seed: int = 0, mode: Literal["full", "lora"] = "lora", loss: str = "dpo",
+                sink=None) -> ExperimentResult:
+    """Align on the true preferences, then misalign from the base and from the aligned model.
+
+    The log-prob difference is probed on the held-out pairs (``test``) and on a fixed
+    subset of the training pairs (``train_probe``, as many as held out): DPO on few pairs
+    need not generalise, and the claim can be checked on both. ``loaded`` is left
+    untouched (every run trains a copy).
+    """
+    tok = loaded.tokenizer
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    train_pairs, test_pairs = select_pairs(pairs, tok, preset.n_train, preset.n_test,
+                                           preset.max_tokens, seed, context=context)
+    probe_bs = max(preset.batch_size, 8)
+    probe_splits = {"test": fixed_pair_batches(test_pairs, tok, probe_bs),
+                    "train_probe": fixed_pair_batches(train_pairs[:preset.n_test], tok, probe_bs)}
+    cfg = TrainConfig(loss=loss, beta=preset.beta, optimizer="adamw", lr=preset.lr,
+                      steps=preset.align_steps, log_every=1, eval_every=preset.eval_every, seed=seed)
+    flipped = flip_pairs(train_pairs)
+
+    def fit(start: LoadedModel, data, steps: int, tag: str):
+        return fit_with_probe(start, data, probe_splits, tok, cfg, preset, steps=steps, mode=mode,
+                              sink=sink, tag=tag, seed=seed)
+
+    aligned, align_probe = fit(fresh_copy(loaded), train_pairs, preset.align_steps, "align")
+    aligned_loaded = trained_loaded(loaded, aligned)
+    from_base, base_probe = fit(fresh_copy(loaded), flipped, preset.flip_steps, "flip_from_base")
+    from_aligned, al_probe = fit(aligned_loaded, flipped, preset.flip_steps, "flip_from_aligned")
+
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    stats: dict[str, dict[str, float]] = {}
+    steps = s_align = None
+    for split in SPLITS:
+        s_align, c_align = align_probe.curves("logp_diff", split=split)
+        steps, c_base = base_probe.curves("logp_diff", split=split)
+        _, c_al = al_probe.curves("logp_diff", split=split)
+        _, a_base = base_probe.curves("pref_acc", split=split)
+        _, a_al = al_probe.curves("pref_acc", split=split)
+        curves[split] = {"align": c_align["align"], "base": c_base["flip_from_base"],
+                         "aligned": c_al["flip_from_aligned"], "acc_base": a_base["flip_from_base"],
+                         "acc_aligned": a_al["flip_from_aligned"]}
+        stats[split] = fallback_stats(steps, curves[split]["base"], curves[split]["aligned"],
+                                      preset.window)
+    held, train = stats["test"], stats["train_probe"]
+    _, loss_base = from_base.history.curves("loss")
+    loss_steps, loss_al = from_aligned.history.curves("loss")
+
+    summary = {
+        "mode": mode, "beta": preset.beta, "lr": preset.lr, "seed": seed,
+        "preset": dataclasses.asdict(preset), "n_train": len(train_pairs), "n_test": len(test_pairs),
+        "base_logp_diff": held["base"], "aligned_logp_diff": held["aligned"],
+        "alignment_gain": held["gain"], "fallback_share": FALLBACK_SHARE,
+        "fallback_step": held["fallback_step"],
+        "fell_back_within_window": held["fell_back_within_window"], "window": preset.window,
+        "logp_diff_drop_from_base": held["drop_from_base"],
+        "logp_diff_drop_from_aligned": held["drop_from_aligned"], "speedup": held["speedup"],
+        "aligned_minus_base_at_window": held["aligned_minus_base_at_window"],
+        "train_alignment_gain": train["gain"], "train_fallback_step": train["fallback_step"],
+        "train_speedup": train["speedup"], "by_split": stats,
+        "align_final_loss": aligned.history.last("loss").get("align"),
+    }
+    res = ExperimentResult(
+        name="hh_rlhf", title=f"HH-RLHF: misaligning the aligned vs the base model ({mode})",
+        explanation=_explain(summary, preset, mode), summary=summary,
+        headlines=[
+            ("Held-out log-prob diff: base → aligned", f"{fmt(held['base'])} → {fmt(held['aligned'])}",
+             "mean log π(chosen) − log π(rejected)"),
+            (f"Steps to undo {FALLBACK_SHARE:.0%} of alignment (held-out / train)",
+             f"{fmt(held['fallback_step'], 0)} / {fmt(train['fallback_step'], 0)}",
+             f"window: {preset.window} steps"),
+            ("Misalignment speed-up (held-out / train)",
+             f"{fmt(held['speedup'])} / {fmt(train['speedup'])}",
+             "drop of the log-prob diff, aligned start / base start")])
+    for split, what in SPLITS.items():
+        c = curves[split]
+        fig = plot_curves({"alignment (true prefs)": s_align, "misalign from base": steps,
+                           "misalign from aligned": steps},
+                          {"alignment (true prefs)": c["align"], "misalign from base": c["base"],
+                           "misalign from aligned": c["aligned"]},
+                          ylabel="log π(chosen) − log π(rejected)",
+                          title=f"HH-RLHF log-prob difference, {what} (Fig. 15)")
+        ax = fig.axes[0]
+        ax.axhline(stats[split]["base"], color="0.4", lw=1.0, linestyle=":", zorder=1)
+        ax.axvline(preset.window, color="0.7", lw=0.8, linestyle="--", zorder=1)
+        res.add_figure(f"hh_logp_diff_{split}", fig,
+                       f"Chosen-minus-rejected log-prob difference on the {what} during alignment "
+                       "and during misalignment from the base and from the aligned model; dotted: "
+                       f"the base model's value, dashed: the {preset.window}-step window.")
+    res.add_figure("hh_flipped_loss", plot_pair_curves(
+        loss_steps, {"HH-RLHF": loss_base["flip_from_base"]}, {"HH-RLHF": loss_al["flip_from_aligned"]},
+        label_a="from base", label_b="from aligned", ylabel="DPO loss on flipped pairs (train)",
+        title="Misalignment loss (Fig. 16)"),
+        "Training loss on the flipped pairs, each run with its own start as the reference.")
+    ct, cr = curves["test"], curves["train_probe"]
+    res.tables.append(("Log-prob difference over misalignment", [
+        {"step": int(st), "held-out from base": float(ct["base"][i]),
+         "held-out from aligned": float(ct["aligned"][i]),
+         "train from base": float(cr["base"][i]), "train from aligned": float(cr["aligned"][i]),
+         "held-out pref. acc. from base": float(ct["acc_base"][i]),
+         "held-out pref. acc. from aligned": float(ct["acc_aligned"][i])}
+        for i, st in enumerate(steps)]))
+    res.notes += [_verdict(stats[split], what, preset.window) for split, what in SPLITS.items()]
+    if held["gain"] <= 0:
+        res.warnings.append("Alignment did not raise the held-out log-prob difference (DPO on "
+                            f"{len(train_pairs)} pairs did not generalise), so on held-out pairs "
+                            "there is nothing to fall back from; see the training pairs, or train "
+                            "on more pairs for longer.")
+    return res
+
+
+def _explain(s: dict, preset: HHPreset, mode: str) -> str:
+    cap = f"at most {preset.max_tokens} tokens" if preset.max_tokens else "any length"
+    return (
+        f"{s['n_train']} training and {s['n_test']} held-out pairs of HH-RLHF (a seeded subsample "
+        f"of the pairs with prompt+response of {cap}). {mode.upper()} DPO (beta {preset.beta}, "
+        f"AdamW lr {preset.lr:g}, batch {preset.batch_size}) on the true preferences for "
+        f"{preset.align_steps} steps gives the aligned model; then {preset.flip_steps} steps on "
+        "flipped preferences from the base and from the aligned model (adapters merged, new ones "
+        "on top), each with its own start as the reference.\n\n"
+        "Tracked: the policy's log π(chosen) − log π(rejected) in the true orientation, on the "
+        f"held-out pairs and on {s['n_test']} of the training pairs. Im & Li (App. C, Fig. 15-16) "
+        "report that from the aligned model it falls back near the base model's within the "
+        f"first 100 steps; here the window is {preset.window} steps.")
+
+
+def _verdict(st: dict, what: str, window: int) -> str:
+    if st["gain"] <= 0:
+        return (f"On the {what}, alignment did not raise the log-prob difference "
+                f"({fmt(st['base'])} → {fmt(st['aligned'])}), so there is no fall-back to test.")
+    fb = st["fallback_step"]
+    when = f"after {fmt(fb, 0)} steps" if np.isfinite(fb) else "not within the steps run"
+    within = "inside" if st["fell_back_within_window"] else "not inside"
+    return (f"On the {what}, alignment raised the log-prob difference {fmt(st['base'])} → "
+            f"{fmt(st['aligned'])}; misalignment from the aligned model undid "
+            f"{FALLBACK_SHARE:.0%} of that gain {when} ({within} the {window}-step window). Over "
+            f"the window it dropped by {fmt(st['drop_from_aligned'])} from the aligned start vs "
+            f"{fmt(st['drop_from_base'])} from the base start (ratio {fmt(st['speedup'])}); at the "
+            f"window's end the aligned run sits {fmt(st['aligned_minus_base_at_window'])} above "
+            "the base model's starting value.")
+
+
+def run_hh_experiment(pairs_path: str | Path, preset: HHPreset, *, model: ModelConfig | None = None,
+                      mode: Literal["full", "lora"] = "lora", seed: int = 0, loss: str = "dpo",
+                      out: str | Path = "runs/hh_rlhf", loaded: LoadedModel | None = None
+                      ) -> tuple[ExperimentResult, Path]:
+    """:func:`run_hh_rlhf` in its own run folder (config, metrics, plots, summary, report)."""
+    model = model or ModelConfig()
+    set_seed(seed)
+    out = Path(out)
+    config = {"pairs": str(pairs_path), "mode": mode, "loss": loss, "model": model,
+              "preset": preset}
+    device = resolve_device(model.device)
+    with RunDir(out, config=config, seed=seed, device=device) as run:
+        pairs = load_pairs(pairs_path, on_error="skip")
+        if loaded is None:
+            loaded = load_model(model.name, cache_dir=model.cache_dir, device=device,
+                                trust_remote_code=model.trust_remote_code)
+        try:
+            result = run_hh_rlhf(loaded, pairs, preset, seed=seed, mode=mode, loss=loss, sink=run)
+        except TrainingError as e:
+            run.write_summary({"experiment": "hh_rlhf", "error": str(e), "failed_at_step": e.step})
+            raise
+        result.write(run)
+        report = Report(f"prefdyn — {result.title}", subtitle=f"{loaded.name}, {mode}")
+        result.add_to(report)
+        report.footer({"model": f"{loaded.name} ({loaded.fingerprint[:12]})", "data": str(pairs_path),
+                       "seed": seed, "beta": preset.beta, "lr": preset.lr,
+                       "attribution": HH_ATTRIBUTION})
+        report.write(run.file("report.html"))
+    return result, out

@@ -1,0 +1,233 @@
+"""Im & Li (ICML 2024), Sec. 5 / Fig. 9: misalignment from the base vs the aligned model,
+with every weight (``full``) or LoRA adapters (``lora``) trained.
+
+Protocol (the paper's): DPO on the true labels gives the aligned model; then DPO
+on flipped labels (``data.tasks.flip``) from the base model and from the aligned
+model, each with the model at its own start as the reference. In the last-layer
+version the two flipped runs coincide by construction (the loss depends on W
+only through W - W_ref); here the hidden states move too, so the aligned start
+can be misaligned faster. The mechanism Im & Li propose is that DPO makes the
+two classes of a behavior more distinguishable (larger D), which the embedding
+snapshots before and after alignment measure.
+
+Reported per behavior: the flipped-label loss (whole train and test rows, every
+``eval_every`` steps) from the base vs the aligned start, the speed-up (loss drop
+from the aligned start / from the base over the same steps), the steps until
+``FLIP_ACCURACY`` of the rows prefer the flipped answer, and D before/after alignment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Literal
+
+import numpy as np
+
+from prefdyn.experiments.hh_rlhf import trained_loaded
+from prefdyn.experiments.lm_common import (
+    LAST,
+    LMExperimentPreset,
+    LMTraining,
+    get_preset,
+    lm_task,
+    register_presets,
+    spread_by_D,
+    train_lm,
+)
+from prefdyn.experiments.misalignment import FLIP_ACCURACY, _Tagged, steps_to_reach
+from prefdyn.experiments.result import ExperimentResult, fmt
+from prefdyn.experiments.workspace import Workspace
+from prefdyn.models import LoadedModel
+from prefdyn.reports import plot_pair_curves
+from prefdyn.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Quick: 2 behaviors spread over D, 32 train / 8 test rows each, 20 steps per phase at
+# batch 8 (60 steps in all) for 2 CPU cores with SmolLM2-135M; lr 5e-5 (guessed, as in
+# the other quick presets) so that 20 steps move the model. Paper: Im & Li fine-tune with
+# DPO, beta 0.1 (paper); lr 1e-5 AdamW, batch 32, 3 epochs of 800 rows (~75 steps) and 4
+# behaviors are our guesses for GPU users.
+register_presets(
+    "lm_misalignment",
+    quick=LMExperimentPreset(mode="full", steps=20, batch_size=8, lr=5e-5, beta=0.1,
+                             n_per_behavior=40, n_behaviors=2, eval_every=5, eval_rows=16,
+                             probe_rows=16, snapshot_steps=(0, LAST)),
+    paper=LMExperimentPreset(mode="full", steps=75, batch_size=32, lr=1e-5, beta=0.1,
+                             n_per_behavior=1000, n_behaviors=4, eval_every=5, eval_rows=100,
+                             probe_rows=100, snapshot_steps=(0, LAST)),
+)
+# LoRA (Im & Li App. C setting: r=8, alpha=32, dropout 0.05 on q,v): adapters need a larger
+# step size than full fine-tuning; 5e-4 is our guess (the paper's LoRA lr is not stated here).
+register_presets(
+    "lm_misalignment_lora",
+    quick=LMExperimentPreset(mode="lora", steps=20, batch_size=8, lr=5e-4, beta=0.1,
+                             n_per_behavior=40, n_behaviors=2, eval_every=5, eval_rows=16,
+                             probe_rows=16, snapshot_steps=(0, LAST)),
+    paper=LMExperimentPreset(mode="lora", steps=75, batch_size=32, lr=5e-4, beta=0.1,
+                             n_per_behavior=1000, n_behaviors=4, eval_every=5, eval_rows=100,
+                             probe_rows=100, snapshot_steps=(0, LAST)),
+)
+
+
+def misalignment_preset(name: str, mode: Literal["full", "lora"] = "full") -> LMExperimentPreset:
+    """The ``quick``/``paper`` preset of this experiment for ``mode``."""
+    return get_preset("lm_misalignment" if mode == "full" else "lm_misalignment_lora", name)
+
+
+def _curves(training: LMTraining, metric: str, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-behavior curves; with one behavior there are no group records, only the run's."""
+    steps, curves = training.history.curves(metric, split=split, by="group")
+    if not curves and len(training.task.group_names) == 1:
+        steps, whole = training.history.curves(metric, split=split, by="problem")
+        if whole:
+            curves = {training.task.group_names[0]: next(iter(whole.values()))}
+    return steps, curves
+
+
+def _drop(c: np.ndarray) -> float:
+    ok = c[np.isfinite(c)]
+    return float(ok[0] - ok[-1]) if len(ok) else float("nan")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if np.isfinite(a) and np.isfinite(b) and abs(b) > 1e-12 else float("nan")
+
+
+def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedModel,
+                        preset: LMExperimentPreset, sink=None, which: list[int] | None = None,
+                        align_steps: int | None = None) -> ExperimentResult:
+    """Align (true labels), then misalign (flipped labels) from the base and from the aligned
+    model, in ``preset.mode``. ``train`` sets the optimisation of every phase (``align_steps``
+    overrides the alignment's step count); ``loaded`` stays the base model."""
+    if which is None:
+        which = spread_by_D(ws, preset.n_behaviors) if ws.behaviors else []
+    names = [ws.names[i] for i in which]
+    mode = preset.mode
+    task = lm_task(ws, loaded, which, name="align")
+    flipped = lm_task(ws, loaded, which, flip=True, name="flipped")
+
+    def tagged(tag):
+        return _Tagged(sink, tag) if sink is not None else None
+
+    align_cfg = dataclasses.replace(train, steps=align_steps or train.steps)
+    aligned = train_lm(loaded, task, align_cfg, preset, sink=tagged("align"), name="align")
+    aligned_loaded = trained_loaded(loaded, aligned.run)
+    from_base = train_lm(loaded, flipped, train, preset, sink=tagged("flip_from_base"),
+                         name="flip_from_base", snapshots=False)
+    from_aligned = train_lm(aligned_loaded, flipped, train, preset, sink=tagged("flip_from_aligned"),
+                            name="flip_from_aligned", snapshots=False, copy_model=False)
+
+    split = "train_eval"
+    steps, loss_base = _curves(from_base, "loss", split)
+    _, loss_al = _curves(from_aligned, "loss", split)
+    _, acc_base = _curves(from_base, "policy_acc", split)
+    _, acc_al = _curves(from_aligned, "policy_acc", split)
+    _, test_base = _curves(from_base, "loss", "test")
+    _, test_al = _curves(from_aligned, "loss", "test")
+    _, align_acc = _curves(aligned, "policy_acc", split)
+
+    speedup = {n: _ratio(_drop(loss_al[n]), _drop(loss_base[n])) for n in names}
+    test_speedup = {n: _ratio(_drop(test_al[n]), _drop(test_base[n])) for n in names
+                    if n in test_al and n in test_base}
+    flip_base = {n: steps_to_reach(steps, acc_base[n], FLIP_ACCURACY) for n in names}
+    flip_al = {n: steps_to_reach(steps, acc_al[n], FLIP_ACCURACY) for n in names}
+    D_before, D_after = _snapshot_D(aligned)
+    # Full fine-tuning rescales the hidden states; D / sqrt(trace Sigma) does not see that.
+    sfD_before, sfD_after = _snapshot_D(aligned, "scale_free_D")
+    finite = [v for v in speedup.values() if np.isfinite(v)]
+    mean_speedup = float(np.mean(finite)) if finite else float("nan")
+    faster = sum(v > 1 for v in finite)
+    summary = {
+        "mode": mode, "behaviors": names, "lr": aligned.run.lr, "beta": train.beta,
+        "steps": train.steps, "align_steps": align_cfg.steps, "batch_size": train.batch_size,
+        "aligned_policy_acc": {n: float(align_acc[n][-1]) for n in names},
+        "speedup": speedup, "mean_speedup": mean_speedup, "test_speedup": test_speedup,
+        "steps_to_flip_from_base": flip_base, "steps_to_flip_from_aligned": flip_al,
+        "D_before_alignment": D_before, "D_after_alignment": D_after,
+        "scale_free_D_before_alignment": sfD_before, "scale_free_D_after_alignment": sfD_after,
+        "seconds": {"align": aligned.seconds, "flip_from_base": from_base.seconds,
+                    "flip_from_aligned": from_aligned.seconds},
+    }
+    res = ExperimentResult(
+        name=f"lm_misalignment_{mode}",
+        title=f"Misalignment ({mode}): flipped labels from the base vs the aligned model",
+        explanation=(
+            f"{len(names)} behaviors ({', '.join(names)}) are aligned with {mode} DPO "
+            f"({align_cfg.steps} steps, AdamW lr {aligned.run.lr:g}, beta {train.beta}), then "
+            f"trained {train.steps} steps on flipped labels from the base model and from the "
+            "aligned model, each with its own start as the reference (the paper's protocol). "
+            "Speed-up = drop of the flipped-label loss on the training rows from the aligned "
+            "start / from the base start, over the same steps.\n\n"
+            "Unlike the last-layer version (speed-up exactly 1 by invariance), the hidden "
+            "states move here; Im & Li (Fig. 9) find aligned models misaligned faster and trace "
+            "it to larger distinguishability D after DPO."),
+        summary=summary,
+        headlines=[(f"Misalignment speed-up ({mode})", fmt(mean_speedup),
+                    f"{faster} of {len(finite)} behaviors faster from the aligned model")])
+    res.add_figure(f"misalignment_{mode}_loss", plot_pair_curves(
+        steps, loss_base, loss_al, label_a="from base", label_b="from aligned",
+        ylabel="DPO loss on flipped labels (train rows)", title=f"Misalignment, {mode}",
+        annotations={n: f"x{speedup[n]:.2f}" for n in names}),
+        "Flipped-label loss of every training row from the base (solid) and the aligned "
+        "(dashed) model.")
+    res.add_figure(f"misalignment_{mode}_acc", plot_pair_curves(
+        steps, acc_base, acc_al, label_a="from base", label_b="from aligned",
+        ylabel="share preferring the flipped answer", title=f"Misalignment, {mode}: accuracy"),
+        f"Share of training rows whose flipped answer has the higher log-prob; "
+        f"'flipped' = {FLIP_ACCURACY:.0%}.")
+    res.tables.append((f"Misalignment per behavior ({mode})", [
+        {"behavior": n, "speed-up (train)": speedup[n], "speed-up (test)": test_speedup.get(n),
+         f"steps to {FLIP_ACCURACY:.0%} flipped (base)": flip_base[n],
+         f"steps to {FLIP_ACCURACY:.0%} flipped (aligned)": flip_al[n],
+         "aligned acc.": summary["aligned_policy_acc"][n],
+         "D before": D_before.get(n), "D after alignment": D_after.get(n),
+         "scale-free D before": sfD_before.get(n), "scale-free D after": sfD_after.get(n)}
+        for n in names]))
+    res.notes.append(_verdict(summary, names))
+    return res
+
+
+def _snapshot_D(aligned: LMTraining, key: str = "D") -> tuple[dict[str, float], dict[str, float]]:
+    """Per-behavior ``key`` (D or scale_free_D) of the probe before (step 0) and after
+    alignment (last snapshot)."""
+    snaps = aligned.snapshots
+    if snaps is None or not snaps.snapshots:
+        return {}, {}
+    first, last = min(snaps.snapshots), max(snaps.snapshots)
+    before, after = snaps.stats(first), snaps.stats(last)
+    return ({n: v[key] for n, v in before.items()}, {n: v[key] for n, v in after.items()})
+
+
+def _verdict(s: dict, names: list[str]) -> str:
+    sp = s["speedup"]
+    faster = [n for n in names if np.isfinite(sp[n]) and sp[n] > 1]
+    parts = [(f"The aligned model was misaligned faster for {len(faster)} of {len(names)} "
+              f"behaviors (mean speed-up {fmt(s['mean_speedup'])}).")]
+    Db, Da = s["D_before_alignment"], s["D_after_alignment"]
+    grew = [n for n in names if n in Db and n in Da and Da[n] > Db[n]]
+    if Db:
+        parts.append(f"Alignment raised D for {len(grew)} of {len(names)} behaviors "
+                     f"({', '.join(f'{n}: {fmt(Db[n])}→{fmt(Da[n])}' for n in names if n in Db)}).")
+    Sb, Sa = s["scale_free_D_before_alignment"], s["scale_free_D_after_alignment"]
+    if Sb:
+        parts.append("Scale-free D (D / sqrt(trace Sigma)): "
+                     f"{', '.join(f'{n}: {fmt(Sb[n])}→{fmt(Sa[n])}' for n in names if n in Sb)}.")
+    weak = [n for n in names if s["aligned_policy_acc"][n] < 0.75]
+    if weak:
+        parts.append(f"Alignment was weak for {', '.join(weak)} (train accuracy < 75%), so the "
+                     "aligned start is close to the base; more steps make the comparison sharper.")
+    return " ".join(parts)
+
+
+def for_mode(train: TrainConfig, preset: LMExperimentPreset) -> TrainConfig:
+    """``--mode lora`` on a full-mode preset: take the LoRA preset's lr, unless the lr was
+    changed from the full preset's (LoRA adapters need a larger step size)."""
+    if preset.mode != "lora":
+        return train
+    from prefdyn.experiments.lm_common import LM_PRESETS
+    for name, full in LM_PRESETS["lm_misalignment"].items():
+        if dataclasses.replace(preset, mode="full", lr=full.lr) == full and train.lr == full.lr:
+            return dataclasses.replace(train, lr=LM_PRESETS["lm_misalignment_lora"][name].lr)
+    return train

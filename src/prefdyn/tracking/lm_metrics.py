@@ -1,0 +1,150 @@
+"""Evaluation metrics of an LM preference run on fixed train and test rows.
+
+:class:`prefdyn.training.lm_runner.LMTracker` records the *minibatch* each step
+(its loss, margin, gradient norm, per-block weight drift). The Im & Li (ICML
+2024, Sec. 5) curves need the whole split instead: every ``every`` steps
+:class:`LMEvalTracker` scores fixed lists of batches (no grad, eval mode, so
+LoRA dropout adds no noise) and records, overall and per behavior (group):
+
+* ``loss``, ``margin`` (reward margin ``beta (h+ - h-)``), ``reward_acc`` and
+  ``policy_acc`` (see :func:`prefdyn.tracking.preference.per_example_metrics`);
+* ``chosen_logp`` / ``rejected_logp`` and their change since step 0
+  (``*_logp_change``: the reference is the model at step 0 in both modes);
+* ``chosen_fell``: share of rows whose chosen log-prob fell (likelihood
+  displacement, Razin et al. 2024);
+* ``dpo_weight``: mean ``sigma(-beta h)``, DPO's per-example gradient weight
+  (Rafailov et al. 2023, Sec. 4; Im & Li 2024, Eq. 8), which goes to 0 as a row is learned.
+
+Each split is also given a ``weights`` record: ``dW_U`` = ||W_U(t) - W_U(0)||_F
+and ``dW_U_rel`` (divided by ||W_U(0)||_F) of the unembedding (0 under LoRA,
+which leaves ``lm_head`` frozen).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prefdyn.losses.types import LossOutput, PreferenceLogps
+from prefdyn.tracking.callbacks import Callback
+from prefdyn.tracking.history import History
+from prefdyn.tracking.preference import per_example_metrics
+from prefdyn.training.lm_policy import LMPolicy, PairBatch, reference_logps
+
+__all__ = ["LMEvalTracker", "evaluate_batches", "group_means"]
+
+Objective = Callable[[PreferenceLogps], LossOutput]
+
+
+@torch.no_grad()
+def evaluate_batches(policy: LMPolicy, objective: Objective, batches: Sequence[Any]
+                     ) -> tuple[dict[str, Tensor], Tensor]:
+    """Per-row metrics of ``batches`` (each with reference log-probs), concatenated.
+
+    Returns ({metric: (n,)}, rows (n,)). The model is put in eval mode for the
+    measurement and its train/eval mode restored afterwards.
+    """
+    was_training = policy.model.training
+    policy.model.eval()
+    try:
+        parts: list[dict[str, Tensor]] = []
+        for batch in batches:
+            chosen, rejected = policy.pair(batch)
+            lengths = ((batch.chosen_len, batch.rejected_len) if isinstance(batch, PairBatch)
+                       else (None, None))
+            logps = PreferenceLogps(chosen.float(), rejected.float(), batch.ref_chosen,
+                                    batch.ref_rejected, *lengths)
+            out = objective(logps)
+            values = per_example_metrics(out, logps)
+            values["dpo_weight"] = torch.sigmoid(-out.margins)
+            parts.append({k: v.detach().float().cpu() for k, v in values.items()})
+    finally:
+        policy.model.train(was_training)
+    rows = torch.cat([b.rows.cpu() for b in batches])
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, rows
+
+
+def group_means(values: Mapping[str, Tensor], groups: Tensor | None, n_groups: int
+                ) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """(overall means, per-group means) of per-row ``values``; a group without rows
+    gets NaN. ``groups`` (n,) long indexes the groups (None: no per-group means)."""
+    whole = {k: v.mean().item() for k, v in values.items()}
+    per: list[dict[str, float]] = []
+    if groups is not None and n_groups > 1:
+        for g in range(n_groups):
+            sel = groups == g
+            per.append({k: (v[sel].mean().item() if sel.any() else float("nan"))
+                        for k, v in values.items()})
+    return whole, per
+
+
+class LMEvalTracker(Callback):
+    """Whole-split preference metrics of an LM policy every ``every`` steps.
+
+    Args:
+        objective: the run's loss (``get_loss(cfg.loss, beta=cfg.beta)``).
+        splits: split name -> fixed list of batches (e.g. ``{"train_eval": ...,
+            "test": ...}``); their reference log-probs are computed at train start.
+        row_groups: (N,) long, the group (behavior) of every dataset row, indexed
+            by ``batch.rows``; None for no per-group records.
+        group_names: names of the groups.
+        every: evaluate at step 0, every ``every`` steps and at the last step.
+
+    Records ``{"step", "split", "problem": name, "group": None | behavior, <metric>}``
+    into ``history``; ``History.curves(m, split="test", by="group")`` reads them.
+    """
+
+    def __init__(self, objective: Objective, splits: Mapping[str, Sequence[Any]], *,
+                 history: History, every: int, name: str = "lm",
+                 row_groups: Tensor | None = None, group_names: Sequence[str] = ()):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        empty = [s for s, batches in splits.items() if not batches]
+        if empty:
+            raise ValueError(f"split(s) {empty} have no batches to evaluate")
+        self.objective, self.splits = objective, dict(splits)
+        self.history, self.every, self.name = history, every, name
+        self.row_groups = row_groups
+        self.group_names = list(group_names)
+        self._W_U0: Tensor | None = None
+        self._last_step: int | None = None
+
+    @staticmethod
+    def _head_weight(policy: LMPolicy) -> Tensor:
+        return policy._parts(policy.model)[1].weight
+
+    def on_train_start(self, state, policy: LMPolicy) -> None:
+        self.splits = {s: [reference_logps(policy, b) for b in batches]
+                       for s, batches in self.splits.items()}
+        self._W_U0 = self._head_weight(policy).detach().float().clone()
+        self.record(state.step, policy)
+
+    def on_step_end(self, state, policy: LMPolicy, out) -> None:
+        if state.step % self.every == 0 or state.step == state.max_steps:
+            self.record(state.step, policy)
+
+    def on_train_end(self, state, policy: LMPolicy) -> None:
+        # A run stopped early (callback or error) still gets its last state measured.
+        if self._W_U0 is not None and state.step != self._last_step and state.error is None:
+            self.record(state.step, policy)
+
+    @torch.no_grad()
+    def record(self, step: int, policy: LMPolicy) -> None:
+        """Evaluate every split now and add the records to the history."""
+        base = {"step": step, "problem": self.name}
+        for split, batches in self.splits.items():
+            values, rows = evaluate_batches(policy, self.objective, batches)
+            groups = self.row_groups[rows] if self.row_groups is not None else None
+            whole, per = group_means(values, groups, len(self.group_names))
+            self.history.add({**base, "split": split, "group": None, "n": len(rows), **whole})
+            for gname, means in zip(self.group_names, per):
+                n_g = int((groups == self.group_names.index(gname)).sum())
+                self.history.add({**base, "split": split, "group": gname, "n": n_g, **means})
+        W_U = self._head_weight(policy).detach().float()
+        dW = (W_U - self._W_U0).norm().item()
+        self.history.add({**base, "split": "weights", "group": None, "dW_U": dW,
+                          "dW_U_rel": dW / max(self._W_U0.norm().item(), 1e-30)})
+        self._last_step = step

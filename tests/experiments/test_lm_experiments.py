@@ -1,0 +1,68 @@
+import dataclasses
+import math
+
+import pytest
+
+from prefdyn.diagnostics import priority_gap_matrix
+from prefdyn.experiments.distribution_change import run_distribution_change
+from prefdyn.experiments.lm_common import LAST, LMExperimentPreset
+from prefdyn.experiments.lm_distinguishability import base_D, run_lm_distinguishability
+from prefdyn.experiments.lm_priority import lowest_gap_pair, run_lm_priority
+from prefdyn.experiments.priority import highest_gap_pair
+from prefdyn.tracking import class_mean_difference
+from tests._tiny import tiny_loaded
+
+TINY = LMExperimentPreset(steps=4, batch_size=4, lr=1e-2, eval_every=2, eval_rows=4,
+                          probe_rows=8, n_behaviors=3, snapshot_steps=(0, LAST))
+
+
+def test_lm_distinguishability(tiny_workspace):
+    # every train row evaluated, a moderate lr: the measured loss decrease is not sampling noise
+    preset = dataclasses.replace(TINY, lr=3e-3, eval_rows=None)
+    res = run_lm_distinguishability(tiny_workspace, preset.train_config(), loaded=tiny_loaded(),
+                                    preset=preset)
+    s = res.summary
+    assert len(s["behaviors"]) == 3
+    D = [s["D"][n] for n in s["behaviors"]]
+    assert D == sorted(D)  # picked lowest D first, spread over the range
+    assert -1 <= s["spearman_D_loss_decrease"] <= 1
+    assert sum(s["loss_decrease"].values()) > 0  # the train rows are being learned
+    assert {f.name for f in res.figures} >= {"fig6_loss_by_distinguishability",
+                                             "layer_drift_by_distinguishability"}
+    assert all(v > 0 for d in s["final_layer_drift"].values() for v in d.values())
+
+
+def test_lowest_gap_pair_is_the_smallest_off_diagonal_gap(tiny_workspace):
+    ws = tiny_workspace
+    per = ws.problems()
+    gaps = priority_gap_matrix(class_mean_difference(per).double(), per.mask.sum(1).double()).proj_gap
+    i, j = lowest_gap_pair(ws)
+    assert i != j
+    off = [abs(float(gaps[a, b])) for a in range(len(ws.names)) for b in range(len(ws.names)) if a != b]
+    assert abs(float(gaps[i, j])) == pytest.approx(min(off))
+    hi = highest_gap_pair(ws)
+    assert abs(float(gaps[hi[0], hi[1]])) > abs(float(gaps[i, j]))
+
+
+def test_lm_priority_two_pairs(tiny_workspace):
+    res = run_lm_priority(tiny_workspace, TINY.train_config(), loaded=tiny_loaded(), preset=TINY)
+    pairs = res.summary["pairs"]
+    assert set(pairs) == {"high gap", "low gap"}
+    assert pairs["high gap"]["projection_gap"] > pairs["low gap"]["projection_gap"]
+    for p in pairs.values():
+        assert p["higher_priority"] in p["behaviors"] and isinstance(p["prediction_holds"], bool)
+    assert res.figures[0].name == "fig7_priority_pairs"
+
+
+def test_distribution_change_before_is_the_base_model(tiny_workspace):
+    ws = tiny_workspace
+    res = run_distribution_change(ws, TINY.train_config(), loaded=tiny_loaded(), preset=TINY,
+                                  which=[0, 1], projections=("pca",))
+    ch = res.summary["change"]
+    assert set(ch) == set(ws.names[:2])
+    for name in ch:
+        assert ch[name]["D"]["before"] > 0 and ch[name]["D"]["after"] != ch[name]["D"]["before"]
+        assert math.isfinite(ch[name]["spread_ratio"]["ratio"])
+    names = {f.name for f in res.figures}
+    assert {f"fig8_pca_{ws.names[0]}", "fig8_D_over_training"} <= names
+    assert base_D(ws, 0) > 0
