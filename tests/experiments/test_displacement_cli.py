@@ -36,6 +36,9 @@ def test_tokens_verb(common, tmp_path):
     assert r.exit_code == 0, r.output
     s = _folder(tmp_path / "displacement_tokens")
     assert list(s["pairs"]) == ["Yes>No"] and s["k"] == 4 and s["max_steps"] == 3
+    config = (tmp_path / "displacement_tokens" / "config.yaml").read_text()
+    assert "preset: quick" in config and "optimizer: adamw" in config  # the preset fills the optimizer
+    assert s["lr"] == 1e-3  # ... and a flag wins over the preset's lr
     assert "report:" in r.output
 
 

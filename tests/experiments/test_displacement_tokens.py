@@ -98,6 +98,10 @@ def test_token_table_on_a_tiny_model():
     # both pairs start from the same model, and the caller's model is untouched
     assert rows[0]["pi(y+) before"] == pytest.approx(rows[1]["pi(y-) before"])
     assert all(torch.equal(p, start[n]) for n, p in loaded.model.named_parameters())
+    W = loaded.model.get_output_embeddings().weight.detach().double()
+    yes, no = (tok_id[0] for tok_id in loaded.tokenizer(["Yes", "No"], add_special_tokens=False)["input_ids"])
+    for r, (p, m) in zip(rows, [(yes, no), (no, yes)]):  # Sec. 4: falls iff <W+, W-> > ||W+||^2
+        assert r["predicted π(y+) falls"] == bool(W[p] @ W[m] > W[p] @ W[p])
     gainers = res.tables[1][1]
     assert len(gainers) == 10
     first = [g for g in gainers if g["pair"] == rows[0]["pair"]]

@@ -66,3 +66,12 @@ def test_distribution_change_before_is_the_base_model(tiny_workspace):
     names = {f.name for f in res.figures}
     assert {f"fig8_pca_{ws.names[0]}", "fig8_D_over_training"} <= names
     assert base_D(ws, 0) > 0
+
+
+def test_exact_spearman_p_by_hand():
+    from prefdyn.experiments.lm_distinguishability import exact_spearman_p
+    # 3 points in perfect order: 2 of the 3! orderings reach |rho| = 1
+    assert exact_spearman_p([1, 2, 3], [10, 20, 30]) == pytest.approx(1 / 3)
+    # 4 points: |rho| = 1 for 2 of 24 orderings
+    assert exact_spearman_p([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(2 / 24)
+    assert math.isnan(exact_spearman_p([1, 2], [1, 2]))

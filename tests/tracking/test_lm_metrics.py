@@ -67,7 +67,9 @@ def test_tracker_records_groups_and_learning(mode):
         {"train_eval": _eval_batches(data, tok, yes, no, data.train_idx),
          "test": _eval_batches(data, tok, yes, no, data.test_idx)},
         history=history, every=3, name="mix", row_groups=data.groups, group_names=data.group_names)
-    lr = 1e-2 if mode == "full" else 5e-2
+    # AdamW on a random tiny model overshoots above ~1e-2 (full) / 3e-2 (LoRA): the loss then
+    # oscillates around log 2 and "learned" would be luck, not a property of the tracker.
+    lr = 3e-3 if mode == "full" else 1e-2
     cfg = TrainConfig(steps=7, lr=lr, optimizer="adamw", seed=0)
     fit_lm(loaded, answer_batches(data, tok, yes, no, 8, seed=0), cfg, mode=mode,
            callbacks=[tracker])

@@ -84,7 +84,7 @@ def _show(result: ExperimentResult, out: Path) -> None:
     console.print(f"report: {out / 'report.html'}")
 
 
-def _run(name: str, cfg: ExperimentConfig, settings, compute) -> Path:
+def _run(name: str, cfg: ExperimentConfig, settings, compute, preset: str) -> Path:
     set_seed(cfg.seed)
     out = Path(cfg.out) / name
     device = str(resolve_device(cfg.model.device))
@@ -94,7 +94,7 @@ def _run(name: str, cfg: ExperimentConfig, settings, compute) -> Path:
         result = compute(loaded, run)
         return result, f"{loaded.name} ({loaded.fingerprint[:12]})"
 
-    result = write_run(out, {"experiment": cfg, "displacement": settings}, cfg.seed, device, body,
+    result = write_run(out, {"preset": preset, "experiment": cfg, "displacement": settings}, cfg.seed, device, body,
                        {"beta": cfg.train.beta, "optimizer": cfg.train.optimizer, "lr": cfg.train.lr,
                         "steps": cfg.train.steps})
     _show(result, out)
@@ -131,7 +131,7 @@ def tokens(cfg: ExperimentConfig,
                             synonyms=synonyms, chat_template=cfg.task.chat_template,
                             template=cfg.task.template)
     _run("displacement_tokens", cfg, settings,
-         lambda loaded, run: run_token_table(loaded, settings, cfg.train, sink=run))
+         lambda loaded, run: run_token_table(loaded, settings, cfg.train, sink=run), preset)
 
 
 @displacement_app.command()
@@ -155,7 +155,7 @@ def predictors(cfg: ExperimentConfig,
                             chat_template=cfg.task.chat_template)
     _check_mode(mode)
     _run("displacement_predictors", cfg, settings,
-         lambda loaded, run: run_predictors(loaded, settings, cfg.train, sink=run, mode=mode))
+         lambda loaded, run: run_predictors(loaded, settings, cfg.train, sink=run, mode=mode), preset)
 
 
 @displacement_app.command()
@@ -185,7 +185,7 @@ def mitigation(cfg: ExperimentConfig,
                                 chat_template=cfg.task.chat_template)
     _check_mode(mode)
     _run("displacement_mitigation", cfg, settings,
-         lambda loaded, run: run_mitigation(loaded, settings, cfg.train, sink=run, mode=mode))
+         lambda loaded, run: run_mitigation(loaded, settings, cfg.train, sink=run, mode=mode), preset)
 
 
 def _check_mode(mode: str) -> None:

@@ -83,7 +83,7 @@ def run_theory(name: str, cfg: ExperimentConfig, settings: object,
         result.write(run)
         report = Report(f"prefdyn — {result.title}", subtitle=subtitle)
         result.add_to(report)
-        report.footer({**footer, "seed": cfg.seed, "steps": cfg.train.steps, "optimizer": cfg.train.optimizer,
+        report.footer({**footer, "seed": cfg.seed, "steps": cfg.train.steps, "optimizer": cfg.train.optimizer_for("last_layer"),
                        "attribution": THEORY_ATTRIBUTION})
         report.write(run.file("report.html"))
     _show(result, out)

@@ -19,7 +19,7 @@ def curvature_lr(ws: Workspace, train: TrainConfig) -> tuple[float, dict]:
     data = ws.problems()
     policy = LastLayerPolicy(ws.W_answers, data.n_problems)
     return default_lr(policy, get_loss(train.loss, beta=train.beta), policy.reference_for(data),
-                      optimizer=train.optimizer, beta=train.beta, safety=train.lr_safety)
+                      optimizer=train.optimizer_for("last_layer"), beta=train.beta, safety=train.lr_safety)
 
 
 def pca_2d(x: torch.Tensor) -> torch.Tensor:

@@ -131,6 +131,9 @@ def _result(rows, per_source, figures, described, train: TrainConfig, mode: str)
                      f"{verdict} the claim that higher CHES means more displacement (negative ρ). "
                      f"{info['displaced_share']:.0%} of the pairs lost chosen log-prob "
                      f"(mean change {info['mean_chosen_change']:+.3f}).")
+        if source == "persona" and corr["ches"]["rho"] == corr["ches_normalized"]["rho"]:
+            notes.append("persona: every response is the answer token and the end-of-turn token (same "
+                         "length), so length-normalized CHES ranks the pairs exactly as CHES does.")
         if not np.isfinite(corr["edit"]["rho"]):
             notes.append(f"{source}: edit similarity is the same for every pair (n/a): the responses "
                          "are the same two texts for every prompt.")

@@ -163,6 +163,8 @@ def run_token_table(loaded, cfg: TokensConfig, train: TrainConfig, *, sink=None,
             f"overlap@{k} (Δp)": overlap_at_k(predicted, measured_p, k),
             f"overlap@{k} (Δlog p)": overlap_at_k(predicted, measured_lp, k),
             "benign": marks.count("benign"), "catastrophic": marks.count("catastrophic"),
+            # Sec. 4: pi(y+) can fall when W_y+ - W_y- points away from W_y+ (<W_y+, W_y-> > ||W_y+||^2)
+            "<W_y+ − W_y−, W_y+>/‖W_y+‖": geometry.along, "predicted π(y+) falls": geometry.along < 0,
         }
         rows.append(record)
         for t, m in zip(measured_p[:k], marks):
@@ -216,6 +218,10 @@ def _result(rows, gainer_rows, per_pair, cfg: TokensConfig, train: TrainConfig, 
                    ("catastrophic gainers", str(n_cat), f"among the top-{k} of every pair")],
         tables=[("Per answer pair", rows), (f"Top-{k} gainers by Δp", gainer_rows)])
     res.add_figure("answer_probabilities", _figure(rows), "π(y+) and π(y−) before and after DPO")
+    predicted = [r["pair"] for r in rows if r["predicted π(y+) falls"]]
+    res.notes.append(f"Unembedding geometry (Sec. 4) predicts π(y+) to fall for {len(predicted)}/{len(rows)} "
+                     f"pair(s){': ' + ', '.join(predicted) if predicted else ''}; it fell for "
+                     f"{len(displaced)}/{len(rows)}.")
     if displaced:
         res.notes.append(f"π(y+) fell while DPO widened the margin for {', '.join(displaced)}: likelihood "
                          "displacement, as Razin et al. (2024) report.")

@@ -66,6 +66,7 @@ def run_distribution_change(ws: Workspace, train: TrainConfig, *, sink=None, loa
     D_grew = [n for n in names if after[n]["D"] > before[n]["D"]]
     sfD_grew = [n for n in names if after[n]["scale_free_D"] > before[n]["scale_free_D"]]
     tighter = [n for n in names if after[n]["spread_ratio"] < before[n]["spread_ratio"]]
+    spread_grew = [n for n in names if after[n]["spread"] > before[n]["spread"]]
     final_loss = tr.history.last("loss", split="train_eval", by="group")
 
     summary = {"behaviors": names, "mode": preset.mode, "lr": train.lr, "beta": train.beta,
@@ -73,10 +74,14 @@ def run_distribution_change(ws: Workspace, train: TrainConfig, *, sink=None, loa
                "snapshot_steps": sorted(snaps.snapshots), "probe_rows": len(snaps.probe),
                "probe_split": preset.probe_split, "change": change,
                "D_grew": D_grew, "scale_free_D_grew": sfD_grew, "more_concentrated": tighter,
+               "absolute_spread_grew": spread_grew,
                "final_train_loss": final_loss, "seconds": tr.seconds, "preset": preset}
     text = (f"D grew for {len(D_grew)} of {len(names)} behaviors, the scale-free D "
             f"(D / within-class spread) for {len(sfD_grew)}, and the classes became more "
-            f"concentrated relative to D (spread / D fell) for {len(tighter)}.")
+            f"concentrated relative to D (spread / D fell) for {len(tighter)}. In absolute terms "
+            f"the class spread grew for {len(spread_grew)} of {len(names)}"
+            + (" (the hidden states' scale changes too): where it grew, 'more concentrated' "
+               "holds relative to D, not in raw distance." if spread_grew else "."))
     res = ExperimentResult(
         name="distribution_change",
         title=f"Embedding distributions before and after {preset.mode} DPO",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -224,6 +225,14 @@ def merged_model(run: LMRun) -> torch.nn.Module:
     return model.eval()
 
 
+def release(run: LMRun) -> None:
+    """Drop what a finished run holds beyond its history (the trained model, the frozen
+    reference copy, the optimizer state): three full copies of the model in full mode."""
+    run.policy = None  # type: ignore[assignment]
+    run.optimizer = None
+    gc.collect()
+
+
 def trained_loaded(loaded: LoadedModel, run: LMRun) -> LoadedModel:
     """The model trained in ``run`` (adapters merged) as a :class:`LoadedModel` with its
     own fingerprint: fit_lm keys its on-disk reference cache on the fingerprint, and the
@@ -310,8 +319,12 @@ def run_hh_rlhf(loaded: LoadedModel, pairs: Sequence[PreferencePair], preset: HH
 
     aligned, align_probe = fit(fresh_copy(loaded), train_pairs, preset.align_steps, "align")
     aligned_loaded = trained_loaded(loaded, aligned)
+    release(aligned)
     from_base, base_probe = fit(fresh_copy(loaded), flipped, preset.flip_steps, "flip_from_base")
+    release(from_base)
     from_aligned, al_probe = fit(aligned_loaded, flipped, preset.flip_steps, "flip_from_aligned")
+    del aligned_loaded
+    release(from_aligned)
 
     curves: dict[str, dict[str, np.ndarray]] = {}
     stats: dict[str, dict[str, float]] = {}

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from prefdyn.experiments.hh_rlhf import trained_loaded
+from prefdyn.experiments.hh_rlhf import release, trained_loaded
 from prefdyn.experiments.lm_common import (
     LAST,
     LMExperimentPreset,
@@ -114,10 +114,14 @@ def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedMode
     align_cfg = dataclasses.replace(train, steps=align_steps or train.steps)
     aligned = train_lm(loaded, task, align_cfg, preset, sink=tagged("align"), name="align")
     aligned_loaded = trained_loaded(loaded, aligned.run)
+    release(aligned.run)
     from_base = train_lm(loaded, flipped, train, preset, sink=tagged("flip_from_base"),
                          name="flip_from_base", snapshots=False)
+    release(from_base.run)
     from_aligned = train_lm(aligned_loaded, flipped, train, preset, sink=tagged("flip_from_aligned"),
                             name="flip_from_aligned", snapshots=False, copy_model=False)
+    del aligned_loaded
+    release(from_aligned.run)
 
     split = "train_eval"
     steps, loss_base = _curves(from_base, "loss", split)

@@ -63,7 +63,7 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
         hi, lo = highest_gap_pair(ws), lowest_gap_pair(ws)
         pairs = [hi] if sorted(hi) == sorted(lo) else [hi, lo]
     labels = ["high gap", "low gap"][:len(pairs)] if len(pairs) <= 2 else [f"pair {k}" for k in range(len(pairs))]
-    rows, panels, titles, summary_pairs = [], [], [], {}
+    rows, panels, summary_pairs = [], [], {}
     for label, pair in zip(labels, pairs):
         names = [ws.names[i] for i in pair]
         prio = pair_priority(ws, pair)
@@ -84,10 +84,11 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
             "higher_priority": hi_name, "learned_faster": faster,
             "prediction_holds": hi_name == faster, "seconds": tr.seconds}
         proj = {n: prio[n]["projection"] for n in names}
-        panels.append(lambda ax, s=steps, c=loss, t=test, p=proj: plot_curves(
+        title = f"{label}: {' vs '.join(names)}"
+        # the title goes through plot_curves, which lifts it over the train/test key
+        panels.append(lambda ax, s=steps, c=loss, t=test, p=proj, ti=title: plot_curves(
             s, c, color_values=p, color_label="D·P", ylabel="DPO loss (per behavior)",
-            dashed=t or None, ax=ax))
-        titles.append(f"{label}: {' vs '.join(names)}")
+            dashed=t or None, title=ti, ax=ax))
         for n in names:
             rows.append({"pair": label, "behavior": n, "D": prio[n]["D"], "P": prio[n]["P"],
                          "D·P": prio[n]["projection"], "loss AUC": auc[n],
@@ -124,8 +125,7 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
         summary={"pairs": summary_pairs, "mode": preset.mode, "lr": train.lr, "beta": train.beta,
                  "steps": train.steps, "batch_size": train.batch_size, "preset": preset},
         headlines=headlines)
-    res.add_figure("fig7_priority_pairs", plot_grid(panels, ncols=2, titles=titles,
-                                                    panel_size=(5.6, 3.8)),
+    res.add_figure("fig7_priority_pairs", plot_grid(panels, ncols=2, panel_size=(5.6, 3.8)),
                    "Per-behavior DPO loss inside each joint run (solid train rows, dashed test "
                    "rows), coloured by the projection D_i·P_i (Fig. 7).")
     res.tables.append(("Priority and speed per pair", rows))

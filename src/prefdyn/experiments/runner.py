@@ -44,7 +44,7 @@ PERSONA_ATTRIBUTION = (
 def _footer(report: Report, cfg: ExperimentConfig, ws: Workspace) -> None:
     data = cfg.data.path or "prefdyn bundled demo data (written for prefdyn)"
     report.footer({"model": f"{ws.model_name} ({ws.model_fingerprint[:12]})", "data": data,
-                   "seed": cfg.seed, "beta": cfg.train.beta, "optimizer": cfg.train.optimizer,
+                   "seed": cfg.seed, "beta": cfg.train.beta, "optimizer": cfg.train.optimizer_for("last_layer"),
                    "steps": cfg.train.steps, "attribution": PERSONA_ATTRIBUTION})
 
 

@@ -7,7 +7,6 @@ single offline HTML file. Neither needs torch.
 
 from prefdyn.reports._style import D_CMAP, PALETTE, d_colors, style
 from prefdyn.reports.html import Report, Section
-from prefdyn.reports.projections import pca_2d, plot_before_after, umap_2d
 from prefdyn.reports.plots import (
     close_figure,
     fig_to_png_bytes,
@@ -22,6 +21,7 @@ from prefdyn.reports.plots import (
     spearman,
     subplots_grid,
 )
+from prefdyn.reports.projections import pca_2d, plot_before_after, umap_2d
 
 __all__ = [
     "D_CMAP", "PALETTE", "Report", "Section", "close_figure", "d_colors", "fig_to_png_bytes",

@@ -22,11 +22,15 @@ class TrainConfig:
     batch at a fraction of the memory. ``epochs`` (LM modes) sets the number of
     steps from the number of training rows: ``epochs * ceil(rows / batch)``; it
     overrides ``steps``.
+
+    ``optimizer=None`` is the mode's default (:meth:`optimizer_for`): plain gradient
+    descent for the last layer (Im & Li's analysis), AdamW for LoRA and full
+    fine-tuning (the seed's Section 5 and App. C setting).
     """
 
     loss: str = "dpo"
     beta: float = 0.1
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw"] | None = None
     lr: float | None = None
     lr_safety: float = 1.0
     weight_decay: float = 0.0
@@ -39,10 +43,16 @@ class TrainConfig:
     grad_accum: int = 1
     epochs: int | None = None
 
+    def optimizer_for(self, mode: str) -> str:
+        """The optimizer a ``mode`` ("last_layer", "lora", "full") runs with."""
+        if self.optimizer is not None:
+            return self.optimizer
+        return "sgd" if mode == "last_layer" else "adamw"
+
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise PrefdynError(f"beta must be > 0, got {self.beta}")
-        if self.optimizer not in ("sgd", "adamw"):
+        if self.optimizer not in (None, "sgd", "adamw"):
             raise PrefdynError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.lr is not None and self.lr <= 0:
             raise PrefdynError(f"lr must be > 0, got {self.lr}")

@@ -83,6 +83,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_main_process() -> bool:
+    """True on rank 0 (and in a plain run): the process that should write files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup_distributed(device: torch.device | None = None) -> Distributed:
     """A :class:`Distributed` for this process and the device it should train on;
     initialises the process group (via accelerate) only when the launcher started

@@ -159,7 +159,7 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     """Train ``loaded.model`` on ``batches`` (from :mod:`prefdyn.training.lm_data`).
 
     The loss is ``get_loss(cfg.loss, beta=cfg.beta)``; the optimizer is
-    ``cfg.optimizer`` (``make_optimizer``: SGD or AdamW) with ``cfg.lr``, or 1e-5 when
+    ``cfg.optimizer_for(mode)`` (AdamW unless SGD is asked for) with ``cfg.lr``, or 1e-5 when
     it is None (the last-layer curvature rule does not apply here). Steps: ``steps``,
     else ``cfg.epochs`` epochs of the stream's rows, else ``cfg.steps``; each step
     accumulates ``cfg.grad_accum`` micro-batches. The model is in train mode during
@@ -201,11 +201,11 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     objective = get_loss(cfg.loss, beta=cfg.beta)
     policy = make_lm_policy(loaded, mode, seed=cfg.seed, lora_kwargs=lora_kwargs)
     lr = cfg.lr if cfg.lr is not None else LM_DEFAULT_LR
-    log.info("%s mode: %s, lr %.3g (%s), %d steps", mode, cfg.optimizer, lr,
+    log.info("%s mode: %s, lr %.3g (%s), %d steps", mode, cfg.optimizer_for(mode), lr,
              "given" if cfg.lr is not None else "LM default; cfg.lr is None", steps)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     log.info("%s mode: %d trainable parameters", mode, sum(p.numel() for p in params))
-    optimizer = make_optimizer(params, cfg, lr)
+    optimizer = make_optimizer(params, cfg, lr, mode=mode)
 
     table = None
     if stream is not None and cache_reference is not False:

@@ -37,8 +37,10 @@ class LastLayerRun:
     state: TrainState
 
 
-def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
+def make_optimizer(params, cfg: TrainConfig, lr: float, *, mode: str = "last_layer"
+                   ) -> torch.optim.Optimizer:
+    """``cfg.optimizer_for(mode)`` over ``params`` with step size ``lr``."""
+    if cfg.optimizer_for(mode) == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
@@ -82,7 +84,7 @@ def setup_last_layer(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig
     elif cfg.lr is not None:
         lr_value, lr_info = cfg.lr, {"rule": "given"}
     else:
-        lr_value, lr_info = default_lr(policy, objective, train_data, optimizer=cfg.optimizer,
+        lr_value, lr_info = default_lr(policy, objective, train_data, optimizer=cfg.optimizer_for("last_layer"),
                                        beta=cfg.beta, safety=cfg.lr_safety)
     log.info("learning rate %.4g (%s)", lr_value, lr_info["rule"])
 

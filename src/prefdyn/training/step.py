@@ -80,7 +80,8 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
     micro = batch if isinstance(batch, list) else [batch]
     if not micro and grad_sync is None:  # a process may get an empty shard; alone, no
         raise TrainingError("empty list of micro-batches", step=step)
-    sizes = [_size(b) for b in micro]
+    # Sizes matter only when they weigh something (a policy's batch need not have a len).
+    sizes = [_size(b) for b in micro] if len(micro) > 1 or grad_sync is not None else [1]
     total = sum(sizes)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = problem_sum = None
@@ -118,7 +119,7 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
         raise TrainingError("gradient is not finite; weights left unchanged", step=step)
     optimizer.step()
     if not outs:  # this process's shard was empty: nothing of its own to report
-        empty = torch.empty(0)
+        empty = torch.empty(0, device=params[0].device)
         return StepOutput(empty.sum(), empty.sum(), LossOutput(empty, empty, empty),
                           PreferenceLogps(empty, empty, empty, empty), grad_norm.detach())
     return StepOutput(loss_sum, problem_sum, _cat(outs, LossOutput), _cat(logps_parts, PreferenceLogps),
