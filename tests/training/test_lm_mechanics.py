@@ -226,3 +226,24 @@ def test_fit_lm_precomputes_references_only_when_the_run_covers_the_data(tmp_pat
     fit_lm(loaded, _stream(loaded.tokenizer, batch_size=2), cfg, mode="full", steps=1,
            cache_reference=True, reference_cache_dir=tmp_path)
     assert len(files()) == 2  # asked for; full mode is another key
+
+
+def test_reference_cache_follows_the_weights_not_the_stale_fingerprint():
+    # A model trained in place keeps loaded.fingerprint; the cached reference of its
+    # base must not be served for it: the first loss of any run is log 2 (pi = pi_ref).
+    loaded = tiny_loaded()
+    cfg = TrainConfig(steps=3, batch_size=3, optimizer="adamw", lr=5e-2, log_every=1)
+    fit_lm(loaded, _stream(loaded.tokenizer), cfg, mode="full", cache_reference=True)
+    stale = loaded.fingerprint
+    second = fit_lm(loaded, _stream(loaded.tokenizer), cfg, mode="full", cache_reference=True)
+    assert loaded.fingerprint == stale
+    first_loss = second.history.records[0]["loss"]
+    assert first_loss == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
+
+
+def test_lm_modes_default_to_adamw_and_the_last_layer_to_sgd():
+    cfg = TrainConfig()
+    assert cfg.optimizer is None
+    assert (cfg.optimizer_for("full"), cfg.optimizer_for("lora")) == ("adamw", "adamw")
+    assert cfg.optimizer_for("last_layer") == "sgd"
+    assert TrainConfig(optimizer="sgd").optimizer_for("full") == "sgd"

@@ -149,6 +149,8 @@ def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedMode
         "aligned_policy_acc": {n: float(align_acc[n][-1]) for n in names},
         "speedup": speedup, "mean_speedup": mean_speedup, "test_speedup": test_speedup,
         "steps_to_flip_from_base": flip_base, "steps_to_flip_from_aligned": flip_al,
+        "final_flipped_acc_from_base": {n: float(acc_base[n][-1]) for n in names},
+        "final_flipped_acc_from_aligned": {n: float(acc_al[n][-1]) for n in names},
         "D_before_alignment": D_before, "D_after_alignment": D_after,
         "scale_free_D_before_alignment": sfD_before, "scale_free_D_after_alignment": sfD_after,
         "seconds": {"align": aligned.seconds, "flip_from_base": from_base.seconds,
@@ -218,6 +220,17 @@ def _verdict(s: dict, names: list[str]) -> str:
     if Sb:
         parts.append("Scale-free D (D / sqrt(trace Sigma)): "
                      f"{', '.join(f'{n}: {fmt(Sb[n])}→{fmt(Sa[n])}' for n in names if n in Sb)}.")
+    stalled = [n for n in names if np.isfinite(sp[n]) and sp[n] > 1
+               and not np.isfinite(s["steps_to_flip_from_aligned"][n])]
+    if stalled:
+        acc_b, acc_a = s["final_flipped_acc_from_base"], s["final_flipped_acc_from_aligned"]
+        parts.append(f"Yet the faster loss drop from the aligned model did not reach "
+                     f"{FLIP_ACCURACY:.0%} flipped answers for {', '.join(stalled)} (final share "
+                     f"preferring the flipped answer, aligned vs base start: "
+                     f"{', '.join(f'{fmt(acc_a[n])} vs {fmt(acc_b[n])}' for n in stalled)}): with "
+                     "the aligned model as the reference, undoing the alignment (back to "
+                     "indifference) already earns a large margin, so a loss-based speed-up "
+                     "overstates how fast the flipped behavior is learned; see the accuracy plot.")
     weak = [n for n in names if s["aligned_policy_acc"][n] < 0.75]
     if weak:
         parts.append(f"Alignment was weak for {', '.join(weak)} (train accuracy < 75%), so the "

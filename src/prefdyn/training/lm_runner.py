@@ -21,6 +21,7 @@ from torch import Tensor
 from prefdyn._runtime import resolve_device
 from prefdyn.errors import TrainingError
 from prefdyn.losses import get_loss
+from prefdyn.models.loading import model_fingerprint
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.preference import per_example_metrics
@@ -199,6 +200,10 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
         stream.layout(micro_batches=cfg.grad_accum, rank=dist.rank, world=dist.world)
     steps = _total_steps(cfg, steps, stream)
     objective = get_loss(cfg.loss, beta=cfg.beta)
+    # The reference cache is keyed on the weights pi_ref actually has (the start of this
+    # run), recomputed here (~0.1 s): ``loaded.fingerprint`` is stale for a model trained
+    # in place or copied from a trained one, and would serve the base model's values.
+    start_fingerprint = model_fingerprint(loaded.model, loaded.tokenizer)
     policy = make_lm_policy(loaded, mode, seed=cfg.seed, lora_kwargs=lora_kwargs)
     lr = cfg.lr if cfg.lr is not None else LM_DEFAULT_LR
     log.info("%s mode: %s, lr %.3g (%s), %d steps", mode, cfg.optimizer_for(mode), lr,
@@ -209,7 +214,7 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
 
     table = None
     if stream is not None and cache_reference is not False:
-        key = reference_key(loaded.fingerprint, stream.content, mode=mode,
+        key = reference_key(start_fingerprint, stream.content, mode=mode,
                             dtype=next(policy.model.parameters()).dtype)
         # Auto: precompute every row when the run sees them all anyway, or when a resumed
         # run must get the values an unbroken one got; a short run only reads a cache.

@@ -42,7 +42,9 @@ def make_optimizer(params, cfg: TrainConfig, lr: float, *, mode: str = "last_lay
     """``cfg.optimizer_for(mode)`` over ``params`` with step size ``lr``."""
     if cfg.optimizer_for(mode) == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    # The fused kernel (CPU and CUDA) updates all tensors in one pass; torch's default
+    # per-tensor loop costs ~3 s a step for a 135M-parameter model on 2 CPU cores.
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 @dataclass
