@@ -7,7 +7,8 @@ clipping (1.0, TRL's default). Sides, each in its own subprocess so that peak
 memory (max RSS) is per side, run one after the other (never in parallel):
 
 * ``prefdyn-plain``   fit_lm, one left-padded prompt forward per pair, lm_head at
-                      the answer position only, reference once per row;
+                      the answer position only, reference computed once for all
+                      rows before the first step (in "setup", like trl-precompute);
 * ``prefdyn-shared``  the same, the batch's common token prefix run once and
                       broadcast (``LMPolicy(share_prefix=True)``, the default);
 * ``trl``             DPOTrainer defaults (reference model forward every step);
@@ -17,7 +18,7 @@ memory (max RSS) is per side, run one after the other (never in parallel):
                       the OS (``GLIBC_TUNABLES``, no mmap, no trim): faster, more memory.
 
 pairs/s = batch / mean step time over ``--steps`` steps after one warm-up step
-(a step: fetch batch, reference if not cached, forward, backward, AdamW).
+(a step: fetch batch, forward, backward, AdamW; for ``trl`` also the reference).
 Losses at step 0 and after ``--steps`` updates are printed for every side.
 By default TRL's end-of-turn token (which TRL appends to every response) is
 dropped from its data, so both sides optimize the same objective and their losses
@@ -32,6 +33,7 @@ default data, a different objective). TRL is an optional benchmark dependency
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -83,6 +85,7 @@ def run_prefdyn(args, share_prefix: bool) -> dict:
     from prefdyn.tracking.callbacks import Callback
     from prefdyn.training import TrainConfig
     from prefdyn.training.lm_data import collate_prompts
+    from prefdyn.training.lm_policy import LMPolicy
     from prefdyn.training.lm_runner import fit_lm
 
     loaded = load_model(None)
@@ -116,6 +119,12 @@ def run_prefdyn(args, share_prefix: bool) -> dict:
     cfg = TrainConfig(loss="dpo", beta=args.beta, optimizer="adamw", lr=args.lr, weight_decay=0.0,
                       steps=total, log_every=total)
     t0 = time.perf_counter()
+    # The reference log-probs are computed once, before the first step (as TRL's
+    # precompute_ref_log_probs does), by the starting weights = pi_ref; counted in setup.
+    start = LMPolicy(loaded.model, share_prefix=share_prefix)
+    with torch.no_grad():
+        batches = [dataclasses.replace(b, ref_chosen=c, ref_rejected=r)
+                   for b in batches for c, r in [start.pair(b)]]
     fit_lm(loaded, iter(batches), cfg, mode="full", steps=total, callbacks=[probe],
            max_grad_norm=1.0)
     return {"setup_s": probe.times[0] - t0, "step_times": _diffs(probe.times),

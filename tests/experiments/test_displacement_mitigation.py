@@ -6,15 +6,13 @@ import torch
 from prefdyn.data import demo_data_dir
 from prefdyn.diagnostics.ches import ches_scores
 from prefdyn.errors import PrefdynError
-from prefdyn.experiments._displacement import SFT_LOSS, SFT_WEIGHT, load_source
+from prefdyn.experiments._displacement import load_source
 from prefdyn.experiments.displacement_mitigation import (
     RUNS,
     MitigationConfig,
     run_mitigation,
     split_runs,
 )
-from prefdyn.losses import get_loss
-from prefdyn.losses.types import PreferenceLogps
 from prefdyn.training import TrainConfig
 from tests._tiny import tiny_loaded
 
@@ -28,14 +26,6 @@ def test_split_runs_drops_the_top_ches_rows_and_as_many_random_ones():
     assert rows["drop random"] == split_runs(ches, 25.0, seed=0)["drop random"]  # seeded
     with pytest.raises(PrefdynError, match="drops none"):
         split_runs(ches, 5.0, seed=0)
-
-
-def test_sft_loss_is_dpo_plus_the_normalized_nll():
-    lp = PreferenceLogps(torch.tensor([-2.0, -6.0]), torch.tensor([-3.0, -1.0]), torch.tensor([-2.5, -5.0]),
-                         torch.tensor([-2.0, -2.0]), torch.tensor([2.0, 3.0]), torch.tensor([1.0, 1.0]))
-    dpo = get_loss("dpo", beta=0.1)(lp).losses
-    sft = get_loss(SFT_LOSS, beta=0.1)(lp).losses
-    assert torch.allclose(sft - dpo, SFT_WEIGHT * torch.tensor([2.0 / 2, 6.0 / 3]))
 
 
 def test_mitigation_runs_drop_exactly_the_top_ches_training_pairs():

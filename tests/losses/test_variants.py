@@ -90,3 +90,11 @@ def test_with_sft_adds_length_normalized_nll_of_chosen():
     assert out.chosen_rewards.item() == pytest.approx(0.5)
     with pytest.raises(PrefdynError):
         with_sft(dpo, -1.0)
+
+
+def test_dpo_sft_adds_the_length_normalized_nll_of_the_chosen_response():
+    # DPO part: L_POS (beta 0.5, as above); SFT part: -log pi(y+) / |y+| = 1 / 2 = 0.5, weight 2.
+    lp = _logps(**PAIR, chosen_len=[2.0], rejected_len=[1.0])
+    out = get_loss("dpo_sft", beta=0.5, sft_weight=2.0)(lp)
+    assert out.losses.item() == pytest.approx(L_POS + 2.0 * 0.5, abs=1e-9)
+    assert get_loss("dpo_sft", beta=0.5)(lp).losses.item() == pytest.approx(L_POS + 0.5, abs=1e-9)

@@ -15,6 +15,21 @@ from prefdyn.errors import PrefdynError
 from prefdyn.losses import available_losses
 
 err_console = Console(stderr=True)
+console = Console()
+
+
+def show_result(result, out) -> None:
+    """An experiment's headlines, notes and report path on the terminal."""
+    from rich.table import Table
+
+    table = Table(title=result.title, show_header=False, title_justify="left")
+    for label, value, note in result.headlines:
+        table.add_row(label, f"[bold]{value}[/bold]", note)
+    console.print(table)
+    for note in result.notes + result.warnings:
+        console.print(f"[dim]•[/dim] {note}")
+    report = out / "report.html"
+    console.print(f"report: [link=file://{report.resolve()}]{report}[/link]")
 
 
 def user_errors(fn):

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
-from prefdyn.cli._options import user_errors, with_experiment_options
+from prefdyn.cli._options import console, show_result, user_errors, with_experiment_options
 from prefdyn.cli.displacement import displacement_app
 from prefdyn.cli.filter import filter_command
 from prefdyn.cli.lm import lm_app
 from prefdyn.cli.theory import theory_app
-from prefdyn.experiments import ExperimentConfig, ExperimentResult, run_demo, run_experiment
+from prefdyn.experiments import ExperimentConfig, run_demo, run_experiment
 from prefdyn.experiments.priority import highest_gap_pair
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments.workspace import prepare_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Measure, predict and reproduce the learning dynamics of preference alignment.")
-console = Console()
 
 DEMO_DEFAULTS = {"train": {"steps": 1000, "log_every": 5, "eval_every": 25}}
 EXPERIMENT_DEFAULTS = {"train": {"steps": 1000, "log_every": 5, "eval_every": 25}}
@@ -36,19 +33,9 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log det
     logging.getLogger("prefdyn").setLevel(logging.INFO)
 
 
-def _show(result: ExperimentResult, out: Path) -> None:
-    table = Table(title=result.title, show_header=False, title_justify="left")
-    for label, value, note in result.headlines:
-        table.add_row(label, f"[bold]{value}[/bold]", note)
-    console.print(table)
-    for note in result.notes + result.warnings:
-        console.print(f"[dim]•[/dim] {note}")
-    console.print(f"report: [link=file://{(out / 'report.html').resolve()}]{out / 'report.html'}[/link]")
-
-
 def _experiment(name: str, cfg: ExperimentConfig, **kwargs) -> None:
     result, out = run_experiment(name, cfg, progress=True, **kwargs)
-    _show(result, out)
+    show_result(result, out)
 
 
 @app.command()

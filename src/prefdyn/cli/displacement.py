@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from prefdyn._runtime import resolve_device, set_seed
-from prefdyn.cli._options import with_experiment_options
+from prefdyn.cli._options import show_result, with_experiment_options
 from prefdyn.errors import PrefdynError
-from prefdyn.experiments import ExperimentConfig, ExperimentResult
+from prefdyn.experiments import ExperimentConfig
 from prefdyn.experiments._displacement import HH_DEFAULT, PERSONA_DEFAULT, write_run
 from prefdyn.training import TrainConfig
 
@@ -31,7 +29,6 @@ displacement_app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
     help="Likelihood displacement (Razin et al. 2024): single-token table, which score predicts it, "
          "and CHES filtering vs an SFT term.")
-console = Console()
 
 PRESETS: dict[str, dict[str, dict]] = {
     "tokens": {
@@ -74,16 +71,6 @@ def _load(cfg: ExperimentConfig):
                       trust_remote_code=cfg.model.trust_remote_code)
 
 
-def _show(result: ExperimentResult, out: Path) -> None:
-    table = Table(title=result.title, show_header=False, title_justify="left")
-    for label, value, note in result.headlines:
-        table.add_row(label, f"[bold]{value}[/bold]", note)
-    console.print(table)
-    for note in result.notes + result.warnings:
-        console.print(f"[dim]•[/dim] {note}")
-    console.print(f"report: {out / 'report.html'}")
-
-
 def _run(name: str, cfg: ExperimentConfig, settings, compute, preset: str) -> Path:
     set_seed(cfg.seed)
     out = Path(cfg.out) / name
@@ -97,7 +84,7 @@ def _run(name: str, cfg: ExperimentConfig, settings, compute, preset: str) -> Pa
     result = write_run(out, {"preset": preset, "experiment": cfg, "displacement": settings}, cfg.seed, device, body,
                        {"beta": cfg.train.beta, "optimizer": cfg.train.optimizer, "lr": cfg.train.lr,
                         "steps": cfg.train.steps})
-    _show(result, out)
+    show_result(result, out)
     return out
 
 

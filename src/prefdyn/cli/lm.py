@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from prefdyn.cli._config import build_config
-from prefdyn.cli._options import COMMON, _split, user_errors
+from prefdyn.cli._options import COMMON, _split, show_result, user_errors
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments.config import ExperimentConfig
 from prefdyn.experiments.lm_common import (
@@ -77,12 +77,11 @@ def lm_options(experiment: str):
 
 
 def _run(name: str, cfg: ExperimentConfig, preset: LMExperimentPreset, **kwargs) -> None:
-    from prefdyn.cli.app import _show
 
     if cfg.out == "runs":
         cfg.out = "runs/lm"
     result, out = run_lm_experiment(name, cfg, preset, progress=True, **kwargs)
-    _show(result, out)
+    show_result(result, out)
 
 
 # ---------------------------------------------- Fig. 6-8 (experiments 1-3) ---
@@ -157,7 +156,6 @@ def hh_rlhf(
 ) -> None:
     """Fig. 15-16 (App. C): LoRA DPO on HH-RLHF, then flipped preferences from the base vs the
     aligned model; does the held-out log-prob difference fall back near the base's?"""
-    from prefdyn.cli.app import _show
     from prefdyn.experiments.config import ModelConfig
     from prefdyn.experiments.hh_rlhf import hh_preset, run_hh_experiment
 
@@ -172,7 +170,7 @@ def hh_rlhf(
     model_cfg = ModelConfig(name=model, device=device or "auto", cache_dir=cache_dir)
     result, path = run_hh_experiment(pairs, chosen, model=model_cfg, mode=mode, seed=seed,
                                      loss=loss, out=out)
-    _show(result, path)
+    show_result(result, path)
 
 
 _SWEEP_EXPERIMENT = Annotated[str, typer.Argument(help="A registered experiment: misalignment, distinguishability, priority, lm_misalignment, hh_rlhf, ...")]
@@ -186,7 +184,7 @@ def beta_sweep(experiment: _SWEEP_EXPERIMENT,
                pairs: Annotated[str | None, typer.Option(help="Pairs file (hh_rlhf only).")] = None,
                **common) -> None:
     """App. D: run EXPERIMENT once per beta (each in its own folder), one table, plot and report."""
-    from prefdyn.cli.app import EXPERIMENT_DEFAULTS, _show
+    from prefdyn.cli.app import EXPERIMENT_DEFAULTS
     from prefdyn.experiments.beta_sweep import is_lm_experiment, sweep_experiment
     from prefdyn.experiments.hh_rlhf import hh_preset
     from prefdyn.experiments.runner import EXPERIMENTS
@@ -215,7 +213,7 @@ def beta_sweep(experiment: _SWEEP_EXPERIMENT,
         cfg.out = "runs/lm"
     result, out = sweep_experiment(experiment, cfg, betas, preset=chosen, pairs=pairs,
                                    mode=mode or "lora", progress=True)
-    _show(result, out)
+    show_result(result, out)
 
 
 def _with_common(fn):

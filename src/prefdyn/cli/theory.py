@@ -14,11 +14,9 @@ from typing import Annotated, Optional
 
 import torch
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from prefdyn._runtime import resolve_device, set_seed
-from prefdyn.cli._options import with_experiment_options
+from prefdyn.cli._options import show_result, with_experiment_options
 from prefdyn.data import list_behaviors
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments import ExperimentConfig, ExperimentResult
@@ -34,7 +32,6 @@ theory_app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
     help="Theory lab: Im & Li's Theorems 4.1-4.3 and A.3 checked on synthetic and real hidden "
          "states, and the K-concept scaling law of DPO.")
-console = Console()
 
 GRID_DEFAULTS = {"train": {"beta": 1.0, "steps": 200, "lr_safety": 0.1, "log_every": 2, "eval_every": 10}}
 """beta is Theorem 4.1's beta' here; lr_safety 0.1 keeps eta lambda_max(H) small, where 4.2's bound speaks."""
@@ -61,16 +58,6 @@ def _numbers(text: str, kind: type, what: str) -> tuple:
     return values
 
 
-def _show(result: ExperimentResult, out: Path) -> None:
-    table = Table(title=result.title, show_header=False, title_justify="left")
-    for label, value, note in result.headlines:
-        table.add_row(label, f"[bold]{value}[/bold]", note)
-    console.print(table)
-    for note in result.warnings:
-        console.print(f"[dim]•[/dim] {note}")
-    console.print(f"report: {out / 'report.html'}")
-
-
 def run_theory(name: str, cfg: ExperimentConfig, settings: object,
                compute: Callable[[RunDir], tuple[ExperimentResult, str, dict]], *, device: str = "cpu") -> Path:
     """One theory experiment in its run folder ``cfg.out/name``: seed once, write the resolved
@@ -86,7 +73,7 @@ def run_theory(name: str, cfg: ExperimentConfig, settings: object,
         report.footer({**footer, "seed": cfg.seed, "steps": cfg.train.steps, "optimizer": cfg.train.optimizer_for("last_layer"),
                        "attribution": THEORY_ATTRIBUTION})
         report.write(run.file("report.html"))
-    _show(result, out)
+    show_result(result, out)
     return out
 
 

@@ -10,7 +10,6 @@ run, the DPO+SFT loss, and the run folder writer.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -27,10 +26,6 @@ from prefdyn.data.persona import list_behaviors, load_persona_dir
 from prefdyn.data.records import PreferencePair
 from prefdyn.data.tasks import BehaviorData, TaskConfig, build_behaviors
 from prefdyn.errors import DataError
-from prefdyn.losses.preference import dpo_loss
-from prefdyn.losses.registry import available_losses, register_loss
-from prefdyn.losses.types import LossOutput, PreferenceLogps
-from prefdyn.losses.variants import with_sft
 from prefdyn.reports import Report
 from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.config import TrainConfig
@@ -44,18 +39,7 @@ RAZIN_CITATION = ("Razin, Malladi, Bhaskar, Chen, Arora & Hanin, 'Unintentional 
                   "Displacement in Direct Preference Optimization', 2024.")
 SFT_LOSS = "dpo_sft"
 SFT_WEIGHT = 1.0
-"""Weight of the length-normalized NLL of y+ added to DPO (RPO, Pang et al. 2024, use 1)."""
-
-
-def _dpo_sft_loss(logps: PreferenceLogps, *, beta: float = 0.1) -> LossOutput:
-    """DPO (Rafailov et al. 2023, Eq. 7) + ``SFT_WEIGHT * (-log pi(y+|x) / |y+|)``: the SFT
-    baseline Razin et al. (2024, Sec. 6) compare CHES filtering against."""
-    return with_sft(lambda lp: dpo_loss(lp, beta=beta), SFT_WEIGHT)(logps)
-
-
-# fit_lm builds its loss with get_loss(cfg.loss, beta=...), so the SFT variant needs a name.
-if SFT_LOSS not in available_losses():
-    register_loss(SFT_LOSS)(_dpo_sft_loss)
+"""The SFT weight of :func:`prefdyn.losses.variants.dpo_sft_loss` (its default)."""
 
 
 # ---------------------------------------------------------------- synonyms ---
@@ -179,12 +163,6 @@ def subsample_pairs(pairs: Sequence[PreferencePair], tokenizer, n: int, max_toke
 
 # ---------------------------------------------------------------- training ---
 
-def fresh_copy(loaded):
-    """A LoadedModel sharing the tokenizer with its own copy of the weights: fit_lm changes
-    the model in place (LoRA injects adapters, full mode trains it), runs must start equal."""
-    return type(loaded)(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.name, loaded.fingerprint)
-
-
 @torch.no_grad()
 def pair_logps(policy: LMPolicy, pairs: Sequence[PreferencePair], tokenizer, *, batch_size: int = 8,
                max_length: int | None = None) -> dict[str, torch.Tensor]:
@@ -236,22 +214,15 @@ def train_and_measure(loaded, train_pairs: Sequence[PreferencePair],
     :func:`fit_lm`; then :func:`pair_logps` of every evaluation set under the trained policy."""
     if not train_pairs:
         raise DataError(f"{name}: no training pairs left")
-    work = fresh_copy(loaded)
+    work = loaded.copy()
     max_length = getattr(work.model.config, "max_position_embeddings", None)
     batches = pair_batches(train_pairs, work.tokenizer, train.batch_size or DEFAULT_BATCH, train.seed,
                            max_length)
-    device = next(work.model.parameters()).device
-    run = fit_lm(work, _to_device(batches, device), train, mode=mode, sink=sink, name=name)
+    run = fit_lm(work, batches, train, mode=mode, sink=sink, name=name)
     out = {key: pair_logps(run.policy, pairs, work.tokenizer, max_length=max_length)
            for key, pairs in eval_sets.items()}
     del work, run
     return out
-
-
-def _to_device(batches, device):
-    for batch in batches:
-        yield type(batch)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                             for k, v in vars(batch).items()})
 
 
 def load_source(source: str, tokenizer, *, hh_path: str, persona_path: str | None,

@@ -25,7 +25,7 @@ import torch
 from prefdyn.data.tasks import DEFAULT_TEMPLATE, TaskConfig, render_prompt
 from prefdyn.diagnostics.token_geometry import displacement_scores, token_pair_geometry
 from prefdyn.errors import PrefdynError
-from prefdyn.experiments._displacement import Synonyms, fresh_copy, load_synonyms
+from prefdyn.experiments._displacement import Synonyms, load_synonyms
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.models.tokens import answer_token_ids, unembedding
 from prefdyn.tracking.callbacks import Callback
@@ -132,7 +132,7 @@ def run_token_table(loaded, cfg: TokensConfig, train: TrainConfig, *, sink=None,
         name = f"{yp_text}>{ym_text}"
         log.info("single-token DPO on %s", name)
         stopper = StopBelowLoss(cfg.loss_target)
-        work = fresh_copy(loaded)
+        work = loaded.copy()
         device = next(work.model.parameters()).device
         batch = collate_prompts([prompt_ids], [0], torch.tensor([True]), yp, ym, _pad_id(tok))
         batch.input_ids, batch.attention_mask, batch.position_ids = (

@@ -17,11 +17,10 @@ over the same steps.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,7 +42,7 @@ from prefdyn.tracking.history import History
 from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import _pad_id, collate_pairs, pair_batches, tokenize_pair
-from prefdyn.training.lm_policy import LMBatch, LMPolicy
+from prefdyn.training.lm_policy import LMBatch, LMPolicy, to_device
 from prefdyn.training.lm_runner import LMRun, fit_lm
 
 log = logging.getLogger(__name__)
@@ -152,18 +151,6 @@ def fixed_pair_batches(pairs: Sequence[PreferencePair], tokenizer, batch_size: i
             for s in range(0, len(encoded), batch_size)]
 
 
-def _to_device(batch, device: torch.device):
-    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device)
-                                         for f in dataclasses.fields(batch)
-                                         if isinstance(getattr(batch, f.name), torch.Tensor)})
-
-
-def on_device(batches: Iterator, device: torch.device) -> Iterator:
-    """Move each batch to ``device`` (no-op copies on the CPU)."""
-    for b in batches:
-        yield _to_device(b, device)
-
-
 class HeldOutLogps(Callback):
     """Chosen and rejected log-probs of fixed batches, at the start, every ``every`` steps
     and at the end, with the model in eval mode (no dropout).
@@ -186,7 +173,7 @@ class HeldOutLogps(Callback):
         policy.model.eval()
         try:
             device = next(policy.model.parameters()).device
-            pairs = [policy.pair(_to_device(b, device)) for b in batches]
+            pairs = [policy.pair(to_device(b, device)) for b in batches]
         finally:
             policy.model.train(was_training)
         chosen = torch.cat([c for c, _ in pairs]).float()
@@ -210,11 +197,6 @@ class HeldOutLogps(Callback):
     def on_train_end(self, state, policy) -> None:
         if state.error is None and state.step % self.every != 0:
             self._record(state.step, policy)
-
-
-def fresh_copy(loaded: LoadedModel) -> LoadedModel:
-    """``loaded`` with a deep copy of its model (fit_lm changes the model in place)."""
-    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
 
 
 def merged_model(run: LMRun) -> torch.nn.Module:
@@ -249,14 +231,11 @@ def fit_with_probe(loaded: LoadedModel, train_pairs, probe_splits, tokenizer, cf
                    preset: HHPreset, *, steps: int, mode: Literal["full", "lora"], sink, tag: str,
                    seed: int) -> tuple[LMRun, History]:
     """One fit_lm run on ``train_pairs`` with the log-prob probe attached."""
-    device = next(loaded.model.parameters()).device
     tagged = _Tagged(sink, tag) if sink is not None else None
     probe_history = History(tagged)
     probe = HeldOutLogps(probe_splits, probe_history, every=preset.eval_every, name=tag)
     batches = pair_batches(train_pairs, tokenizer, preset.batch_size, seed)
     log.info("hh-rlhf %s: %d steps on %d pairs", tag, steps, len(train_pairs))
-    if device.type != "cpu":
-        batches = on_device(batches, device)
     run = fit_lm(loaded, batches, cfg, mode=mode, steps=steps,
                  callbacks=[probe], sink=tagged, name=tag)
     return run, probe_history
@@ -317,10 +296,10 @@ def run_hh_rlhf(loaded: LoadedModel, pairs: Sequence[PreferencePair], preset: HH
         return fit_with_probe(start, data, probe_splits, tok, cfg, preset, steps=steps, mode=mode,
                               sink=sink, tag=tag, seed=seed)
 
-    aligned, align_probe = fit(fresh_copy(loaded), train_pairs, preset.align_steps, "align")
+    aligned, align_probe = fit(loaded.copy(), train_pairs, preset.align_steps, "align")
     aligned_loaded = trained_loaded(loaded, aligned)
     release(aligned)
-    from_base, base_probe = fit(fresh_copy(loaded), flipped, preset.flip_steps, "flip_from_base")
+    from_base, base_probe = fit(loaded.copy(), flipped, preset.flip_steps, "flip_from_base")
     release(from_base)
     from_aligned, al_probe = fit(aligned_loaded, flipped, preset.flip_steps, "flip_from_aligned")
     del aligned_loaded

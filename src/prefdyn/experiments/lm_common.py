@@ -11,7 +11,7 @@ evaluation and embedding snapshots. This module gives:
   per-row behavior group, its training batches, fixed evaluation batches and
   its probe (:func:`lm_task`);
 * :func:`train_lm`, one call of ``fit_lm`` with the evaluation tracker and the
-  snapshot callback attached, and :func:`fresh_model` (``fit_lm`` trains the
+  snapshot callback attached, and :meth:`LoadedModel.copy` (``fit_lm`` trains the
   model it is given in place);
 * :func:`run_lm_experiment`, the run folder / report wrapper (the model is
   loaded once and passed to the experiment as ``loaded``).
@@ -25,7 +25,6 @@ behaviors to pick).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -60,7 +59,6 @@ __all__ = [
     "LMExperimentPreset",
     "LMTask",
     "LMTraining",
-    "fresh_model",
     "get_preset",
     "lm_task",
     "register_presets",
@@ -249,11 +247,6 @@ def spread_by_D(ws: Workspace, k: int) -> list[int]:
 
 # ----------------------------------------------------------------- training ---
 
-def fresh_model(loaded: LoadedModel) -> LoadedModel:
-    """A deep copy of ``loaded`` to train (``fit_lm`` changes the model it gets)."""
-    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
-
-
 @dataclass
 class LMTraining:
     """One LM run: ``run`` (fit_lm's result; ``run.history`` = minibatch records),
@@ -276,7 +269,7 @@ def train_lm(loaded: LoadedModel, task: LMTask, train: TrainConfig, preset: LMEx
     ``copy_model`` trains a deep copy (``loaded`` stays the base model). Records go to
     ``sink`` (a RunDir) with ``problem = name``. ``fit_kwargs`` pass through to ``fit_lm``.
     """
-    model = fresh_model(loaded) if copy_model else loaded
+    model = loaded.copy() if copy_model else loaded
     history = History(sink)
     splits = {"train_eval": task.eval_batches("train", limit=preset.eval_rows)}
     test = task.eval_batches("test", limit=preset.eval_rows)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prefdyn.errors import PrefdynError
+from prefdyn.losses.preference import dpo_loss
 from prefdyn.losses.registry import register_loss
 from prefdyn.losses.types import LossOutput, PreferenceLogps
 
@@ -94,3 +95,11 @@ def with_sft(loss_fn: Callable[[PreferenceLogps], LossOutput],
         return LossOutput(out.losses + weight * nll, out.chosen_rewards, out.rejected_rewards)
 
     return objective
+
+
+@register_loss("dpo_sft")
+def dpo_sft_loss(logps: PreferenceLogps, *, beta: float = 0.1, sft_weight: float = 1.0) -> LossOutput:
+    """DPO (Rafailov et al. 2023, Eq. 7) plus ``sft_weight * (-log pi(y+|x) / |y+|)``: the
+    SFT-regularized baseline Razin et al. (2024, Sec. 6) compare CHES filtering against
+    (weight 1 as in RPO, Pang et al. 2024). :func:`with_sft` for any other base loss."""
+    return with_sft(lambda lp: dpo_loss(lp, beta=beta), sft_weight)(logps)

@@ -11,6 +11,9 @@ Specs, in the order they are tried:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import json
 import logging
 import os
@@ -50,6 +53,11 @@ class LoadedModel:
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def copy(self) -> LoadedModel:
+        """The same tokenizer, name and fingerprint with its own deep copy of the weights
+        (training changes a model in place; runs that must start equal train copies)."""
+        return dataclasses.replace(self, model=copy.deepcopy(self.model))
 
     def refresh_fingerprint(self) -> str:
         self.fingerprint = model_fingerprint(self.model, self.tokenizer)

@@ -230,7 +230,8 @@ class ReferenceCache:
     """Reference log-probs per dataset row, computed the first time a row is drawn.
 
     pi_ref never changes, so each row costs one extra no-grad forward pass over the
-    whole run; later epochs read the cache. ``table`` (row -> (chosen, rejected))
+    whole run; later epochs read the cache; a batch that arrives with reference
+    log-probs keeps them. ``table`` (row -> (chosen, rejected))
     preloads it, e.g. from :func:`prefdyn.training.reference_cache.precompute_reference`.
     Lists of micro-batches are handled one micro-batch at a time.
     """
@@ -243,6 +244,11 @@ class ReferenceCache:
         if isinstance(batch, list):
             return [self(b) for b in batch]
         rows = batch.rows.tolist()
+        if batch.ref_chosen is not None and batch.ref_rejected is not None:
+            # Computed by the caller (e.g. once, before a timed run): kept as they are.
+            for r, c, j in zip(rows, batch.ref_chosen.tolist(), batch.ref_rejected.tolist()):
+                self._cache[r] = (c, j)
+            return batch
         if not all(r in self._cache for r in rows):
             batch = reference_logps(self.policy, batch)
             for r, c, j in zip(rows, batch.ref_chosen.tolist(), batch.ref_rejected.tolist()):
