@@ -81,9 +81,13 @@ def test_full_mode_changes_weights_and_lowers_dpo_loss():
     assert all(not torch.equal(before[n], after[n]) for n in before if "layers.0." in n)
     assert {"grad_norm", "drift/layer_00", "drift/other", "chosen_fell"} <= set(run.history.records[-1])
     assert run.history.records[-1]["drift/layer_00"] > 0
-    # the frozen reference kept the starting weights
-    ref = dict(run.policy.reference_model.named_parameters())
-    assert all(torch.equal(before[n], ref[n]) for n in before)
+    # W(0) is kept on disk, not as a second model; pi_ref built from it on demand is the start
+    assert run.policy.reference_model is None
+    assert all(torch.equal(before[n], run.policy.start_tensor(n)) for n in before)
+    with run.policy.reference() as ref_model:
+        ref = dict(ref_model.named_parameters())
+        assert ref_model is not run.policy.model
+        assert all(torch.equal(before[n], ref[n]) for n in before)
 
 
 def test_lora_mode_changes_only_adapters_and_reference_is_the_start():

@@ -20,6 +20,7 @@ with a frozen copy of the starting weights (as TRL's ``ref_model``).
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from prefdyn.errors import ModelError
 from prefdyn.losses.types import PreferenceLogps
 from prefdyn.training._shared_prefix import MIN_SHARED_PREFIX, last_token_hidden
+from prefdyn.training.start_weights import StartWeights
 
 
 @dataclass
@@ -114,10 +116,14 @@ class LMPolicy(nn.Module):
     """
 
     def __init__(self, model: nn.Module, reference_model: nn.Module | None = None, *,
-                 share_prefix: bool = True):
+                 share_prefix: bool = True, start_weights: StartWeights | None = None):
         super().__init__()
         self.model = model
         self.reference_model = reference_model
+        # Full mode without an in-memory copy: W(0) on disk; pi_ref is the model itself
+        # while ``at_start`` (no update yet), else a frozen copy built from W(0) on demand.
+        self.start_weights = start_weights
+        self.at_start = start_weights is not None
         # AnswerBatch prompts: run their common token prefix once per batch and
         # broadcast it (exact; see prefdyn.training._shared_prefix). False: plain path.
         self.share_prefix = share_prefix
@@ -191,14 +197,33 @@ class LMPolicy(nn.Module):
                    else (None, None))
         return PreferenceLogps(chosen, rejected, batch.ref_chosen, batch.ref_rejected, *lengths)
 
+    def start_tensor(self, name: str) -> Tensor | None:
+        """W(0) of the trained model's parameter ``name`` (full mode), else None."""
+        if self.reference_model is not None:
+            return dict(self.reference_model.named_parameters()).get(name)
+        if self.start_weights is not None and name in self.start_weights.names:
+            return self.start_weights.tensor(name)
+        return None
+
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:
         """The reference model pi_ref, in eval mode, for the duration of the block."""
+        if self.reference_model is None and self.start_weights is not None:
+            if self.at_start:
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    yield self.model
+                finally:
+                    self.model.train(was_training)
+                return
+            frozen = copy.deepcopy(self.model)
+            self.reference_model = self.start_weights.load_into(frozen).requires_grad_(False).eval()
         if self.reference_model is not None:
             yield self.reference_model
             return
         if not self.lora:
-            raise ValueError("a full fine-tuning policy needs a reference_model")
+            raise ValueError("a full fine-tuning policy needs a reference_model or start_weights")
         was_training = self.model.training
         self.model.eval()
         try:

@@ -7,7 +7,6 @@ reference, an optimizer and a tracker, then calls the one loop
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from prefdyn.training.reference_cache import (
     reference_key,
 )
 from prefdyn.training.runner import make_optimizer
+from prefdyn.training.start_weights import StartWeights
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +93,23 @@ class LMTracker(Callback):
                         g = _block(name + ".")
                         num[g] = num.get(g, 0.0) + module.get_delta_weight(adapter).pow(2).sum().item()
                         den[g] = den.get(g, 0.0) + module.base_layer.weight.pow(2).sum().item()
-        elif policy.reference_model is not None:
-            start = dict(policy.reference_model.named_parameters())
+        else:
             for name, p in policy.model.named_parameters():
-                if p.requires_grad and name in start:
+                start = policy.start_tensor(name) if p.requires_grad else None
+                if start is not None:
                     g = _block(name)
-                    num[g] = num.get(g, 0.0) + (p - start[name]).pow(2).sum().item()
-                    den[g] = den.get(g, 0.0) + start[name].pow(2).sum().item()
+                    num[g] = num.get(g, 0.0) + (p - start.to(p.device)).pow(2).sum().item()
+                    den[g] = den.get(g, 0.0) + start.pow(2).sum().item()
         return {f"drift/{g}": (num[g] / den[g]) ** 0.5 if den[g] > 0 else 0.0 for g in sorted(num)}
 
     @torch.no_grad()
     def delta_W_U(self, policy: LMPolicy) -> float:
-        if policy.lora or policy.reference_model is None:
+        if policy.lora:
             return 0.0  # LoRA adapts attention projections only; W_U is frozen
         W_U = policy.model.get_output_embeddings().weight
-        W_U0 = policy.reference_model.get_output_embeddings().weight
-        return (W_U - W_U0).norm().item()
+        name = next((n for n, p in policy.model.named_parameters() if p is W_U), None)
+        W_U0 = policy.start_tensor(name) if name is not None else None
+        return 0.0 if W_U0 is None else (W_U - W_U0.to(W_U.device)).norm().item()
 
     def on_step_end(self, state, policy: LMPolicy, out) -> None:
         if state.step % self.log_every and state.step != state.max_steps:
@@ -128,13 +129,14 @@ class LMTracker(Callback):
 def make_lm_policy(loaded, mode: Literal["full", "lora"], *, seed: int = 0,
                    lora_kwargs: dict | None = None) -> LMPolicy:
     """The policy for ``mode``. Both modify ``loaded.model`` in place (LoRA injects its
-    adapters, full mode trains every weight); full mode keeps a frozen copy as pi_ref."""
+    adapters, full mode trains every weight); full mode keeps W(0) on disk for pi_ref
+    and the drift (:class:`~prefdyn.training.start_weights.StartWeights`)."""
     if mode == "lora":
         return LMPolicy(apply_lora(loaded.model, seed=seed, **(lora_kwargs or {})))
     if mode == "full":
-        reference = copy.deepcopy(loaded.model)
+        start = StartWeights(loaded.model)  # W(0) on disk, not a second model in memory
         loaded.model.requires_grad_(True)
-        return LMPolicy(loaded.model, reference_model=reference)
+        return LMPolicy(loaded.model, start_weights=start)
     raise ValueError(f"mode must be 'full' or 'lora', got {mode!r}")
 
 
@@ -224,6 +226,9 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
                                       cache_dir=reference_cache_dir) if precompute
                  else cached_reference(key, stream.n, cache_dir=reference_cache_dir))
     reference = ReferenceCache(policy, table)
+    # From here on the weights may change (a restored checkpoint, the first update):
+    # pi_ref is no longer the model itself.
+    policy.at_start = False
 
     folder = None
     if run_folder is not None:
