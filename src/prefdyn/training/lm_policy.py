@@ -197,6 +197,14 @@ class LMPolicy(nn.Module):
                    else (None, None))
         return PreferenceLogps(chosen, rejected, batch.ref_chosen, batch.ref_rejected, *lengths)
 
+    def start_tensors(self) -> Iterator[tuple[str, Tensor]]:
+        """(name, W(0)) of every parameter that has a start (full mode), each read once."""
+        if self.reference_model is not None:
+            yield from self.reference_model.named_parameters()
+        elif self.start_weights is not None:
+            for name in self.start_weights.names:
+                yield name, self.start_weights.tensor(name)
+
     def start_tensor(self, name: str) -> Tensor | None:
         """W(0) of the trained model's parameter ``name`` (full mode), else None."""
         if self.reference_model is not None:

@@ -83,9 +83,11 @@ class LMTracker(Callback):
         self.history, self.name, self.log_every, self.gather = history, name, log_every, gather
 
     @torch.no_grad()
-    def drift(self, policy: LMPolicy) -> dict[str, float]:
+    def weight_change(self, policy: LMPolicy) -> dict[str, float]:
+        """``delta_W_U`` and ``drift/<block>``, reading each W(0) tensor once."""
         num: dict[str, float] = {}
         den: dict[str, float] = {}
+        delta_W_U = 0.0  # LoRA adapts attention projections only; W_U is frozen
         if policy.lora:
             for name, module in policy.model.named_modules():
                 if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
@@ -94,22 +96,20 @@ class LMTracker(Callback):
                         num[g] = num.get(g, 0.0) + module.get_delta_weight(adapter).pow(2).sum().item()
                         den[g] = den.get(g, 0.0) + module.base_layer.weight.pow(2).sum().item()
         else:
-            for name, p in policy.model.named_parameters():
-                start = policy.start_tensor(name) if p.requires_grad else None
-                if start is not None:
-                    g = _block(name)
-                    num[g] = num.get(g, 0.0) + (p - start.to(p.device)).pow(2).sum().item()
-                    den[g] = den.get(g, 0.0) + start.pow(2).sum().item()
-        return {f"drift/{g}": (num[g] / den[g]) ** 0.5 if den[g] > 0 else 0.0 for g in sorted(num)}
-
-    @torch.no_grad()
-    def delta_W_U(self, policy: LMPolicy) -> float:
-        if policy.lora:
-            return 0.0  # LoRA adapts attention projections only; W_U is frozen
-        W_U = policy.model.get_output_embeddings().weight
-        name = next((n for n, p in policy.model.named_parameters() if p is W_U), None)
-        W_U0 = policy.start_tensor(name) if name is not None else None
-        return 0.0 if W_U0 is None else (W_U - W_U0.to(W_U.device)).norm().item()
+            params = dict(policy.model.named_parameters())
+            W_U = policy.model.get_output_embeddings().weight
+            for name, start in policy.start_tensors():
+                p = params.get(name)
+                if p is None or not p.requires_grad:
+                    continue
+                change = (p - start.to(p.device)).pow(2).sum().item()
+                if p is W_U:
+                    delta_W_U = change ** 0.5
+                g = _block(name)
+                num[g] = num.get(g, 0.0) + change
+                den[g] = den.get(g, 0.0) + start.pow(2).sum().item()
+        drift = {f"drift/{g}": (num[g] / den[g]) ** 0.5 if den[g] > 0 else 0.0 for g in sorted(num)}
+        return {"delta_W_U": delta_W_U, **drift}
 
     def on_step_end(self, state, policy: LMPolicy, out) -> None:
         if state.step % self.log_every and state.step != state.max_steps:
@@ -121,8 +121,7 @@ class LMTracker(Callback):
                 values = self.gather(values.float().contiguous())
             record[key] = values.float().mean().item()
         record["grad_norm"] = out.grad_norm.item()
-        record["delta_W_U"] = self.delta_W_U(policy)
-        record.update(self.drift(policy))
+        record.update(self.weight_change(policy))
         self.history.add(record)
 
 
