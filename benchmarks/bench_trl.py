@@ -9,8 +9,9 @@ memory (max RSS) is per side, run one after the other (never in parallel):
 * ``prefdyn-plain``   fit_lm, one left-padded prompt forward per pair, lm_head at
                       the answer position only, reference computed once for all
                       rows before the first step (in "setup", like trl-precompute);
-* ``prefdyn-shared``  the same, the batch's common token prefix run once and
-                      broadcast (``LMPolicy(share_prefix=True)``, the default);
+* ``prefdyn-shared``  the same, the batch packed into one sequence: the common
+                      token prefix once, then each row's suffix, a block mask,
+                      no pads (``LMPolicy(share_prefix=True)``, the default);
 * ``trl``             DPOTrainer defaults (reference model forward every step);
 * ``trl-precompute``  DPOTrainer with ``precompute_ref_log_probs=True`` (the
                       reference pass happens while the trainer is built: "setup");

@@ -63,6 +63,26 @@ def test_pair_logps_match_hand_loop_over_response_tokens():
                 assert length.item() == len(full) - len(prompt)
 
 
+def test_pair_logps_gradient_with_tied_embeddings_equals_autograd():
+    """pair_logps adds the input-embedding gradient into the (tied) weight's grad by a
+    hook (prefdyn.training._shared_prefix); it must equal autograd through the logits."""
+    tok, model = tiny_tokenizer(), tiny_llama(tie_word_embeddings=True).requires_grad_(True)
+    batch = next(pair_batches(_pairs(), tok, batch_size=3, seed=1))
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=position_ids).logits[:, :-1]
+    token_logps = torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    per_row = (token_logps * batch.response_mask[:, 1:]).sum(-1)
+    n = len(batch)
+    (per_row[:n] - 0.5 * per_row[n:]).sum().backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    chosen, rejected = LMPolicy(model).pair_logps(batch)
+    (chosen - 0.5 * rejected).sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def _params(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 

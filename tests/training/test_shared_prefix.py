@@ -1,4 +1,4 @@
-"""Shared-prefix broadcasting for AnswerBatch: exact log-probs and gradients."""
+"""Packed shared-prefix forward for AnswerBatch: exact log-probs and gradients."""
 
 import copy
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prefdyn.models import answer_token_ids
-from prefdyn.training._shared_prefix import last_token_hidden, shared_prefix_length
+from prefdyn.training._shared_prefix import last_token_hidden, pack_rows, shared_prefix_length
 from prefdyn.training.lm_data import collate_prompts
 from prefdyn.training.lm_policy import LMPolicy, apply_lora, reference_logps
 from tests._tiny import chat_prompts, tiny_llama, tiny_tokenizer
@@ -24,15 +24,17 @@ def _batch(tok, texts):
     return collate_prompts(ids, range(len(texts)), prefers_yes, yes_id, no_id, tok.pad_token_id)
 
 
-class _CountCalls:
-    """Counts decoder forward calls, to check which path ran."""
+class _Calls:
+    """Records the input shape of every decoder forward, to check which path ran:
+    the plain path's batch is (n, T) with pads; the packed one has fewer tokens."""
 
     def __init__(self, decoder):
-        self.calls = 0
-        decoder.register_forward_hook(self._hook)
+        self.shapes = []
+        decoder.register_forward_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, *args):
-        self.calls += 1
+    def _hook(self, module, args, kwargs, output):
+        tokens = kwargs.get("input_ids")
+        self.shapes.append(tuple((tokens if tokens is not None else kwargs["inputs_embeds"]).shape[:2]))
 
 
 def _loss_and_grads(policy, batch):
@@ -81,11 +83,12 @@ def test_logps_and_gradients_equal_plain_path(mode):
         model.requires_grad_(True)
     plain = LMPolicy(model, share_prefix=False)
     shared = LMPolicy(model, share_prefix=True)
-    counter = _CountCalls(plain._parts(model)[0])
+    calls = _Calls(plain._parts(model)[0])
     yes0, no0, grads0 = _loss_and_grads(plain, batch)
-    assert counter.calls == 1
+    assert calls.shapes == [tuple(batch.input_ids.shape)]
     yes1, no1, grads1 = _loss_and_grads(shared, batch)
-    assert counter.calls == 3  # prefix once + suffixes: the shared path really ran
+    # One pack: the prefix once, then every suffix, no pads. The packed path really ran.
+    assert calls.shapes[1] == (1, int(batch.attention_mask.sum()) - (len(batch) - 1) * prefix)
     torch.testing.assert_close(yes1, yes0, atol=1e-5, rtol=0)
     torch.testing.assert_close(no1, no0, atol=1e-5, rtol=0)
     assert grads0.keys() == grads1.keys()
@@ -102,7 +105,7 @@ def test_logps_and_gradients_equal_plain_path(mode):
 
 def test_prefix_only_token_gets_the_same_gradient_as_plain():
     """A token that occurs only in the shared prefix: its embedding gradient is the sum over
-    rows of the prefix computation, which the expanded cache must accumulate."""
+    rows of what flows back into the one prefix computation."""
     tok = tiny_tokenizer()
     batch = _batch(tok, chat_prompts(tok, STATEMENTS[:3]))
     prefix = shared_prefix_length(batch.input_ids, batch.attention_mask)
@@ -118,38 +121,62 @@ def test_prefix_only_token_gets_the_same_gradient_as_plain():
         torch.testing.assert_close(row1, row0, atol=1e-5, rtol=1e-4)
 
 
-def test_no_common_prefix_falls_back_to_plain_path():
+def test_no_common_prefix_still_packs_without_pads():
     tok = tiny_tokenizer()
     texts = ["Yes. I like cats", "No. Kindness matters", "The quick brown fox"]
     batch = _batch(tok, texts)
     assert shared_prefix_length(batch.input_ids, batch.attention_mask) == 0
     model = tiny_llama()
     policy = LMPolicy(model)
-    counter = _CountCalls(policy._parts(model)[0])
+    calls = _Calls(policy._parts(model)[0])
     with torch.no_grad():
         yes, no = policy.answer_logps(batch)
-        assert counter.calls == 1
+        assert calls.shapes == [(1, int(batch.attention_mask.sum()))]
         yes0, no0 = LMPolicy(model, share_prefix=False).answer_logps(batch)
-    torch.testing.assert_close(yes, yes0, atol=0, rtol=0)
-    torch.testing.assert_close(no, no0, atol=0, rtol=0)
+    torch.testing.assert_close(yes, yes0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(no, no0, atol=1e-5, rtol=0)
 
 
-def test_short_prefix_below_minimum_uses_plain_path():
+def test_pack_rows_by_hand():
+    # prefix 4; budget 10 leaves 6 suffix tokens per pack; a 9-token row gets its own pack.
+    assert pack_rows([3, 3, 2, 9, 1], prefix_len=4, pack_tokens=10) == [[0, 1], [2], [3], [4]]
+    assert pack_rows([1, 1, 1], prefix_len=0, pack_tokens=100) == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("budget", ["one row per pack", "some rows per pack", "one pack"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_several_packs_and_both_attention_kinds_match_plain(budget, attn):
     tok = tiny_tokenizer()
-    batch = _batch(tok, ["I like cats", "I enjoy pain"])
+    batch = _batch(tok, chat_prompts(tok, STATEMENTS))
     prefix = shared_prefix_length(batch.input_ids, batch.attention_mask)
-    assert 0 < prefix < 8
+    suffixes = (batch.attention_mask.sum(-1) - prefix).tolist()
+    pack_tokens = {"one row per pack": 1, "some rows per pack": prefix + sum(suffixes) // 2,
+                   "one pack": 10_000}[budget]
+    packs = pack_rows(suffixes, prefix, pack_tokens)
+    assert {"one row per pack": len(packs) == len(STATEMENTS),
+            "some rows per pack": 1 < len(packs) < len(STATEMENTS),
+            "one pack": len(packs) == 1}[budget], packs
     decoder = tiny_llama().model
-    counter = _CountCalls(decoder)
+    decoder.config._attn_implementation = attn
+    calls = _Calls(decoder)
+    with torch.no_grad():
+        plain = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                  share_prefix=False)
+        packed = last_token_hidden(decoder, batch.input_ids, batch.attention_mask,
+                                   batch.position_ids, pack_tokens=pack_tokens)
+    assert calls.shapes[1][0] == len(packs)
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=0)
+
+
+def test_sliding_window_shorter_than_a_row_uses_plain_path():
+    tok = tiny_tokenizer()
+    batch = _batch(tok, chat_prompts(tok, STATEMENTS[:2]))
+    decoder = tiny_llama().model
+    decoder.config.sliding_window = 4
+    calls = _Calls(decoder)
     with torch.no_grad():
         last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids)
-        assert counter.calls == 1
-        forced = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
-                                   min_prefix=1)
-        assert counter.calls == 3
-        plain = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
-                                  min_prefix=None)
-    torch.testing.assert_close(forced, plain, atol=1e-5, rtol=0)
+    assert calls.shapes == [tuple(batch.input_ids.shape)]
 
 
 def test_single_row_and_prompt_that_is_a_prefix_of_another():
@@ -160,9 +187,9 @@ def test_single_row_and_prompt_that_is_a_prefix_of_another():
         batch = _batch(tok, texts)
         with torch.no_grad():
             shared = last_token_hidden(decoder, batch.input_ids, batch.attention_mask,
-                                       batch.position_ids, min_prefix=1)
+                                       batch.position_ids)
             plain = last_token_hidden(decoder, batch.input_ids, batch.attention_mask,
-                                      batch.position_ids, min_prefix=None)
+                                      batch.position_ids, share_prefix=False)
         torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
 
 
@@ -214,11 +241,54 @@ def test_active_dropout_uses_plain_path_and_eval_mode_shares():
     batch = _batch(tok, chat_prompts(tok, STATEMENTS))
     model = apply_lora(tiny_llama(), seed=0)  # LoRA dropout 0.05
     policy = LMPolicy(model)
-    counter = _CountCalls(policy._parts(model)[0])
+    calls = _Calls(policy._parts(model)[0])
     with torch.no_grad():
         model.train()
         policy.answer_logps(batch)
-        assert counter.calls == 1  # one dropout mask per row, as in the plain path
+        assert calls.shapes == [tuple(batch.input_ids.shape)]  # one dropout mask per row
         model.eval()
         policy.answer_logps(batch)
-        assert counter.calls == 3
+        assert calls.shapes[1][0] == 1  # packed
+
+
+def _autograd_grads(model, batches):
+    """Gradients of the same objective through the model's own forward (logits at every
+    position, the embedding backward left to autograd), accumulated over ``batches``."""
+    model.zero_grad(set_to_none=True)
+    for batch in batches:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).logits[:, -1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        weights = torch.linspace(0.5, 1.5, len(batch))
+        ((logprobs[:, batch.yes_id] * weights).sum()
+         - (logprobs[:, batch.no_id] * weights.flip(0)).sum()).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_embedding_gradient_added_in_place_equals_autograd(tied, share_prefix):
+    """Both paths add the input-embedding gradient into ``weight.grad`` by a hook; with
+    tied embeddings that is the lm_head gradient plus the lookup's, accumulated over
+    micro-batches, and it must equal plain autograd's."""
+    tok = tiny_tokenizer()
+    batches = [_batch(tok, chat_prompts(tok, STATEMENTS[:3])), _batch(tok, chat_prompts(tok, STATEMENTS[3:]))]
+    model = tiny_llama(tie_word_embeddings=tied).requires_grad_(True)
+    assert (model.get_input_embeddings().weight is model.get_output_embeddings().weight) == tied
+    # As in SmolLM2, the embedding's padding_idx is a token the prompts contain (<|im_end|>):
+    # autograd gives that row no lookup gradient.
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert all(im_end in b.input_ids for b in batches)
+    model.get_input_embeddings().padding_idx = im_end
+    expected = _autograd_grads(model, batches)
+    policy = LMPolicy(model, share_prefix=share_prefix)
+    model.zero_grad(set_to_none=True)
+    for batch in batches:
+        yes, no = policy.answer_logps(batch)
+        weights = torch.linspace(0.5, 1.5, len(batch))
+        ((yes * weights).sum() - (no * weights.flip(0)).sum()).backward()
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    assert "model.embed_tokens.weight" in got
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)

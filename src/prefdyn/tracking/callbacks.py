@@ -9,6 +9,11 @@ from typing import Any
 class Callback:
     """Override what you need. ``state`` is the loop's :class:`TrainState`."""
 
+    def on_setup(self, policy) -> None:
+        """Called by a runner (``fit_lm``) once, before any weight can change (a checkpoint
+        restored, the first update): the policy's model is still pi_ref, so reference
+        log-probs computed here need no second copy of the model."""
+
     def on_train_start(self, state, policy) -> None: ...
 
     def on_step_end(self, state, policy, out) -> None: ...
@@ -23,6 +28,9 @@ class CallbackList(Callback):
     def _all(self, name: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, name)(*args)
+
+    def on_setup(self, policy) -> None:
+        self._all("on_setup", policy)
 
     def on_train_start(self, state, policy) -> None:
         self._all("on_train_start", state, policy)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
-from prefdyn.training._shared_prefix import MIN_SHARED_PREFIX, last_token_hidden
+from prefdyn.training._shared_prefix import last_token_hidden
 from prefdyn.training.lm_policy import AnswerBatch, LMPolicy
 
 AnswerLogprobs = Callable[[Any, Any], Tensor]  # (policy, probe) -> (n, V)
@@ -37,10 +37,9 @@ def lm_answer_logprobs(policy: LMPolicy, batch: AnswerBatch) -> Tensor:
     decoder, head = policy._parts(policy.model)
     was_training = policy.model.training
     policy.model.eval()
-    min_prefix = MIN_SHARED_PREFIX if getattr(policy, "share_prefix", True) else None
     try:
         last = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
-                                 min_prefix=min_prefix)
+                                 share_prefix=getattr(policy, "share_prefix", True))
         return torch.log_softmax(head(last).float(), dim=-1)
     finally:
         policy.model.train(was_training)

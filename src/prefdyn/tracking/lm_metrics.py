@@ -15,9 +15,12 @@ LoRA dropout adds no noise) and records, overall and per behavior (group):
 * ``dpo_weight``: mean ``sigma(-beta h)``, DPO's per-example gradient weight
   (Rafailov et al. 2023, Sec. 4; Im & Li 2024, Eq. 8), which goes to 0 as a row is learned.
 
-Each split is also given a ``weights`` record: ``dW_U`` = ||W_U(t) - W_U(0)||_F
-and ``dW_U_rel`` (divided by ||W_U(0)||_F) of the unembedding (0 under LoRA,
-which leaves ``lm_head`` frozen).
+The weights' change (``delta_W_U``, per-block drift) is the runner's own record
+(:class:`prefdyn.training.lm_runner.LMTracker`), read from W(0) on disk.
+
+The splits' reference log-probs are computed in ``on_setup``, while the model
+is still pi_ref (no second copy of the model), or at train start when no runner
+called ``on_setup``.
 """
 
 from __future__ import annotations
@@ -109,17 +112,17 @@ class LMEvalTracker(Callback):
         self.history, self.every, self.name = history, every, name
         self.row_groups = row_groups
         self.group_names = list(group_names)
-        self._W_U0: Tensor | None = None
+        self._referenced = False
         self._last_step: int | None = None
 
-    @staticmethod
-    def _head_weight(policy: LMPolicy) -> Tensor:
-        return policy._parts(policy.model)[1].weight
-
-    def on_train_start(self, state, policy: LMPolicy) -> None:
+    def on_setup(self, policy: LMPolicy) -> None:
         self.splits = {s: [reference_logps(policy, b) for b in batches]
                        for s, batches in self.splits.items()}
-        self._W_U0 = self._head_weight(policy).detach().float().clone()
+        self._referenced = True
+
+    def on_train_start(self, state, policy: LMPolicy) -> None:
+        if not self._referenced:
+            self.on_setup(policy)
         self.record(state.step, policy)
 
     def on_step_end(self, state, policy: LMPolicy, out) -> None:
@@ -128,7 +131,7 @@ class LMEvalTracker(Callback):
 
     def on_train_end(self, state, policy: LMPolicy) -> None:
         # A run stopped early (callback or error) still gets its last state measured.
-        if self._W_U0 is not None and state.step != self._last_step and state.error is None:
+        if self._last_step is not None and state.step != self._last_step and state.error is None:
             self.record(state.step, policy)
 
     @torch.no_grad()
@@ -143,8 +146,4 @@ class LMEvalTracker(Callback):
             for gname, means in zip(self.group_names, per):
                 n_g = int((groups == self.group_names.index(gname)).sum())
                 self.history.add({**base, "split": split, "group": gname, "n": n_g, **means})
-        W_U = self._head_weight(policy).detach().float()
-        dW = (W_U - self._W_U0).norm().item()
-        self.history.add({**base, "split": "weights", "group": None, "dW_U": dW,
-                          "dW_U_rel": dW / max(self._W_U0.norm().item(), 1e-30)})
         self._last_step = step

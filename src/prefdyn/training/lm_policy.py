@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from prefdyn.errors import ModelError
 from prefdyn.losses.types import PreferenceLogps
-from prefdyn.training._shared_prefix import MIN_SHARED_PREFIX, last_token_hidden
+from prefdyn.training._shared_prefix import decoder_hidden, last_token_hidden
 from prefdyn.training.start_weights import StartWeights
 
 
@@ -124,8 +124,8 @@ class LMPolicy(nn.Module):
         # while ``at_start`` (no update yet), else a frozen copy built from W(0) on demand.
         self.start_weights = start_weights
         self.at_start = start_weights is not None
-        # AnswerBatch prompts: run their common token prefix once per batch and
-        # broadcast it (exact; see prefdyn.training._shared_prefix). False: plain path.
+        # AnswerBatch prompts: packed, their common token prefix once per pack and no
+        # pads (exact; see prefdyn.training._shared_prefix). False: plain padded path.
         self.share_prefix = share_prefix
         if reference_model is not None:
             reference_model.requires_grad_(False).eval()
@@ -155,7 +155,7 @@ class LMPolicy(nn.Module):
         """log pi(yes|x), log pi(no|x), each (n,), from the last position's hidden state."""
         decoder, head = self._parts(model if model is not None else self.model)
         last = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
-                                 min_prefix=MIN_SHARED_PREFIX if self.share_prefix else None)
+                                 share_prefix=self.share_prefix)
         logprobs = torch.log_softmax(head(last).float(), dim=-1)  # (n, V)
         return logprobs[:, batch.yes_id], logprobs[:, batch.no_id]
 
@@ -164,8 +164,7 @@ class LMPolicy(nn.Module):
         """Summed response-token log-probs of chosen and rejected, each (n,)."""
         decoder, head = self._parts(model if model is not None else self.model)
         position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = decoder_hidden(decoder, batch.input_ids, batch.attention_mask, position_ids)
         targets = batch.response_mask[:, 1:]  # token t+1 is predicted from position t
         row_idx = targets.nonzero(as_tuple=True)[0]
         logits = head(hidden[:, :-1][targets]).float()  # (K, V), K = response tokens only

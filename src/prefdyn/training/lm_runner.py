@@ -21,7 +21,7 @@ from prefdyn._runtime import resolve_device
 from prefdyn.errors import TrainingError
 from prefdyn.losses import get_loss
 from prefdyn.models.loading import model_fingerprint
-from prefdyn.tracking.callbacks import Callback
+from prefdyn.tracking.callbacks import Callback, CallbackList
 from prefdyn.tracking.history import History
 from prefdyn.tracking.preference import per_example_metrics
 from prefdyn.tracking.run_dir import read_metrics
@@ -225,6 +225,7 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
                                       cache_dir=reference_cache_dir) if precompute
                  else cached_reference(key, stream.n, cache_dir=reference_cache_dir))
     reference = ReferenceCache(policy, table)
+    CallbackList(callbacks).on_setup(policy)
     # From here on the weights may change (a restored checkpoint, the first update):
     # pi_ref is no longer the model itself.
     policy.at_start = False
