@@ -10,7 +10,6 @@ from prefdyn.data import PreferencePair, load_pairs
 from prefdyn.errors import DataError, PrefdynError
 from prefdyn.experiments.hh_rlhf import (
     HH_PRESETS,
-    HeldOutLogps,
     HHPreset,
     fallback_stats,
     fixed_pair_batches,
@@ -19,8 +18,10 @@ from prefdyn.experiments.hh_rlhf import (
     run_hh_rlhf,
     select_pairs,
 )
+from prefdyn.losses import get_loss
 from prefdyn.tracking.history import History
-from prefdyn.training.lm_policy import LMPolicy
+from prefdyn.tracking.lm_metrics import LMEvalTracker
+from prefdyn.training.lm_policy import LMPolicy, apply_lora
 from tests._tiny import tiny_loaded, tiny_tokenizer
 
 HH = Path(__file__).resolve().parents[2] / "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
@@ -85,24 +86,29 @@ def test_fallback_stats_by_hand():
     assert np.isnan(fallback_stats(steps, base, base - 1, window=10)["fallback_step"])  # no gain
 
 
-def test_held_out_probe_matches_direct_log_probs_and_its_schedule():
+def test_probe_logp_diff_matches_direct_log_probs_and_its_schedule():
+    """The HH probe is LMEvalTracker: its logp_diff and policy_acc are the policy's own
+    chosen-minus-rejected log-probs, recorded at 0, every ``every`` steps and the end."""
     loaded = tiny_loaded()
     pairs = _pairs(5)
     batches = fixed_pair_batches(pairs, loaded.tokenizer, 2)
     assert [len(b) for b in batches] == [2, 2, 1]
-    policy = LMPolicy(loaded.model)
+    policy = LMPolicy(apply_lora(loaded.model, seed=0))  # pi_ref: the adapters disabled
     history = History()
-    probe = HeldOutLogps({"test": batches, "train_probe": batches[:1]}, history, every=3, name="p")
-    got = probe.measure(policy, batches)
-    with torch.no_grad():
-        c, r = zip(*(policy.pair(b) for b in batches))
-    diff = torch.cat(c) - torch.cat(r)
-    assert got["logp_diff"] == pytest.approx(diff.mean().item(), abs=1e-5)
-    assert got["pref_acc"] == pytest.approx((diff > 0).float().mean().item())
+    probe = LMEvalTracker(get_loss("dpo", beta=0.1), {"test": batches, "train_probe": batches[:1]},
+                          history=history, every=3, name="p")
 
     class S:  # the loop's state, as the probe sees it
-        step, error = 0, None
+        step, max_steps, error = 0, 7, None
     probe.on_train_start(S, policy)
+    with torch.no_grad():
+        policy.model.eval()
+        c, r = zip(*(policy.pair(b) for b in batches))
+    diff = torch.cat(c) - torch.cat(r)
+    got = history.records[0]
+    assert got["split"] == "test"
+    assert got["logp_diff"] == pytest.approx(diff.mean().item(), abs=1e-5)
+    assert got["policy_acc"] == pytest.approx((diff > 0).float().mean().item())
     for S.step in range(1, 8):
         probe.on_step_end(S, policy, None)
     probe.on_train_end(S, policy)

@@ -35,14 +35,15 @@ from prefdyn.errors import DataError, PrefdynError, TrainingError
 from prefdyn.experiments.config import ModelConfig
 from prefdyn.experiments.misalignment import _Tagged
 from prefdyn.experiments.result import ExperimentResult, fmt
+from prefdyn.losses import get_loss
 from prefdyn.models import LoadedModel, load_model
 from prefdyn.reports import Report, plot_curves, plot_pair_curves
-from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
+from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import _pad_id, collate_pairs, pair_batches, tokenize_pair
-from prefdyn.training.lm_policy import LMBatch, LMPolicy, to_device
+from prefdyn.training.lm_policy import LMBatch
 from prefdyn.training.lm_runner import LMRun, fit_lm
 
 log = logging.getLogger(__name__)
@@ -151,54 +152,6 @@ def fixed_pair_batches(pairs: Sequence[PreferencePair], tokenizer, batch_size: i
             for s in range(0, len(encoded), batch_size)]
 
 
-class HeldOutLogps(Callback):
-    """Chosen and rejected log-probs of fixed batches, at the start, every ``every`` steps
-    and at the end, with the model in eval mode (no dropout).
-
-    ``splits`` maps a split name (e.g. ``"test"`` for held-out pairs, ``"train_probe"``
-    for a fixed subset of the training pairs) to its batches. Records ``{"split",
-    "problem": name, "logp_diff", "chosen_logp", "rejected_logp", "pref_acc"}``;
-    ``logp_diff`` is the mean of ``log pi(chosen) - log pi(rejected)`` (the policy's,
-    not relative to pi_ref). Works for :class:`PairBatch` and :class:`AnswerBatch` alike.
-    """
-
-    def __init__(self, splits: dict[str, Sequence[LMBatch]], history: History, *, every: int,
-                 name: str = "lm"):
-        self.splits = {k: list(v) for k, v in splits.items()}
-        self.history, self.every, self.name = history, every, name
-
-    @torch.no_grad()
-    def measure(self, policy: LMPolicy, batches: Sequence[LMBatch]) -> dict[str, float]:
-        was_training = policy.model.training
-        policy.model.eval()
-        try:
-            device = next(policy.model.parameters()).device
-            pairs = [policy.pair(to_device(b, device)) for b in batches]
-        finally:
-            policy.model.train(was_training)
-        chosen = torch.cat([c for c, _ in pairs]).float()
-        rejected = torch.cat([r for _, r in pairs]).float()
-        diff = chosen - rejected
-        return {"logp_diff": diff.mean().item(), "chosen_logp": chosen.mean().item(),
-                "rejected_logp": rejected.mean().item(), "pref_acc": (diff > 0).float().mean().item()}
-
-    def _record(self, step: int, policy: LMPolicy) -> None:
-        for split, batches in self.splits.items():
-            self.history.add({"step": step, "split": split, "problem": self.name, "group": None,
-                              **self.measure(policy, batches)})
-
-    def on_train_start(self, state, policy) -> None:
-        self._record(state.step, policy)
-
-    def on_step_end(self, state, policy, out) -> None:
-        if state.step % self.every == 0:
-            self._record(state.step, policy)
-
-    def on_train_end(self, state, policy) -> None:
-        if state.error is None and state.step % self.every != 0:
-            self._record(state.step, policy)
-
-
 def merged_model(run: LMRun) -> torch.nn.Module:
     """The trained model as a plain model: LoRA adapters merged into the weights."""
     model = run.policy.model
@@ -233,7 +186,8 @@ def fit_with_probe(loaded: LoadedModel, train_pairs, probe_splits, tokenizer, cf
     """One fit_lm run on ``train_pairs`` with the log-prob probe attached."""
     tagged = _Tagged(sink, tag) if sink is not None else None
     probe_history = History(tagged)
-    probe = HeldOutLogps(probe_splits, probe_history, every=preset.eval_every, name=tag)
+    probe = LMEvalTracker(get_loss(cfg.loss, beta=cfg.beta), probe_splits, history=probe_history,
+                          every=preset.eval_every, name=tag)
     batches = pair_batches(train_pairs, tokenizer, preset.batch_size, seed)
     log.info("hh-rlhf %s: %d steps on %d pairs", tag, steps, len(train_pairs))
     run = fit_lm(loaded, batches, cfg, mode=mode, steps=steps,
@@ -312,8 +266,8 @@ def run_hh_rlhf(loaded: LoadedModel, pairs: Sequence[PreferencePair], preset: HH
         s_align, c_align = align_probe.curves("logp_diff", split=split)
         steps, c_base = base_probe.curves("logp_diff", split=split)
         _, c_al = al_probe.curves("logp_diff", split=split)
-        _, a_base = base_probe.curves("pref_acc", split=split)
-        _, a_al = al_probe.curves("pref_acc", split=split)
+        _, a_base = base_probe.curves("policy_acc", split=split)
+        _, a_al = al_probe.curves("policy_acc", split=split)
         curves[split] = {"align": c_align["align"], "base": c_base["flip_from_base"],
                          "aligned": c_al["flip_from_aligned"], "acc_base": a_base["flip_from_base"],
                          "acc_aligned": a_al["flip_from_aligned"]}

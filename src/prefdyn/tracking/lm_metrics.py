@@ -10,6 +10,8 @@ LoRA dropout adds no noise) and records, overall and per behavior (group):
   ``policy_acc`` (see :func:`prefdyn.tracking.preference.per_example_metrics`);
 * ``chosen_logp`` / ``rejected_logp`` and their change since step 0
   (``*_logp_change``: the reference is the model at step 0 in both modes);
+  ``logp_diff``: the policy's own ``log pi(y+) - log pi(y-)`` (not relative to
+  pi_ref, so runs from different starts compare: Im & Li Fig. 15-16);
 * ``chosen_fell``: share of rows whose chosen log-prob fell (likelihood
   displacement, Razin et al. 2024);
 * ``dpo_weight``: mean ``sigma(-beta h)``, DPO's per-example gradient weight
@@ -35,7 +37,7 @@ from prefdyn.losses.types import LossOutput, PreferenceLogps
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.preference import per_example_metrics
-from prefdyn.training.lm_policy import LMPolicy, PairBatch, reference_logps
+from prefdyn.training.lm_policy import LMPolicy, PairBatch, reference_logps, to_device
 
 __all__ = ["LMEvalTracker", "evaluate_batches", "group_means"]
 
@@ -63,6 +65,7 @@ def evaluate_batches(policy: LMPolicy, objective: Objective, batches: Sequence[A
             out = objective(logps)
             values = per_example_metrics(out, logps)
             values["dpo_weight"] = torch.sigmoid(-out.margins)
+            values["logp_diff"] = logps.chosen - logps.rejected
             parts.append({k: v.detach().float().cpu() for k, v in values.items()})
     finally:
         policy.model.train(was_training)
@@ -116,7 +119,8 @@ class LMEvalTracker(Callback):
         self._last_step: int | None = None
 
     def on_setup(self, policy: LMPolicy) -> None:
-        self.splits = {s: [reference_logps(policy, b) for b in batches]
+        device = next(policy.model.parameters()).device
+        self.splits = {s: [reference_logps(policy, to_device(b, device)) for b in batches]
                        for s, batches in self.splits.items()}
         self._referenced = True
 
