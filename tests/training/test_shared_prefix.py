@@ -141,6 +141,10 @@ def test_pack_rows_by_hand():
     # prefix 4; budget 10 leaves 6 suffix tokens per pack; a 9-token row gets its own pack.
     assert pack_rows([3, 3, 2, 9, 1], prefix_len=4, pack_tokens=10) == [[0, 1], [2], [3], [4]]
     assert pack_rows([1, 1, 1], prefix_len=0, pack_tokens=100) == [[0, 1, 2]]
+    # In-order filling needs 2 packs (8 + 2 rows); balanced they are 5 + 5, so the forward's
+    # two rows are 5 tokens wide instead of 8.
+    assert pack_rows([1] * 10, prefix_len=0, pack_tokens=8) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert pack_rows([2, 1, 1, 2], prefix_len=3, pack_tokens=7) == [[0, 1], [2, 3]]
 
 
 @pytest.mark.parametrize("budget", ["one row per pack", "some rows per pack", "one pack"])

@@ -153,19 +153,35 @@ def _plain_last_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Te
     return decoder_hidden(decoder, input_ids, attention_mask, position_ids)[:, -1]
 
 
-def pack_rows(suffix_lengths: list[int], prefix_len: int, pack_tokens: int) -> list[list[int]]:
-    """Rows grouped, in order, into packs of at most ``pack_tokens`` tokens each
-    (the prefix once per pack, then the rows' suffixes); a row longer than that
-    alone gets a pack of its own."""
+def _greedy_packs(suffix_lengths: list[int], prefix_len: int, budget: int) -> list[list[int]]:
     packs: list[list[int]] = [[]]
     used = prefix_len
     for row, n in enumerate(suffix_lengths):
-        if packs[-1] and used + n > pack_tokens:
+        if packs[-1] and used + n > budget:
             packs.append([])
             used = prefix_len
         packs[-1].append(row)
         used += n
     return packs
+
+
+def pack_rows(suffix_lengths: list[int], prefix_len: int, pack_tokens: int) -> list[list[int]]:
+    """Rows grouped, in order, into packs of at most ``pack_tokens`` tokens each (the
+    prefix once per pack, then the rows' suffixes); a row longer than that alone gets a
+    pack of its own. As few packs as in-order filling gives, balanced: the packs are
+    run as the rows of one forward, padded to the longest, so the longest is made as
+    short as that number of packs allows (the smallest budget that still needs no more)."""
+    packs = _greedy_packs(suffix_lengths, prefix_len, pack_tokens)
+    lo, hi = prefix_len + max(suffix_lengths, default=0), pack_tokens
+    if len(packs) == 1 or lo >= hi:
+        return packs
+    while lo < hi:  # fewer packs with a larger budget: bisect for the smallest that keeps it
+        mid = (lo + hi) // 2
+        if len(_greedy_packs(suffix_lengths, prefix_len, mid)) <= len(packs):
+            hi = mid
+        else:
+            lo = mid + 1
+    return _greedy_packs(suffix_lengths, prefix_len, lo)
 
 
 def _packed_last_hidden(decoder: nn.Module, ids: Tensor, lengths: Tensor, prefix_len: int,
