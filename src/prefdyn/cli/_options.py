@@ -78,6 +78,24 @@ def _split(name: str, value: Any) -> Any:
     return parts if name == "behaviors" else tuple(parts)
 
 
+def config_from_flags(common: dict[str, Any], defaults: dict[str, dict[str, Any]] | None = None):
+    """The run config from the common options' values (``COMMON`` names -> value or None):
+    defaults < --config file < flags."""
+    overrides: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for name, (section, field, _) in COMMON.items():
+        if section is None:
+            top[field] = common[name]
+        else:
+            overrides.setdefault(section, {})[field] = _split(name, common[name])
+    return build_config(top.pop("config"), overrides, top, defaults)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in ("full", "lora"):
+        raise PrefdynError(f"--mode must be full or lora, got {mode!r}")
+
+
 def with_experiment_options(defaults: dict[str, dict[str, Any]] | None = None):
     """Decorate ``fn(cfg, **own_options)``: adds the common options to its CLI signature
     and builds ``cfg`` (defaults < --config file < flags) before calling it."""
@@ -90,15 +108,7 @@ def with_experiment_options(defaults: dict[str, dict[str, Any]] | None = None):
         @functools.wraps(fn)
         @user_errors
         def wrapper(**kwargs):
-            common = {k: kwargs.pop(k) for k in COMMON}
-            overrides: dict[str, dict[str, Any]] = {}
-            top: dict[str, Any] = {}
-            for name, (section, field, _) in COMMON.items():
-                if section is None:
-                    top[field] = common[name]
-                else:
-                    overrides.setdefault(section, {})[field] = _split(name, common[name])
-            cfg = build_config(top.pop("config"), overrides, top, defaults)
+            cfg = config_from_flags({k: kwargs.pop(k) for k in COMMON}, defaults)
             return fn(cfg, **kwargs)
 
         params = own + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,

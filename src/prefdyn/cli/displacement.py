@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from prefdyn._runtime import resolve_device, set_seed
-from prefdyn.cli._options import show_result, with_experiment_options
+from prefdyn.cli._options import check_mode, show_result, with_experiment_options
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments import ExperimentConfig
 from prefdyn.experiments._displacement import HH_DEFAULT, PERSONA_DEFAULT, write_run
@@ -140,7 +140,7 @@ def predictors(cfg: ExperimentConfig,
                             behaviors=cfg.data.behaviors, n=_opt(n_pairs, exp, "n"),
                             max_tokens=_opt(max_tokens, exp, "max_tokens"),
                             chat_template=cfg.task.chat_template)
-    _check_mode(mode)
+    check_mode(mode)
     _run("displacement_predictors", cfg, settings,
          lambda loaded, run: run_predictors(loaded, settings, cfg.train, sink=run, mode=mode), preset)
 
@@ -170,11 +170,6 @@ def mitigation(cfg: ExperimentConfig,
                                 n_eval=_opt(n_eval, exp, "n_eval"), max_tokens=_opt(max_tokens, exp, "max_tokens"),
                                 top_percent=_opt(top_percent, exp, "top_percent"),
                                 chat_template=cfg.task.chat_template)
-    _check_mode(mode)
+    check_mode(mode)
     _run("displacement_mitigation", cfg, settings,
          lambda loaded, run: run_mitigation(loaded, settings, cfg.train, sink=run, mode=mode), preset)
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in ("lora", "full"):
-        raise PrefdynError(f"--mode must be lora or full, got {mode!r}")

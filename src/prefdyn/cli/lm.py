@@ -17,8 +17,13 @@ from typing import Annotated
 
 import typer
 
-from prefdyn.cli._config import build_config
-from prefdyn.cli._options import COMMON, _split, show_result, user_errors
+from prefdyn.cli._options import (
+    COMMON,
+    check_mode,
+    config_from_flags,
+    show_result,
+    user_errors,
+)
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments.config import ExperimentConfig
 from prefdyn.experiments.lm_common import (
@@ -49,18 +54,9 @@ def lm_options(experiment: str):
             preset = get_preset(experiment, kwargs.pop("preset"))
             mode = kwargs.pop("mode")
             if mode is not None:
-                if mode not in ("full", "lora"):
-                    raise PrefdynError(f"--mode must be full or lora, got {mode!r}")
+                check_mode(mode)
                 preset = dataclasses.replace(preset, mode=mode)
-            overrides: dict[str, dict] = {}
-            top: dict = {}
-            for name, (section, fld, _) in COMMON.items():
-                value = kwargs.pop(name)
-                if section is None:
-                    top[fld] = value
-                else:
-                    overrides.setdefault(section, {})[fld] = _split(name, value)
-            cfg = build_config(top.pop("config"), overrides, top, preset.config_defaults())
+            cfg = config_from_flags({k: kwargs.pop(k) for k in COMMON}, preset.config_defaults())
             return fn(cfg, preset, **kwargs)
 
         params = own + [
@@ -162,8 +158,7 @@ def hh_rlhf(
     if pairs is None:
         raise PrefdynError("give the preference pairs with --pairs PATH "
                            "(e.g. ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz)")
-    if mode not in ("full", "lora"):
-        raise PrefdynError(f"--mode must be full or lora, got {mode!r}")
+    check_mode(mode)
     chosen = hh_preset(preset, n_train=n_train, n_test=n_test, max_tokens=max_tokens,
                        align_steps=align_steps, flip_steps=flip_steps, batch_size=batch_size,
                        lr=lr, beta=beta)
@@ -189,8 +184,8 @@ def beta_sweep(experiment: _SWEEP_EXPERIMENT,
     from prefdyn.experiments.hh_rlhf import hh_preset
     from prefdyn.experiments.runner import EXPERIMENTS
 
-    if mode is not None and mode not in ("full", "lora"):
-        raise PrefdynError(f"--mode must be full or lora, got {mode!r}")
+    if mode is not None:
+        check_mode(mode)
     chosen, defaults = None, EXPERIMENT_DEFAULTS
     if experiment == "hh_rlhf":
         chosen = hh_preset(preset)
@@ -200,15 +195,7 @@ def beta_sweep(experiment: _SWEEP_EXPERIMENT,
         if mode is not None:
             chosen = dataclasses.replace(chosen, mode=mode)
         defaults = chosen.config_defaults()
-    overrides: dict[str, dict] = {}
-    top: dict = {}
-    for name, (section, fld, _) in COMMON.items():
-        value = common.pop(name)
-        if section is None:
-            top[fld] = value
-        else:
-            overrides.setdefault(section, {})[fld] = _split(name, value)
-    cfg = build_config(top.pop("config"), overrides, top, defaults)
+    cfg = config_from_flags(common, defaults)
     if cfg.out == "runs":
         cfg.out = "runs/lm"
     result, out = sweep_experiment(experiment, cfg, betas, preset=chosen, pairs=pairs,

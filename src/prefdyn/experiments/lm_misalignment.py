@@ -49,26 +49,20 @@ log = logging.getLogger(__name__)
 # the other quick presets) so that 20 steps move the model. Paper: Im & Li fine-tune with
 # DPO, beta 0.1 (paper); lr 1e-5 AdamW, batch 32, 3 epochs of 800 rows (~75 steps) and 4
 # behaviors are our guesses for GPU users.
-register_presets(
-    "lm_misalignment",
-    quick=LMExperimentPreset(mode="full", steps=20, batch_size=8, lr=5e-5, beta=0.1,
-                             n_per_behavior=40, n_behaviors=2, eval_every=5, eval_rows=16,
-                             probe_rows=16, snapshot_steps=(0, LAST)),
-    paper=LMExperimentPreset(mode="full", steps=75, batch_size=32, lr=1e-5, beta=0.1,
-                             n_per_behavior=1000, n_behaviors=4, eval_every=5, eval_rows=100,
-                             probe_rows=100, snapshot_steps=(0, LAST)),
-)
+_FULL = {
+    "quick": LMExperimentPreset(mode="full", steps=20, batch_size=8, lr=5e-5, beta=0.1,
+                                n_per_behavior=40, n_behaviors=2, eval_every=5, eval_rows=16,
+                                probe_rows=16, snapshot_steps=(0, LAST)),
+    "paper": LMExperimentPreset(mode="full", steps=75, batch_size=32, lr=1e-5, beta=0.1,
+                                n_per_behavior=1000, n_behaviors=4, eval_every=5, eval_rows=100,
+                                probe_rows=100, snapshot_steps=(0, LAST)),
+}
+register_presets("lm_misalignment", **_FULL)
 # LoRA (Im & Li App. C setting: r=8, alpha=32, dropout 0.05 on q,v): adapters need a larger
 # step size than full fine-tuning; 5e-4 is our guess (the paper's LoRA lr is not stated here).
-register_presets(
-    "lm_misalignment_lora",
-    quick=LMExperimentPreset(mode="lora", steps=20, batch_size=8, lr=5e-4, beta=0.1,
-                             n_per_behavior=40, n_behaviors=2, eval_every=5, eval_rows=16,
-                             probe_rows=16, snapshot_steps=(0, LAST)),
-    paper=LMExperimentPreset(mode="lora", steps=75, batch_size=32, lr=5e-4, beta=0.1,
-                             n_per_behavior=1000, n_behaviors=4, eval_every=5, eval_rows=100,
-                             probe_rows=100, snapshot_steps=(0, LAST)),
-)
+# Otherwise the same settings.
+register_presets("lm_misalignment_lora",
+                 **{name: dataclasses.replace(p, mode="lora", lr=5e-4) for name, p in _FULL.items()})
 
 
 def misalignment_preset(name: str, mode: Literal["full", "lora"] = "full") -> LMExperimentPreset:

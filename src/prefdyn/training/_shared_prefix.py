@@ -69,7 +69,11 @@ def shared_prefix_length(input_ids: Tensor, attention_mask: Tensor) -> int:
     if not _left_padded(attention_mask):
         return 0
     lengths = attention_mask.sum(-1)
-    ids = _right_aligned(input_ids, lengths)
+    return _common_prefix(_right_aligned(input_ids, lengths), lengths)
+
+
+def _common_prefix(ids: Tensor, lengths: Tensor) -> int:
+    """:func:`shared_prefix_length` of right-aligned ``ids`` (rows known to be clean)."""
     limit = int(lengths.min()) - 1
     if limit <= 0:
         return 0
@@ -237,6 +241,5 @@ def last_token_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Ten
     if (not torch.equal(position_ids, expected_positions)
             or not _packing_exact(decoder, int(lengths.max()))):
         return _plain_last_hidden(decoder, input_ids, attention_mask, position_ids)
-    prefix_len = shared_prefix_length(input_ids, attention_mask)
-    return _packed_last_hidden(decoder, _right_aligned(input_ids, lengths), lengths, prefix_len,
-                               pack_tokens)
+    ids = _right_aligned(input_ids, lengths)
+    return _packed_last_hidden(decoder, ids, lengths, _common_prefix(ids, lengths), pack_tokens)
