@@ -17,7 +17,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from prefdyn.training import LastLayerData, TrainConfig, fit_last_layer
+from prefdyn.policies import LastLayerData
+from prefdyn.training import TrainConfig, fit_last_layer
 
 TARGET_SECONDS = 15.0
 

@@ -18,8 +18,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from prefdyn.theory import BoundaryRecorder, check_assumptions, theorem42_constants, two_class_law
-from prefdyn.training import TrainConfig, fit_last_layer, stack_problems
+from prefdyn.diagnostics import check_assumptions, theorem42_constants
+from prefdyn.theory import two_class_law
+from prefdyn.tracking.boundary import BoundaryRecorder
+from prefdyn.policies import stack_problems
+from prefdyn.training import TrainConfig, fit_last_layer
 
 
 def main() -> None:

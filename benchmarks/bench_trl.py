@@ -86,7 +86,7 @@ def run_prefdyn(args, share_prefix: bool) -> dict:
     from prefdyn.tracking.callbacks import Callback
     from prefdyn.training import TrainConfig
     from prefdyn.training.lm_data import collate_prompts
-    from prefdyn.training.lm_policy import LMPolicy
+    from prefdyn.policies.lm import LMPolicy
     from prefdyn.training.lm_runner import fit_lm
 
     loaded = load_model(None)

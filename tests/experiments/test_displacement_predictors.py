@@ -27,7 +27,7 @@ from prefdyn.experiments.displacement_predictors import (
     score_correlations,
 )
 from prefdyn.training import TrainConfig
-from prefdyn.training.lm_policy import LMPolicy, apply_lora
+from prefdyn.policies.lm import LMPolicy, apply_lora
 from tests._tiny import tiny_loaded
 
 

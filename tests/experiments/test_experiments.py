@@ -20,7 +20,7 @@ def test_workspace_shapes_and_true_log_probs(tiny_workspace):
         assert e.shape == (b.n, ws.d) and lse.shape == (b.n,)
     # With the frozen rows' logsumexp, the policy's log-probs are the model's own.
     data = ws.problems([0], split="all")
-    from prefdyn.training import LastLayerPolicy
+    from prefdyn.policies import LastLayerPolicy
     yes, _ = LastLayerPolicy(ws.W_answers, 1).answer_logps(data)
     assert torch.all(yes < 0) and torch.isfinite(yes).all()
 

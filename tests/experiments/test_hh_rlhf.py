@@ -21,7 +21,7 @@ from prefdyn.experiments.hh_rlhf import (
 from prefdyn.losses import get_loss
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker
-from prefdyn.training.lm_policy import LMPolicy, apply_lora
+from prefdyn.policies.lm import LMPolicy, apply_lora
 from tests._tiny import tiny_loaded, tiny_tokenizer
 
 HH = Path(__file__).resolve().parents[2] / "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"

@@ -13,7 +13,8 @@ import torch
 from prefdyn.data import TaskConfig
 from prefdyn.experiments import DataConfig, ModelConfig, prepare_workspace, run_distinguishability
 from prefdyn.models import load_model
-from prefdyn.training import LastLayerPolicy, TrainConfig
+from prefdyn.policies import LastLayerPolicy
+from prefdyn.training import TrainConfig
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from prefdyn.tracking.displacement import DisplacementMonitor, lm_answer_logprob
 from prefdyn.tracking.history import History
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches, collate_prompts
-from prefdyn.training.lm_policy import LMPolicy
+from prefdyn.policies.lm import LMPolicy
 from prefdyn.training.lm_runner import fit_lm
 from tests._tiny import chat_prompts, tiny_llama, tiny_loaded, tiny_tokenizer
 

@@ -12,7 +12,7 @@ from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker, evaluate_batches, group_means
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches
-from prefdyn.training.lm_policy import LMPolicy, reference_logps
+from prefdyn.policies.lm import LMPolicy, reference_logps
 from prefdyn.training.lm_runner import fit_lm
 from tests._tiny import tiny_loaded
 

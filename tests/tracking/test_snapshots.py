@@ -13,7 +13,7 @@ from prefdyn.tracking.snapshots import (
     probe_embeddings,
     snapshot_stats,
 )
-from prefdyn.training.lm_policy import LMPolicy
+from prefdyn.policies.lm import LMPolicy
 from tests._tiny import chat_prompts, tiny_loaded
 
 

@@ -38,7 +38,7 @@ def test_fit_lm_mirrors_its_history_to_tensorboard(tmp_path, monkeypatch):
     from prefdyn.training.lm_data import answer_batches
     from prefdyn.training.lm_runner import fit_lm
     from tests._tiny import tiny_loaded
-    from tests.training.test_lm_policy import _behavior
+    from tests.policies.test_lm import _behavior
 
     monkeypatch.setenv("PREFDYN_CACHE", str(tmp_path / "cache"))
     loaded = tiny_loaded()

@@ -2,7 +2,7 @@
 
 import torch
 
-from prefdyn.training import stack_problems
+from prefdyn.policies import stack_problems
 
 
 def synthetic_problem(n: int, d: int, sep: float, *, seed: int, mean_norm: float = 5.0):

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from prefdyn.tracking.run_dir import read_metrics
-from prefdyn.training import LastLayerPolicy, random_minibatches
+from prefdyn.policies import LastLayerPolicy
+from prefdyn.training import random_minibatches
 from prefdyn.training.checkpoint import (
     ResumableMinibatches,
     load_checkpoint,

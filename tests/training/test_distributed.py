@@ -23,7 +23,7 @@ _CHILD = textwrap.dedent("""
     from prefdyn.training.lm_data import answer_batches
     from prefdyn.training.lm_runner import fit_lm
     from tests._tiny import tiny_loaded
-    from tests.training.test_lm_policy import _behavior
+    from tests.policies.test_lm import _behavior
 
     set_seed(0)
     loaded = tiny_loaded()

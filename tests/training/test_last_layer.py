@@ -5,8 +5,8 @@ import torch
 
 from prefdyn.errors import TrainingError
 from prefdyn.losses import get_loss
-from prefdyn.training import (LastLayerPolicy, TrainConfig, fit_last_layer, hessian_lambda_max,
-                              stack_problems)
+from prefdyn.policies import LastLayerPolicy, stack_problems
+from prefdyn.training import TrainConfig, fit_last_layer, hessian_lambda_max
 from prefdyn.training.loop import train
 from prefdyn.training.batches import full_batches
 
@@ -55,18 +55,6 @@ def test_only_answer_rows_change_when_all_rows_are_trained():
     assert torch.count_nonzero(delta[[0, 2, 4]]) == 0
     assert delta[[3, 1]].abs().sum() > 0
     torch.testing.assert_close(full.policy.W[0, [3, 1]], ans.policy.W[0])
-
-
-def test_other_rows_logsumexp_gives_full_vocabulary_logprobs():
-    x, y = synthetic_problem(10, 8, 1.0, seed=0)
-    W = _w0(rows=6)
-    other = torch.logsumexp(x @ W[[0, 2, 4, 5]].T, dim=-1)
-    data = stack_problems([x], [y], other_lse=[other])
-    pol = LastLayerPolicy(W[[3, 1]], 1)
-    yes, no = pol.answer_logps(data)
-    full = torch.log_softmax(x @ W.T, dim=-1)
-    torch.testing.assert_close(yes[0], full[:, 3])
-    torch.testing.assert_close(no[0], full[:, 1])
 
 
 def test_default_lr_comes_from_the_closed_form_curvature():

@@ -14,7 +14,7 @@ from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches, pair_batches
-from prefdyn.training.lm_policy import (
+from prefdyn.policies.lm import (
     LMPolicy,
     ReferenceCache,
     reference_logps,
@@ -24,7 +24,7 @@ from prefdyn.training.lm_runner import fit_lm
 from prefdyn.training.reference_cache import precompute_reference, reference_key
 from prefdyn.training.step import training_step
 from tests._tiny import tiny_llama, tiny_loaded, tiny_tokenizer
-from tests.training.test_lm_policy import _behavior, _pairs
+from tests.policies.test_lm import _behavior, _pairs
 
 STATEMENTS = ["I like cats", "Kindness matters", "The quick brown fox", "I enjoy causing pain",
               "It is important to help", "No.", "Yes, always"]

@@ -2,7 +2,8 @@
 
 ``distinguishability``: per-behavior D, Delta and class geometry (Section 3);
 ``priority``: priority levels of jointly trained behaviors (Eq. 5);
-``summary``: :func:`diagnose`, a ranked and explained prediction.
+``summary``: :func:`diagnose`, a ranked and explained prediction;
+``theorems``: the theorems' assumptions and constants on one behavior's data.
 """
 
 from prefdyn.diagnostics.distinguishability import BehaviorStats, behavior_stats
@@ -17,6 +18,8 @@ from prefdyn.diagnostics.ches import ches_from_sums, ches_scores, pair_hidden_su
 from prefdyn.diagnostics.similarity import edit_similarity, last_hidden_inner_products
 from prefdyn.diagnostics.token_geometry import (displacement_scores, predicted_gainers,
                                                 token_pair_geometry)
+from prefdyn.diagnostics.theorems import (Assumption, AssumptionReport, check_assumptions,
+                                          estimate_theorem41_constants, theorem42_constants)
 
 __all__ = [
     "BehaviorStats",
@@ -35,4 +38,9 @@ __all__ = [
     "displacement_scores",
     "predicted_gainers",
     "token_pair_geometry",
+    "Assumption",
+    "AssumptionReport",
+    "check_assumptions",
+    "estimate_theorem41_constants",
+    "theorem42_constants",
 ]

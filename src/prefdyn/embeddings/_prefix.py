@@ -40,7 +40,8 @@ def prefix_cache(decoder, prefix_ids: Sequence[int], device: torch.device):
 
 def suffix_last_hidden(decoder, cache, prefix_len: int, suffixes: Sequence[Sequence[int]],
                        pad_id: int, device: torch.device) -> torch.Tensor:
-    """Final hidden state at each suffix's last token, given the shared prefix ``cache``.
+    """Final hidden state at each suffix's last token, given the shared prefix ``cache``
+    (``None`` with ``prefix_len`` 0: the suffixes are the whole texts, a plain forward).
 
     Suffixes are right-padded: with causal attention no real token ever sees a
     pad, and the last real position is gathered per row. Returns (B, d).
@@ -54,10 +55,13 @@ def suffix_last_hidden(decoder, cache, prefix_len: int, suffixes: Sequence[Seque
     attention_mask = torch.cat(
         [torch.ones(batch, prefix_len, dtype=torch.long, device=device), suffix_mask.long()], dim=1)
     position_ids = (prefix_len + torch.arange(width, device=device)).expand(batch, width)
-    # The model appends the suffix keys/values to the cache it is given, so
-    # each batch gets its own copy, repeated to the batch size.
-    batch_cache = copy.deepcopy(cache)
-    batch_cache.batch_repeat_interleave(batch)
+    prefix = {}
+    if cache is not None:
+        # The model appends the suffix keys/values to the cache it is given, so
+        # each batch gets its own copy, repeated to the batch size.
+        batch_cache = copy.deepcopy(cache)
+        batch_cache.batch_repeat_interleave(batch)
+        prefix = {"past_key_values": batch_cache}
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  past_key_values=batch_cache, use_cache=True)
+                  use_cache=cache is not None, **prefix)
     return out.last_hidden_state[torch.arange(batch, device=device), lengths - 1]

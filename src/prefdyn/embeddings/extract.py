@@ -38,25 +38,6 @@ def tokenize_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return token_ids
 
 
-def last_token_hidden(decoder, token_ids: Sequence[Sequence[int]], pad_id: int,
-                      device: torch.device) -> torch.Tensor:
-    """Final hidden state at the last token of each sequence, one left-padded batch. Returns (B, d).
-
-    Position ids come from the attention mask (cumsum - 1), so every sequence
-    sees the positions 0..len-1 it would see alone; pads are clamped to 0.
-    """
-    batch, width = len(token_ids), max(len(ids) for ids in token_ids)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long, device=device)
-    for row, ids in enumerate(token_ids):
-        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids):] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=False)
-    return out.last_hidden_state[:, -1]
-
-
 def extract_embeddings(
     model,
     tokenizer,
@@ -73,7 +54,8 @@ def extract_embeddings(
     processed longest first in batches of ``batch_size`` (less padding), and
     returned in input order. With ``reuse_prefix`` the longest common token
     prefix is run once and its key/value cache reused (see ``_prefix.py``);
-    the result equals the plain computation up to float round-off.
+    the result equals the plain computation (no prefix, every text its own suffix)
+    up to float round-off.
     ``device`` is where the inputs are built: the model's device (the
     default); the model itself is never moved.
     """
@@ -93,11 +75,8 @@ def extract_embeddings(
     with torch.inference_mode(), _progress_bar(len(texts), progress) as advance:
         cache = prefix_cache(decoder, token_ids[0][:prefix_len], device) if prefix_len else None
         for batch in _length_sorted_batches([len(ids) for ids in token_ids], batch_size):
-            if cache is None:
-                hidden = last_token_hidden(decoder, [token_ids[i] for i in batch], pad_id, device)
-            else:
-                suffixes = [token_ids[i][prefix_len:] for i in batch]
-                hidden = suffix_last_hidden(decoder, cache, prefix_len, suffixes, pad_id, device)
+            suffixes = [token_ids[i][prefix_len:] for i in batch]
+            hidden = suffix_last_hidden(decoder, cache, prefix_len, suffixes, pad_id, device)
             out[batch] = hidden.float().cpu()
             advance(len(batch))
     return out

@@ -30,7 +30,7 @@ from prefdyn.reports import Report
 from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import collate_pairs, pair_batches, tokenize_pair
-from prefdyn.training.lm_policy import LMPolicy
+from prefdyn.policies.lm import LMPolicy
 from prefdyn.training.lm_runner import fit_lm
 
 HH_DEFAULT = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"

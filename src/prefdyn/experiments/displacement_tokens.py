@@ -32,7 +32,7 @@ from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.displacement import lm_answer_logprobs
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import _pad_id, collate_prompts
-from prefdyn.training.lm_policy import LMPolicy
+from prefdyn.policies.lm import LMPolicy
 from prefdyn.training.lm_runner import fit_lm
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import _pad_id, collate_pairs, pair_batches, tokenize_pair
-from prefdyn.training.lm_policy import LMBatch
+from prefdyn.policies.lm import LMBatch
 from prefdyn.training.lm_runner import LMRun, fit_lm
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class HHPreset:
     """Settings of the HH-RLHF experiment.
 
     Paper (Im & Li 2024, App. C): LoRA r=8, alpha=32, dropout 0.05 on q_proj/v_proj
-    (the :func:`~prefdyn.training.lm_policy.apply_lora` defaults), DPO with beta 0.1,
+    (the :func:`~prefdyn.policies.lm.apply_lora` defaults), DPO with beta 0.1,
     the "first 100 steps" window. Guessed (not stated in what we have of the paper):
     lr, batch size, step counts, the held-out size and the token cap.
     """

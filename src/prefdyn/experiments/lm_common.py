@@ -48,7 +48,7 @@ from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.snapshots import LAST, EmbeddingSnapshots, Probe
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import answer_batches
-from prefdyn.training.lm_policy import AnswerBatch
+from prefdyn.policies.lm import AnswerBatch
 from prefdyn.training.lm_runner import LMRun, fit_lm
 
 log = logging.getLogger(__name__)

@@ -20,17 +20,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from prefdyn.diagnostics.theorems import check_assumptions, theorem42_constants
 from prefdyn.errors import PrefdynError
+from prefdyn.experiments._theory_runs import concept_problems, persona_problems, run_margin_dynamics
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
+from prefdyn.policies.last_layer import stack_problems
 from prefdyn.reports import plot_bars, plot_curves, plot_grid, plot_heatmap, plot_scatter_rank
 from prefdyn.theory.bounds import theorem41_bound, theorem42_bound, theorem43_bound
-from prefdyn.theory.checks import (BoundaryRecorder, accuracy_bound, check_assumptions, check_theorem41,
-                                   check_theorem42, cosines, first_step_identity, psi_norm, theorem42_constants)
-from prefdyn.theory.scaling import (cluster_structure, concept_problems, fit_exponent, persona_problems,
-                                    run_margin_dynamics)
+from prefdyn.theory.checks import (accuracy_bound, check_theorem41, check_theorem42, cosines,
+                                   first_step_identity, psi_norm)
+from prefdyn.theory.scaling import cluster_structure, fit_exponent
 from prefdyn.theory.synthetic import concept_law, two_class_law
-from prefdyn.training import TrainConfig, fit_last_layer, stack_problems
+from prefdyn.tracking.boundary import BoundaryRecorder
+from prefdyn.training import TrainConfig, fit_last_layer
 
 __all__ = ["GridConfig", "ScalingConfig", "run_scaling_law", "run_theorem_grid", "run_theorems_on_embeddings"]
 
@@ -354,7 +357,7 @@ def run_theorems_on_embeddings(ws: Workspace, train: TrainConfig, *, sink=None) 
     res.add_figure("real_assumptions", plot_heatmap(held, names, checks, center=None, value_format="{:.0f}",
                                                     title="Assumption holds (1) or not (0)"),
                    "Which of the theorems' assumptions each behavior's hidden states satisfy (thresholds in "
-                   "prefdyn.theory.checks).")
+                   "prefdyn.diagnostics.theorems).")
     for e in points:
         e.update(label=e["name"], group="all")
     for key, bound, ylabel, title in (("fro", "bound41", "||W(t) - W(0)||_F", "Theorem 4.1"),

@@ -19,8 +19,8 @@ from prefdyn.data import BehaviorData, TaskConfig, build_behaviors, load_demo, l
 from prefdyn.embeddings import cached_embeddings
 from prefdyn.experiments.config import DataConfig, ModelConfig
 from prefdyn.models import LoadedModel, answer_token_ids, load_model, unembedding
-from prefdyn.training import (LastLayerData, LastLayerRun, TrainConfig, fit_last_layer,
-                              stack_problems)
+from prefdyn.policies.last_layer import LastLayerData, stack_problems
+from prefdyn.training import LastLayerRun, TrainConfig, fit_last_layer
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ from prefdyn.errors import PrefdynError
 __all__ = [
     "THEOREM41_CONSTANT",
     "dpo_last_layer_grad",
-    "estimate_theorem41_constants",
     "theorem41_bound",
     "theorem42_bound",
     "theorem43_bound",
@@ -109,63 +108,6 @@ def dpo_last_layer_grad(
     grad[yes] = row_grad
     grad[no] = -row_grad
     return grad.to(W.dtype)
-
-
-def estimate_theorem41_constants(
-    embeddings: Tensor, prefers_yes: Tensor, beta: float
-) -> dict[str, float]:
-    """How tight Theorem 4.1's constant 6 is on these hidden states.
-
-    At ``W = W0`` every margin is 0 and ``sigmoid(0) = 1/2``, so the gradient of
-    the mean DPO loss on a (Yes, No) unembedding is
-    ``-(beta / 2) (e_yes - e_no) m^T`` with ``m = (n+ mu+ - n- mu-) / n`` and
-
-        ||grad L(W0)||_F = (beta / sqrt 2) ||m||.
-
-    One gradient step moves ``W_U`` by ``eta ||grad||``, so
-    ``C_hat = ||grad||_F / (beta D)`` is the observed per-step rate in the
-    theorem's units: the theorem's 6 is an upper bound on it. With balanced
-    classes ``m = b / 2`` and ``C_hat = sqrt(2) / 4 ~ 0.35``.
-
-    Caveat: real last hidden states share a large common mean direction (see
-    ``BehaviorStats.mean_norm``). With unbalanced classes ``m`` contains
-    ``(n+ - n-) / n`` times that mean, which ``D`` does not see, so ``C_hat``
-    can exceed 6; the theorem's distributional assumptions do not hold there.
-
-    Args:
-        embeddings: ``(n, d)`` last hidden states.
-        prefers_yes: ``(n,)`` bool, True where Yes is preferred.
-        beta: DPO's ``beta``.
-
-    Returns:
-        ``grad_norm``, ``C_hat``, ``theorem_constant`` (6), ``d``, ``D``,
-        ``Delta`` and ``beta_prime = beta sqrt(d)``, all floats.
-
-    Raises:
-        DataError: as :func:`prefdyn.diagnostics.behavior_stats`.
-        PrefdynError: ``beta <= 0``.
-    """
-    if not beta > 0:
-        raise PrefdynError(f"beta must be positive, got {beta}")
-    # Imported here because prefdyn.diagnostics.summary imports this module.
-    from prefdyn.diagnostics.distinguishability import check_embeddings, class_means
-
-    check_embeddings(embeddings, prefers_yes)
-    n, d = embeddings.shape
-    mu_pos, mu_neg = class_means(embeddings, prefers_yes)
-    D = float((mu_pos - mu_neg).norm())
-    n_pos = int(prefers_yes.sum())
-    signed_mean = (n_pos * mu_pos - (n - n_pos) * mu_neg) / n
-    grad_norm = beta / math.sqrt(2) * float(signed_mean.norm())
-    return {
-        "grad_norm": grad_norm,
-        "C_hat": grad_norm / (beta * D) if D > 0 else math.inf,
-        "theorem_constant": THEOREM41_CONSTANT,
-        "d": float(d),
-        "D": D,
-        "Delta": math.log(D) / math.log(d) if D > 0 else -math.inf,
-        "beta_prime": beta * math.sqrt(d),
-    }
 
 
 def theorem42_bound(steps: int | Tensor, cos_m_b: float, kappa: float) -> Tensor:

@@ -1,11 +1,13 @@
 """Theorems 4.1-4.3 and Appendix A.3 of Im & Li (ICML 2024), checked on data.
 
-For one behavior's hidden states this module checks the theorems' assumptions
-(:func:`check_assumptions`), estimates the constants the bounds need
-(:func:`theorem42_constants`, :func:`psi_norm`, :func:`estimate_alpha`), compares
-measured training curves with the bounds (:func:`check_theorem41`,
-:func:`check_theorem42`, :func:`accuracy_bound`), and verifies the exact
-first-step identity of Appendix A.3 (:func:`first_step_identity`).
+Pure math on tensors: the tail estimates the bounds need (:func:`psi_norm`,
+:func:`estimate_alpha`, :func:`tail_ratio`), the comparison of measured training
+curves with the bounds (:func:`check_theorem41`, :func:`check_theorem42`,
+:func:`accuracy_bound`), and the exact first-step identity of Appendix A.3
+(:func:`first_step_identity`). The checks of one behavior's hidden states against
+the theorems' assumptions, which read its class statistics, are diagnostics
+(:mod:`prefdyn.diagnostics.theorems`); recording the boundary during training is
+tracking (:class:`prefdyn.tracking.boundary.BoundaryRecorder`).
 """
 
 from __future__ import annotations
@@ -18,36 +20,10 @@ import torch
 from scipy import optimize, special
 from torch import Tensor
 
-from prefdyn.diagnostics.distinguishability import BehaviorStats, behavior_stats
 from prefdyn.theory.bounds import THEOREM41_CONSTANT, dpo_last_layer_grad, theorem41_bound, theorem43_bound
-# Through prefdyn.training: importing prefdyn.tracking first would enter the
-# tracking <-> training import cycle from the side that fails.
-from prefdyn.training.loop import Callback
 
-__all__ = ["A3Result", "Assumption", "AssumptionReport", "BoundaryRecorder", "accuracy_bound",
-           "check_assumptions", "cosines", "check_theorem41", "check_theorem42", "estimate_alpha",
-           "first_step_identity", "gn_moment_ratio", "psi_norm", "theorem42_constants"]
-
-BALANCE_TOL = 0.1
-"""Balanced classes: the share preferring Yes within 0.5 +- this. With unbalanced classes the
-first step ``m`` picks up ``(n+ - n-)/n`` times the common mean, which ``D`` does not see."""
-
-CENTER_RATIO = 1.0
-"""Centered: the common mean ``||(mu+ + mu-)/2||`` at most this many ``D``. A larger one moves
-the class means off the boundary through the origin (Theorem 4.3's margin)."""
-
-NOISE_SHARE = 0.5
-"""Enough samples: ``tr(Sigma) (1/n+ + 1/n-) <= NOISE_SHARE * D^2``, i.e. sampling noise adds at
-most half of ``D^2`` to ``||mu_hat+ - mu_hat-||^2`` (and to the first step ``m``)."""
-
-SPREAD_RATIO = 0.25
-"""Concentrated classes: variance along ``b`` at most ``SPREAD_RATIO * D^2`` (a standard deviation
-of at most ``D/2``, the class means' distance to the boundary); beyond, Theorem 4.3 says little."""
-
-TAIL_RATIO = 1.5
-"""alpha-subexponential tails: the empirical tail quantile of the standardized residuals at most
-this many times the one of the fitted generalized normal (a few wild outliers break it)."""
-
+__all__ = ["A3Result", "accuracy_bound", "cosines", "check_theorem41", "check_theorem42",
+           "estimate_alpha", "first_step_identity", "gn_moment_ratio", "psi_norm", "tail_ratio"]
 
 def gn_moment_ratio(alpha: float | np.ndarray) -> float | np.ndarray:
     """``E|X| / sqrt(E X^2)`` of a generalized normal of shape ``alpha`` (increasing in alpha):
@@ -80,8 +56,9 @@ def estimate_alpha(residuals: Tensor) -> float:
     return float(optimize.brentq(lambda a: gn_moment_ratio(a) - ratio, lo, hi))
 
 
-def _tail_ratio(residuals: Tensor, alpha: float) -> float:
-    """Empirical over fitted-generalized-normal quantile of ``|z|`` far in the tail."""
+def tail_ratio(residuals: Tensor, alpha: float) -> float:
+    """Empirical over fitted-generalized-normal quantile of the standardized ``|residuals|``
+    far in the tail (above 1: heavier tails than the fitted law)."""
     z = _standardize(residuals).abs().flatten().numpy()
     q = 0.999 if z.size >= 10_000 else 0.99
     s = math.exp(0.5 * (math.lgamma(1 / alpha) - math.lgamma(3 / alpha)))
@@ -108,77 +85,6 @@ def psi_norm(x: Tensor, alpha: float, iters: int = 50) -> Tensor:
     return hi
 
 
-@dataclass(frozen=True)
-class Assumption:
-    """One assumption: its measured ``value``, the ``threshold`` it is held to, whether it holds,
-    what it means, and which results rely on it."""
-
-    name: str
-    value: float
-    threshold: float
-    holds: bool
-    meaning: str
-    used_by: str
-
-
-@dataclass(frozen=True, eq=False)
-class AssumptionReport:
-    checks: list[Assumption]
-    alpha_hat: float
-    stats: BehaviorStats
-
-    @property
-    def all_hold(self) -> bool:
-        return all(c.holds for c in self.checks)
-
-    @property
-    def failed(self) -> list[str]:
-        return [c.name for c in self.checks if not c.holds]
-
-    def to_dict(self) -> dict:
-        return {"all_hold": self.all_hold, "alpha_hat": self.alpha_hat,
-                "checks": {c.name: {"value": c.value, "threshold": c.threshold, "holds": c.holds}
-                           for c in self.checks}}
-
-
-def check_assumptions(embeddings: Tensor, prefers_yes: Tensor) -> AssumptionReport:
-    """Do one behavior's hidden states ``(n, d)`` satisfy Theorems 4.1-4.3's assumptions?
-
-    The theorems assume two classes with means ``mu+-`` (``||mu+ - mu-|| = d^Delta``) and
-    alpha-subexponential, concentrated noise, in the centered, balanced setting. Checks:
-    ``balanced`` (share preferring Yes), ``centered`` (``||mu0|| / D``), ``enough_samples``
-    (``tr(Sigma)(1/n+ + 1/n-) / D^2``), ``concentrated`` (variance along ``b`` over ``D^2``)
-    and ``subexponential_tails`` (fitted-tail quantile ratio, with ``alpha_hat`` from
-    :func:`estimate_alpha`). Thresholds are the module constants.
-    """
-    stats = behavior_stats(embeddings, prefers_yes)
-    g = embeddings.double()
-    mu_pos, mu_neg = g[prefers_yes].mean(0), g[~prefers_yes].mean(0)
-    residuals = torch.where(prefers_yes[:, None], g - mu_pos, g - mu_neg)
-    alpha_hat = estimate_alpha(residuals)
-    share = stats.n_pos / stats.n
-    noise = stats.trace_ratio * (1 / stats.n_pos + 1 / stats.n_neg)
-    center = float(((mu_pos + mu_neg) / 2).norm()) / stats.D if stats.D > 0 else math.inf
-    tail = _tail_ratio(residuals, min(alpha_hat, 2.0))
-
-    def check(name, value, threshold, ok, meaning, used_by):
-        return Assumption(name, float(value), float(threshold), bool(ok), meaning, used_by)
-
-    checks = [
-        check("balanced", abs(share - 0.5), BALANCE_TOL, abs(share - 0.5) <= BALANCE_TOL,
-              "|share preferring Yes - 1/2|", "4.1, A.3"),
-        check("centered", center, CENTER_RATIO, center <= CENTER_RATIO, "||(mu+ + mu-)/2|| / D",
-              "4.1 (unbalanced), 4.3"),
-        check("enough_samples", noise, NOISE_SHARE, noise <= NOISE_SHARE,
-              "tr(Sigma)(1/n+ + 1/n-) / D^2", "4.1, 4.2"),
-        check("concentrated", stats.along_ratio, SPREAD_RATIO, stats.along_ratio <= SPREAD_RATIO,
-              "variance along b / D^2", "4.3"),
-        check("subexponential_tails", tail, TAIL_RATIO, tail <= TAIL_RATIO,
-              f"tail quantile / fitted GN(alpha_hat={alpha_hat:.2f})", "4.3"),
-    ]
-    return AssumptionReport(checks, alpha_hat, stats)
-
-
 def check_theorem41(steps: np.ndarray, dW: np.ndarray, *, beta: float, lr: float, d: int,
                     D: float) -> dict[str, float | bool]:
     """Measured ``||W(t) - W(0)||`` against ``6 beta eta t D`` (Theorem 4.1).
@@ -194,33 +100,6 @@ def check_theorem41(steps: np.ndarray, dW: np.ndarray, *, beta: float, lr: float
     return {"holds": bool(np.all(dW <= bound * (1 + 1e-6) + 1e-12)), "rate": rate,
             "C_emp": rate / (beta * lr * D), "theorem_constant": THEOREM41_CONSTANT,
             "slack": float(bound[-1] / max(dW[-1], 1e-300))}
-
-
-def theorem42_constants(embeddings: Tensor, prefers_yes: Tensor, *, beta: float, lr: float,
-                        b: Tensor | None = None, stats: BehaviorStats | None = None) -> dict[str, float]:
-    """What :func:`prefdyn.theory.bounds.theorem42_bound` needs, from one behavior's data.
-
-    ``m = (1/n) sum_i s_i g_i`` (the first step's direction), ``cos_m_b`` against ``b``
-    (default ``mu_hat+ - mu_hat-``, the tracker's direction; with balanced classes
-    ``m = (mu_hat+ - mu_hat-) / 2`` exactly, so pass the law's ``b`` where it is known),
-    ``lambda = lambda_max(G^T G / n)`` and ``kappa = eta beta^2 lambda / 2``;
-    ``predicted_cos = 1 / sqrt(1 + 4 tr(Sigma) / (n D^2))`` is the centered, balanced
-    population value of ``cos(m, b)`` (``d^Delta`` enters through ``D``).
-    """
-    g = embeddings.double()
-    n = g.shape[0]
-    sign = prefers_yes.double() * 2 - 1
-    m = sign @ g / n
-    if b is None:
-        b = g[prefers_yes].mean(0) - g[~prefers_yes].mean(0)
-    b = b.double()
-    gram = g @ g.T if n <= g.shape[1] else g.T @ g
-    lam = float(torch.linalg.eigvalsh(gram)[-1]) / n
-    stats = stats or behavior_stats(embeddings, prefers_yes)
-    trace_sigma = stats.trace_ratio * stats.D**2
-    return {"cos_m_b": float(torch.nn.functional.cosine_similarity(m, b, dim=0)),
-            "m_norm": float(m.norm()), "lambda": lam, "kappa": lr * beta**2 * lam / 2,
-            "predicted_cos": 1 / math.sqrt(1 + 4 * trace_sigma / (n * stats.D**2))}
 
 
 def cosines(directions: Tensor, b: Tensor) -> np.ndarray:
@@ -260,31 +139,6 @@ def accuracy_bound(directions: Tensor, mu_pos: Tensor, mu_neg: Tensor, res_pos: 
         K = psi_norm(u_hat @ res.double().T, alpha).clamp_min(1e-300)
         out += share * theorem43_bound(margin, K, alpha)
     return torch.where(norm.squeeze(-1) > 0, out, torch.zeros_like(out))
-
-
-class BoundaryRecorder(Callback):
-    """Keeps the boundary normal ``u(t) = dW[yes] - dW[no]`` ``(B, d)`` at step 0, every
-    ``every`` steps and the last (Theorems 4.2-4.3 need the direction, not only a cosine)."""
-
-    def __init__(self, every: int):
-        self.every = every
-        self.steps: list[int] = []
-        self.directions: list[Tensor] = []
-
-    def _keep(self, step: int, policy) -> None:
-        self.steps.append(step)
-        self.directions.append(policy.boundary_delta().double().clone())
-
-    def on_train_start(self, state, policy) -> None:
-        self._keep(state.step, policy)
-
-    def on_step_end(self, state, policy, out) -> None:
-        if state.step % self.every == 0 or state.step == state.max_steps:
-            self._keep(state.step, policy)
-
-    def stacked(self) -> tuple[np.ndarray, Tensor]:
-        """(steps (T,), directions (B, T, d))."""
-        return np.array(self.steps), torch.stack(self.directions, dim=1)
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,10 +3,11 @@ Values? A Theoretical Scaling Law").
 
 ``K`` concepts (values, behaviors) are mixed into one preference data set of ``Q``
 samples per cluster (each concept a preferred and a non-preferred cluster) and
-trained jointly with last-layer DPO. We track the train and test reward margins
-over steps and the steps needed to reach a target margin, for several ``K`` and
-``Q``, on synthetic concepts (:func:`concept_problems`) or real persona behaviors
-(:func:`persona_problems`), all ``(K, Q)`` cells in one vectorized run.
+trained jointly with last-layer DPO. The steps needed to reach a target margin
+(:func:`steps_to_margin`) and their growth with ``K`` (:func:`fit_exponent`) are
+measured by :mod:`prefdyn.experiments._theory_runs`, which trains every ``(K, Q)``
+cell on synthetic concepts or real persona behaviors in one vectorized run; this
+module holds the math.
 
 The linear-regime prediction (:func:`linear_margin_rates`, exact for the first
 step, Appendix A.3 of Im & Li ICML 2024): the mean train reward margin grows by
@@ -26,17 +27,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from prefdyn.errors import PrefdynError
-from prefdyn.theory.synthetic import ConceptLaw
-from prefdyn.training import LastLayerData, TrainConfig, fit_last_layer, stack_problems
 
-__all__ = ["ClusterStructure", "ScalingRun", "cluster_structure", "concept_problems", "fit_exponent",
-           "linear_margin_rates", "persona_problems", "run_margin_dynamics", "steps_to_margin"]
+__all__ = ["ClusterStructure", "Problems", "cluster_structure", "fit_exponent", "linear_margin_rates",
+           "steps_to_margin"]
+
+
+class Problems(Protocol):
+    """``B`` padded problems as the last-layer trainer holds them
+    (:class:`prefdyn.policies.last_layer.LastLayerData`): embeddings (B, N, d),
+    prefers_yes and mask (B, N)."""
+
+    embeddings: Tensor
+    prefers_yes: Tensor
+    mask: Tensor
 
 
 def steps_to_margin(steps: np.ndarray, curve: np.ndarray, target: float) -> float:
@@ -119,88 +129,13 @@ def cluster_structure(embeddings: list[Tensor], names: Sequence[str]) -> Cluster
                             _mean_cosine_matrix([e.double() - global_mean for e in embeddings]))
 
 
-@dataclass
-class ScalingProblems:
-    """All ``(K, Q)`` cells as problems of one vectorized run; ``groups`` = concept index."""
-
-    names: list[str]
-    Ks: list[int]
-    Qs: list[int]
-    train: LastLayerData
-    test: LastLayerData
-    concepts: list[str]
-
-
-def _cell(K: int, Q: int) -> str:
-    return f"K={K}, Q={Q}"
-
-
-def concept_problems(law: ConceptLaw, Ks: Sequence[int], Qs: Sequence[int], *, n_test: int,
-                     generator: torch.Generator) -> ScalingProblems:
-    """Synthetic cells: the first ``K`` concepts of ``law``, ``Q`` training and ``n_test`` test
-    samples per cluster. Data in float32, as the trainer uses it."""
-    names, cells_K, cells_Q, train, test = [], [], [], [], []
-    for K in Ks:
-        sub = law.subset(K)
-        for Q in Qs:
-            train.append(sub.sample(Q, generator=generator))
-            test.append(sub.sample(n_test, generator=generator))
-            names.append(_cell(K, Q))
-            cells_K.append(K)
-            cells_Q.append(Q)
-
-    def stack(parts):
-        return stack_problems([p[0].float() for p in parts], [p[1] for p in parts],
-                              groups=[p[2] for p in parts])
-
-    return ScalingProblems(names, cells_K, cells_Q, stack(train), stack(test),
-                           [f"concept {k}" for k in range(law.K)])
-
-
-def persona_problems(ws, order: Sequence[int], Ks: Sequence[int], Qs: Sequence[int], *,
-                     generator: torch.Generator) -> ScalingProblems:
-    """Real cells: the behaviors ``order[:K]`` of a :class:`~prefdyn.experiments.Workspace` as
-    concepts, ``Q`` training rows per (behavior, class) drawn from its train split, tested on
-    the test split of the same behaviors (Im & Li 2024b mix subsets of 1-16 personas)."""
-    picks = {}
-    for i in order[:max(Ks)]:
-        b = ws.behaviors[i]
-        idx = b.train_idx[torch.randperm(len(b.train_idx), generator=generator)]
-        picks[i] = (idx[b.prefers_yes[idx]], idx[~b.prefers_yes[idx]])
-    q_avail = min(min(len(p), len(n)) for p, n in picks.values())
-    if max(Qs) > q_avail:
-        raise PrefdynError(f"Q = {max(Qs)} asked for, but a behavior has only {q_avail} training "
-                           "rows of one class; lower --qs or use more data (--data, --n)")
-    names, cells_K, cells_Q = [], [], []
-    parts: dict[str, list[list]] = {"train": [], "test": []}
-    for K in Ks:
-        which = list(order[:K])
-        for Q in Qs:
-            tr = [torch.cat([picks[i][0][:Q], picks[i][1][:Q]]) for i in which]
-            for split, rows in (("train", tr), ("test", [ws.behaviors[i].test_idx for i in which])):
-                parts[split].append((
-                    torch.cat([ws.embeddings[i][r] for i, r in zip(which, rows)]),
-                    torch.cat([ws.behaviors[i].prefers_yes[r] for i, r in zip(which, rows)]),
-                    torch.cat([torch.full((len(r),), k) for k, r in enumerate(rows)]),
-                    torch.cat([ws.other_lse[i][r] for i, r in zip(which, rows)])))
-            names.append(_cell(K, Q))
-            cells_K.append(K)
-            cells_Q.append(Q)
-
-    def stack(ps):
-        return stack_problems(*[[p[j] for p in ps] for j in range(3)], other_lse=[p[3] for p in ps])
-
-    return ScalingProblems(names, cells_K, cells_Q, stack(parts["train"]), stack(parts["test"]),
-                           [ws.names[i] for i in order[:max(Ks)]])
-
-
-def _signed_means(data: LastLayerData) -> Tensor:
+def _signed_means(data: Problems) -> Tensor:
     """``m = (1/n) sum_i s_i g_i`` of each problem: ``(B, d)`` float64."""
     sign = (data.prefers_yes.double() * 2 - 1) * data.mask
     return torch.einsum("bn,bnd->bd", sign, data.embeddings.double()) / data.mask.sum(1, keepdim=True)
 
 
-def linear_margin_rates(train: LastLayerData, test: LastLayerData, *, beta: float,
+def linear_margin_rates(train: Problems, test: Problems, *, beta: float,
                         lr: float) -> tuple[Tensor, Tensor]:
     """Per-step growth of the mean train and test reward margins at ``W0``: ``(B,)`` each.
 
@@ -210,69 +145,3 @@ def linear_margin_rates(train: LastLayerData, test: LastLayerData, *, beta: floa
     """
     m, m_test = _signed_means(train), _signed_means(test)
     return lr * beta**2 * m.square().sum(1), lr * beta**2 * (m * m_test).sum(1)
-
-
-@dataclass
-class ScalingRun:
-    """Margins over steps and steps to ``target`` per ``(K, Q)`` cell.
-
-    ``steps_train`` / ``steps_test``: measured steps to reach ``target`` (inf if never);
-    ``predicted_train`` / ``predicted_test``: ``target / rate`` from :func:`linear_margin_rates`;
-    ``exponent_test[Q]``: fitted slope of log(steps to the target test margin) on log K.
-    """
-
-    problems: ScalingProblems
-    lr: float
-    target: float
-    steps: np.ndarray
-    train_margin: dict[str, np.ndarray]
-    test_steps: np.ndarray
-    test_margin: dict[str, np.ndarray]
-    steps_train: dict[str, float]
-    steps_test: dict[str, float]
-    predicted_train: dict[str, float]
-    predicted_test: dict[str, float]
-    exponent_test: dict[int, float]
-
-    def table(self) -> list[dict]:
-        p = self.problems
-        return [{"K": K, "Q": Q, "final train margin": float(self.train_margin[n][-1]),
-                 "final test margin": float(self.test_margin[n][-1]),
-                 "steps to target (train)": self.steps_train[n],
-                 "predicted (train)": self.predicted_train[n],
-                 "steps to target (test)": self.steps_test[n],
-                 "predicted (test)": self.predicted_test[n]}
-                for n, K, Q in zip(p.names, p.Ks, p.Qs)]
-
-
-def run_margin_dynamics(W_init: Tensor, problems: ScalingProblems, cfg: TrainConfig, *,
-                        target: float | None = None, sink=None) -> ScalingRun:
-    """Train every cell jointly on its mixture (one step size for all cells, so speeds compare)
-    and measure the margins. ``target=None``: half the smallest final test margin among the cells
-    with the largest ``Q`` (they generalize best), so that every such cell reaches it (margins rise
-    about monotonically under full-batch DPO); cells with small ``Q`` may not (inf)."""
-    run = fit_last_layer(W_init, problems.train, cfg, names=problems.names, test_data=problems.test,
-                         sink=sink)
-    steps, train_margin = run.history.curves("margin")
-    test_steps, test_margin = run.history.curves("margin", split="test")
-    if target is None:
-        q_max = max(problems.Qs)
-        finals = [float(test_margin[n][-1]) for n, q in zip(problems.names, problems.Qs) if q == q_max]
-        target = 0.5 * min(finals)
-        if not target > 0:
-            raise PrefdynError(f"a cell with Q = {q_max} ends with a test margin <= 0 ({min(finals):.3g}); "
-                               "train longer, raise the step size, or give a target margin")
-    rate_train, rate_test = linear_margin_rates(problems.train, problems.test, beta=cfg.beta, lr=run.lr)
-    names = problems.names
-    steps_test = {n: steps_to_margin(test_steps, test_margin[n], target) for n in names}
-    exponents = {}
-    for Q in sorted(set(problems.Qs)):
-        cells = [(K, n) for n, K, q in zip(names, problems.Ks, problems.Qs) if q == Q]
-        exponents[Q] = fit_exponent([K for K, _ in cells], [steps_test[n] for _, n in cells])
-    return ScalingRun(
-        problems, run.lr, float(target), steps, train_margin, test_steps, test_margin,
-        steps_train={n: steps_to_margin(steps, train_margin[n], target) for n in names},
-        steps_test=steps_test,
-        predicted_train={n: target / float(r) if r > 0 else float("inf") for n, r in zip(names, rate_train)},
-        predicted_test={n: target / float(r) if r > 0 else float("inf") for n, r in zip(names, rate_test)},
-        exponent_test=exponents)

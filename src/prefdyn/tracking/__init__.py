@@ -1,5 +1,6 @@
 """What is recorded while training: callbacks, metrics, history, run folders."""
 
+from prefdyn.tracking.boundary import BoundaryRecorder
 from prefdyn.tracking.callbacks import Callback, CallbackList
 from prefdyn.tracking.displacement import DisplacementMonitor, lm_answer_logprobs
 from prefdyn.tracking.history import History
@@ -7,5 +8,5 @@ from prefdyn.tracking.last_layer import LastLayerTracker, class_mean_difference
 from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.run_dir import RunDir, read_metrics
 
-__all__ = ["Callback", "CallbackList", "DisplacementMonitor", "lm_answer_logprobs", "History", "LastLayerTracker", "LMEvalTracker", "RunDir",
+__all__ = ["BoundaryRecorder", "Callback", "CallbackList", "DisplacementMonitor", "lm_answer_logprobs", "History", "LastLayerTracker", "LMEvalTracker", "RunDir",
            "class_mean_difference", "read_metrics"]

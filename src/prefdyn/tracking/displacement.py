@@ -19,8 +19,8 @@ from torch import Tensor
 
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
-from prefdyn.training._shared_prefix import last_token_hidden
-from prefdyn.training.lm_policy import AnswerBatch, LMPolicy
+from prefdyn.policies._shared_prefix import last_token_hidden
+from prefdyn.policies.lm import AnswerBatch, LMPolicy
 
 AnswerLogprobs = Callable[[Any, Any], Tensor]  # (policy, probe) -> (n, V)
 

@@ -37,7 +37,7 @@ from prefdyn.losses.types import LossOutput, PreferenceLogps
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.preference import per_example_metrics
-from prefdyn.training.lm_policy import LMPolicy, PairBatch, reference_logps, to_device
+from prefdyn.policies.lm import LMPolicy, PairBatch, reference_logps, to_device
 
 __all__ = ["LMEvalTracker", "evaluate_batches", "group_means"]
 

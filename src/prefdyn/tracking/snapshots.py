@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from prefdyn.diagnostics.distinguishability import behavior_stats
-from prefdyn.embeddings.extract import last_token_hidden
+from prefdyn.policies._shared_prefix import last_token_hidden
+from prefdyn.policies.lm import left_padded
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 
@@ -86,15 +87,17 @@ def snapshot_stats(embeddings: Tensor, prefers_yes: Tensor) -> dict[str, float]:
 def probe_embeddings(policy, probe: Probe, *, pad_id: int, batch_size: int = 16) -> Tensor:
     """g(x) of every probe prompt under ``policy.model`` now: (n, d) float32 on CPU.
 
-    Eval mode (no dropout), left padding with position ids from the mask (as
-    :func:`prefdyn.embeddings.extract.last_token_hidden`), train mode restored.
+    Eval mode (no dropout), left padding with position ids from the mask, the plain
+    padded forward (as :func:`prefdyn.embeddings.extract_embeddings` without prefix
+    reuse); train mode restored.
     """
     decoder, _ = policy._parts(policy.model)
     device = next(policy.model.parameters()).device
     was_training = policy.model.training
     policy.model.eval()
     try:
-        out = [last_token_hidden(decoder, probe.token_ids[i:i + batch_size], pad_id, device)
+        out = [last_token_hidden(decoder, *left_padded(probe.token_ids[i:i + batch_size], pad_id,
+                                                       device), share_prefix=False)
                .float().cpu() for i in range(0, len(probe), batch_size)]
     finally:
         policy.model.train(was_training)

@@ -1,4 +1,7 @@
-"""One training step and one loop for every mode; last-layer setup on top."""
+"""One training step and one loop for every mode; the runners, optimizers, checkpoints.
+
+The policies the step trains (last layer, LM full/LoRA) live in :mod:`prefdyn.policies`.
+"""
 
 from prefdyn.training.batches import full_batches, random_minibatches
 from prefdyn.training.checkpoint import (
@@ -8,7 +11,6 @@ from prefdyn.training.checkpoint import (
     save_checkpoint,
 )
 from prefdyn.training.config import TrainConfig
-from prefdyn.training.last_layer import LastLayerData, LastLayerPolicy, stack_problems
 from prefdyn.training.loop import TrainState, train
 from prefdyn.training.resume import fit_last_layer_resumable
 from prefdyn.training.runner import (
@@ -22,8 +24,6 @@ from prefdyn.training.step_size import default_lr, hessian_lambda_max
 
 __all__ = [
     "CheckpointCallback",
-    "LastLayerData",
-    "LastLayerPolicy",
     "LastLayerRun",
     "StepOutput",
     "TrainConfig",
@@ -40,7 +40,6 @@ __all__ = [
     "restore",
     "save_checkpoint",
     "setup_last_layer",
-    "stack_problems",
     "train",
     "training_step",
 ]

@@ -7,7 +7,7 @@ gradients across processes weighted by shard size (DDP's plain average when
 shards are equal), so the update is the one-process update of the global batch
 also for an epoch's short last batch. The sync is an explicit all-reduce in
 the one training step rather than a ``DistributedDataParallel`` wrapper because
-:class:`~prefdyn.training.lm_policy.LMPolicy` calls the decoder and the head
+:class:`~prefdyn.policies.lm.LMPolicy` calls the decoder and the head
 directly (DDP only syncs what goes through its own ``forward``). Only rank 0
 writes metrics and checkpoints.
 

@@ -18,7 +18,7 @@ import torch
 from prefdyn.data.records import PreferencePair
 from prefdyn.data.tasks import BehaviorData
 from prefdyn.errors import DataError
-from prefdyn.training.lm_policy import AnswerBatch, PairBatch
+from prefdyn.policies.lm import AnswerBatch, PairBatch, left_padded
 
 
 class LMBatchStream(Iterator):
@@ -116,14 +116,7 @@ def _check_length(ids: list[int], max_length: int | None, what: str) -> None:
 def collate_prompts(token_ids: Sequence[list[int]], rows: Sequence[int], prefers_yes: torch.Tensor,
                     yes_id: int, no_id: int, pad_id: int) -> AnswerBatch:
     """Left-pad prompts into one :class:`AnswerBatch` (position ids from the mask)."""
-    n, width = len(token_ids), max(len(ids) for ids in token_ids)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    for i, ids in enumerate(token_ids):
-        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[i, width - len(ids):] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return AnswerBatch(input_ids, attention_mask, position_ids, yes_id, no_id,
+    return AnswerBatch(*left_padded(token_ids, pad_id), yes_id, no_id,
                        prefers_yes.bool(), torch.as_tensor(list(rows), dtype=torch.long))
 
 

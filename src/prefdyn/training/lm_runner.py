@@ -30,7 +30,7 @@ from prefdyn.training.checkpoint import CheckpointCallback, restore
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.distributed import launched_world_size, setup_distributed
 from prefdyn.training.lm_data import LMBatchStream
-from prefdyn.training.lm_policy import LMPolicy, ReferenceCache, apply_lora, to_device
+from prefdyn.policies.lm import LMPolicy, ReferenceCache, apply_lora, to_device
 from prefdyn.training.lm_resume import open_run_folder, write_outcome
 from prefdyn.training.loop import TrainState, train
 from prefdyn.training.reference_cache import (

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from prefdyn._hashing import hash_obj
 from prefdyn._paths import cache_dir as _cache_root
-from prefdyn.training.lm_policy import LMPolicy, reference_logps, to_device
+from prefdyn.policies.lm import LMPolicy, reference_logps, to_device
 
 log = logging.getLogger(__name__)
 

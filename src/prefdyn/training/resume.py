@@ -31,7 +31,7 @@ from prefdyn.training.checkpoint import (
     restore,
 )
 from prefdyn.training.config import TrainConfig
-from prefdyn.training.last_layer import LastLayerData
+from prefdyn.policies.last_layer import LastLayerData
 from prefdyn.training.loop import train
 from prefdyn.training.runner import LastLayerRun, setup_last_layer
 

@@ -8,7 +8,7 @@ from prefdyn.losses import get_loss
 from prefdyn.models import answer_token_ids
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches, collate_prompts, pair_batches
-from prefdyn.training.lm_policy import LMPolicy, apply_lora, reference_logps
+from prefdyn.policies.lm import LMPolicy, apply_lora, reference_logps
 from prefdyn.training.lm_runner import fit_lm
 from prefdyn.training.step import compute_loss
 from tests._tiny import chat_prompts, tiny_llama, tiny_loaded, tiny_tokenizer
@@ -65,7 +65,7 @@ def test_pair_logps_match_hand_loop_over_response_tokens():
 
 def test_pair_logps_gradient_with_tied_embeddings_equals_autograd():
     """pair_logps adds the input-embedding gradient into the (tied) weight's grad by a
-    hook (prefdyn.training._shared_prefix); it must equal autograd through the logits."""
+    hook (prefdyn.policies._shared_prefix); it must equal autograd through the logits."""
     tok, model = tiny_tokenizer(), tiny_llama(tie_word_embeddings=True).requires_grad_(True)
     batch = next(pair_batches(_pairs(), tok, batch_size=3, seed=1))
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)

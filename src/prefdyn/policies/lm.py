@@ -1,6 +1,6 @@
 """A causal LM as a preference policy, for full fine-tuning and LoRA.
 
-The sibling of :mod:`prefdyn.training.last_layer`: :class:`LMPolicy` turns a
+The sibling of :mod:`prefdyn.policies.last_layer`: :class:`LMPolicy` turns a
 batch into :class:`PreferenceLogps` and goes through the same
 :func:`prefdyn.training.step.training_step` and loop. DPO (Rafailov et al. 2023,
 Eq. 7) needs ``log pi(y|x)`` of whole responses; two batch kinds give it:
@@ -23,15 +23,28 @@ import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from prefdyn.errors import ModelError
 from prefdyn.losses.types import PreferenceLogps
-from prefdyn.training._shared_prefix import decoder_hidden, last_token_hidden
-from prefdyn.training.start_weights import StartWeights
+from prefdyn.policies._shared_prefix import decoder_hidden, last_token_hidden
+
+
+class StartTensors(Protocol):
+    """W(0) of a full fine-tuning run kept outside the model (on disk, see
+    :class:`prefdyn.training.start_weights.StartWeights`): what the policy reads of it.
+    A protocol, so the policy does not depend on where training stores the weights."""
+
+    names: list[str]
+
+    def tensor(self, name: str) -> Tensor:
+        """W(0) of parameter ``name``."""
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """``model`` (same architecture) with W(0) copied into it."""
 
 
 @dataclass
@@ -56,6 +69,21 @@ class AnswerBatch:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+
+def left_padded(token_ids: Sequence[Sequence[int]], pad_id: int,
+                device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(input_ids, attention_mask, position_ids), each (n, T), of prompts padded on the
+    left, as :class:`AnswerBatch` holds them: position ids from the mask (pads at 0), so
+    each prompt sees positions 0..len-1 as it would alone."""
+    n, width = len(token_ids), max(len(ids) for ids in token_ids)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((n, width), dtype=torch.long, device=device)
+    for i, ids in enumerate(token_ids):
+        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, width - len(ids):] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids
 
 
 @dataclass
@@ -116,7 +144,7 @@ class LMPolicy(nn.Module):
     """
 
     def __init__(self, model: nn.Module, reference_model: nn.Module | None = None, *,
-                 share_prefix: bool = True, start_weights: StartWeights | None = None):
+                 share_prefix: bool = True, start_weights: StartTensors | None = None):
         super().__init__()
         self.model = model
         self.reference_model = reference_model
@@ -125,7 +153,7 @@ class LMPolicy(nn.Module):
         self.start_weights = start_weights
         self.at_start = start_weights is not None
         # AnswerBatch prompts: packed, their common token prefix once per pack and no
-        # pads (exact; see prefdyn.training._shared_prefix). False: plain padded path.
+        # pads (exact; see prefdyn.policies._shared_prefix). False: plain padded path.
         self.share_prefix = share_prefix
         if reference_model is not None:
             reference_model.requires_grad_(False).eval()
