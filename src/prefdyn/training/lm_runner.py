@@ -1,13 +1,13 @@
-"""Set up and run LM preference training (full fine-tuning or LoRA).
+"""Run LM preference training (full fine-tuning or LoRA).
 
-The sibling of :mod:`prefdyn.training.runner`: it assembles a policy, its
-reference, an optimizer and a tracker, then calls the one loop
-:func:`prefdyn.training.loop.train` (and so the one step) unchanged.
+The sibling of :mod:`prefdyn.training.runner`: :func:`fit_lm` takes a policy, its
+reference and an optimizer from :mod:`prefdyn.training.lm_setup`, opens the records
+(:class:`LMTracker`, run folder, TensorBoard), resumes from a checkpoint, then calls
+the one loop :func:`prefdyn.training.loop.train` (and so the one step) unchanged.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -17,10 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from prefdyn._runtime import resolve_device
 from prefdyn.errors import TrainingError
-from prefdyn.losses import get_loss
-from prefdyn.models.loading import model_fingerprint
+from prefdyn.policies.lm import LMPolicy, to_device
 from prefdyn.tracking.callbacks import Callback, CallbackList
 from prefdyn.tracking.history import History
 from prefdyn.tracking.preference import per_example_metrics
@@ -28,22 +26,9 @@ from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.tracking.tensorboard import Tee, TensorBoardSink
 from prefdyn.training.checkpoint import CheckpointCallback, restore
 from prefdyn.training.config import TrainConfig
-from prefdyn.training.distributed import launched_world_size, setup_distributed
-from prefdyn.training.lm_data import LMBatchStream
-from prefdyn.policies.lm import LMPolicy, ReferenceCache, apply_lora, to_device
-from prefdyn.training.lm_resume import open_run_folder, write_outcome
+from prefdyn.training.lm_resume import LMRunFolder, open_run_folder, write_outcome
+from prefdyn.training.lm_setup import LMSetup, ReferenceOptions, reference_for, setup_lm
 from prefdyn.training.loop import TrainState, train
-from prefdyn.training.reference_cache import (
-    cached_reference,
-    precompute_reference,
-    reference_key,
-)
-from prefdyn.training.runner import make_optimizer
-from prefdyn.training.start_weights import StartWeights
-
-log = logging.getLogger(__name__)
-
-LM_DEFAULT_LR = 1e-5
 
 
 @dataclass
@@ -125,29 +110,89 @@ class LMTracker(Callback):
         self.history.add(record)
 
 
-def make_lm_policy(loaded, mode: Literal["full", "lora"], *, seed: int = 0,
-                   lora_kwargs: dict | None = None) -> LMPolicy:
-    """The policy for ``mode``. Both modify ``loaded.model`` in place (LoRA injects its
-    adapters, full mode trains every weight); full mode keeps W(0) on disk for pi_ref
-    and the drift (:class:`~prefdyn.training.start_weights.StartWeights`)."""
-    if mode == "lora":
-        return LMPolicy(apply_lora(loaded.model, seed=seed, **(lora_kwargs or {})))
-    if mode == "full":
-        start = StartWeights(loaded.model)  # W(0) on disk, not a second model in memory
-        loaded.model.requires_grad_(True)
-        return LMPolicy(loaded.model, start_weights=start)
-    raise ValueError(f"mode must be 'full' or 'lora', got {mode!r}")
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a run's records go (see :func:`fit_lm`): ``name`` tags them (``problem``),
+    ``sink`` receives them too, ``run_folder`` keeps them with checkpoints every
+    ``checkpoint_every`` steps (and resumes), ``tensorboard_dir`` mirrors them."""
+
+    name: str = "lm"
+    sink: Any = None
+    run_folder: str | os.PathLike | None = None
+    checkpoint_every: int | None = None
+    tensorboard_dir: str | os.PathLike | None = None
 
 
-def _total_steps(cfg: TrainConfig, steps: int | None, stream: LMBatchStream | None) -> int:
-    if steps is not None:
-        return steps
-    if cfg.epochs is not None:
-        if stream is None:
-            raise TrainingError("TrainConfig.epochs needs a batch stream from "
-                                "prefdyn.training.lm_data (it knows the number of rows)")
-        return cfg.epochs * stream.steps_per_epoch
-    return cfg.steps
+@dataclass
+class RunRecords:
+    """Where the run records: its history (with the sinks it owns), the per-step tracker
+    and the opened run folder (None without one)."""
+
+    history: History
+    tracker: LMTracker
+    folder: LMRunFolder | None
+    own_sinks: Tee
+
+
+def open_records(setup: LMSetup, cfg: TrainConfig, outputs: RunOutputs) -> RunRecords:
+    """The run folder (rank 0 writes), TensorBoard mirror, history and :class:`LMTracker`."""
+    dist, folder = setup.dist, None
+    if outputs.run_folder is not None:
+        folder = open_run_folder(outputs.run_folder, cfg, mode=setup.mode, is_main=dist.is_main,
+                                 device=setup.device)
+    tb = (TensorBoardSink(outputs.tensorboard_dir)
+          if outputs.tensorboard_dir is not None and dist.is_main else None)
+    own_sinks = Tee(folder.run_dir if folder else None, tb)
+    history = History(Tee(outputs.sink, *own_sinks.sinks) if dist.is_main else None)
+    tracker = LMTracker(history, name=outputs.name, log_every=cfg.log_every,
+                        gather=dist.gather if dist.active else None)
+    return RunRecords(history, tracker, folder, own_sinks)
+
+
+def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs) -> CheckpointCallback | None:
+    """Continue from the run folder's checkpoint, if any (weights, optimizer, stream
+    position, the records up to it), and return the checkpoint writer (rank 0 of a run
+    with a folder; None otherwise)."""
+    folder = records.folder
+    if folder is None:
+        return None
+    if folder.checkpoint is not None:
+        restore(folder.checkpoint, setup.policy, setup.optimizer)
+        setup.stream.load_state(folder.checkpoint.batch_state)
+        records.history.records = [r for r in _read_records(folder)
+                                   if r.get("problem") == outputs.name]
+    if not setup.dist.is_main:
+        return None
+    return CheckpointCallback(folder.checkpoints, outputs.checkpoint_every or setup.steps,
+                              setup.stream.state, optimizer=setup.optimizer,
+                              extra=folder.identity, trainable_only=True)
+
+
+def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None,
+           feed: Iterator[Any], callbacks: Sequence[Callback],
+           max_grad_norm: float | None) -> TrainState:
+    """The one loop, in train mode; how it ended written to the run folder (also on a
+    NaN/inf loss, whose :class:`TrainingError` is re-raised); eval mode after."""
+    folder, policy, steps = records.folder, setup.policy, setup.steps
+    run_callbacks: list[Callback] = [records.tracker, *([saver] if saver else [])]
+    policy.model.train()
+    try:
+        state = train(policy, setup.objective, feed, setup.optimizer, steps=steps,
+                      callbacks=[*run_callbacks, *callbacks], max_grad_norm=max_grad_norm,
+                      start_step=folder.start_step if folder else 0,
+                      grad_sync=setup.dist.grad_sync if setup.dist.active else None)
+    except TrainingError as e:
+        if folder is not None:
+            write_outcome(folder, steps=steps, last_step=(e.step or 1) - 1, error=e,
+                          last_checkpoint=saver.last_saved if saver else None)
+        raise
+    finally:
+        policy.model.eval()
+        records.own_sinks.close()
+    if folder is not None:
+        write_outcome(folder, steps=steps, last_step=state.step, error=None,
+                      last_checkpoint=saver.last_saved if saver else None)
+    return state
 
 
 def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
@@ -167,110 +212,45 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     accumulates ``cfg.grad_accum`` micro-batches. The model is in train mode during
     the run (LoRA dropout is active) and back in eval mode afterwards.
 
-    Reference log-probs: with a stream from :mod:`~prefdyn.training.lm_data` they are
-    read from the on-disk cache (:mod:`prefdyn.training.reference_cache`, keyed by
-    model fingerprint + data + mode; under ``reference_cache_dir`` or the default
-    cache) or computed for every row once and written there. ``cache_reference=None``
-    (auto) precomputes when the run covers an epoch, resumes or is distributed, and
-    otherwise computes only the rows drawn, lazily in memory; True always precomputes,
-    False never touches the disk. Other iterators get them lazily in memory.
+    Reference log-probs (:class:`ReferenceOptions`): with a stream from
+    :mod:`~prefdyn.training.lm_data` they are read from the on-disk cache
+    (:mod:`prefdyn.training.reference_cache`, keyed by model fingerprint + data + mode;
+    under ``reference_cache_dir`` or the default cache) or computed for every row once
+    and written there. ``cache_reference=None`` (auto) precomputes when the run covers
+    an epoch, resumes or is distributed, and otherwise computes only the rows drawn,
+    lazily in memory; True always precomputes, False never touches the disk. Other
+    iterators get them lazily in memory.
 
-    ``run_folder``: write ``config.yaml``, ``metrics.jsonl``, ``summary.json`` there and
-    checkpoint every ``checkpoint_every`` steps (and at the end) into
-    ``run_folder/checkpoints``; a folder holding a checkpoint is resumed from it. A
-    NaN/inf loss keeps the last checkpoint and the metrics, and ``summary.json``
-    names the failing step; the :class:`TrainingError` is re-raised.
-    ``tensorboard_dir``: mirror the records as TensorBoard scalars. ``device``:
-    move the model there first (``auto``, ``cpu``, ``cuda``, ...); batches always
-    follow the model's device. Under ``accelerate launch`` with several processes
-    each takes its shard of every batch and gradients are averaged
+    Outputs (:class:`RunOutputs`): ``run_folder``: write ``config.yaml``,
+    ``metrics.jsonl``, ``summary.json`` there and checkpoint every ``checkpoint_every``
+    steps (and at the end) into ``run_folder/checkpoints``; a folder holding a
+    checkpoint is resumed from it. A NaN/inf loss keeps the last checkpoint and the
+    metrics, and ``summary.json`` names the failing step; the :class:`TrainingError`
+    is re-raised. ``tensorboard_dir``: mirror the records as TensorBoard scalars.
+    ``device``: move the model there first (``auto``, ``cpu``, ``cuda``, ...); batches
+    always follow the model's device. Under ``accelerate launch`` with several
+    processes each takes its shard of every batch and gradients are averaged
     (:mod:`prefdyn.training.distributed`); only rank 0 writes files.
-    """
-    stream = batches if isinstance(batches, LMBatchStream) else None
-    if stream is None and (cfg.grad_accum > 1 or run_folder is not None
-                           or launched_world_size() > 1):
-        raise TrainingError("gradient accumulation, resuming and multi-process runs need a "
-                            "batch stream from prefdyn.training.lm_data (answer_batches, "
-                            "pair_batches)")
-    wanted = resolve_device(device) if device is not None else next(loaded.model.parameters()).device
-    dist = setup_distributed(wanted)
-    if dist.device is not None and dist.device != next(loaded.model.parameters()).device:
-        loaded.model.to(dist.device)  # under a launcher: this process's GPU
-    model_device = next(loaded.model.parameters()).device
-    if stream is not None:
-        stream.layout(micro_batches=cfg.grad_accum, rank=dist.rank, world=dist.world)
-    steps = _total_steps(cfg, steps, stream)
-    objective = get_loss(cfg.loss, beta=cfg.beta)
-    # The reference cache is keyed on the weights pi_ref actually has (the start of this
-    # run), recomputed here (~0.1 s): ``loaded.fingerprint`` is stale for a model trained
-    # in place or copied from a trained one, and would serve the base model's values.
-    start_fingerprint = model_fingerprint(loaded.model, loaded.tokenizer)
-    policy = make_lm_policy(loaded, mode, seed=cfg.seed, lora_kwargs=lora_kwargs)
-    lr = cfg.lr if cfg.lr is not None else LM_DEFAULT_LR
-    log.info("%s mode: %s, lr %.3g (%s), %d steps", mode, cfg.optimizer_for(mode), lr,
-             "given" if cfg.lr is not None else "LM default; cfg.lr is None", steps)
-    params = [p for p in policy.model.parameters() if p.requires_grad]
-    log.info("%s mode: %d trainable parameters", mode, sum(p.numel() for p in params))
-    optimizer = make_optimizer(params, cfg, lr, mode=mode)
 
-    table = None
-    if stream is not None and cache_reference is not False:
-        key = reference_key(start_fingerprint, stream.content, mode=mode,
-                            dtype=next(policy.model.parameters()).dtype)
-        # Auto: precompute every row when the run sees them all anyway, or when a resumed
-        # run must get the values an unbroken one got; a short run only reads a cache.
-        precompute = (cache_reference or run_folder is not None or dist.active
-                      or steps * stream.batch_size >= stream.n)
-        table = (precompute_reference(policy, stream, key, batch_size=reference_batch_size,
-                                      cache_dir=reference_cache_dir) if precompute
-                 else cached_reference(key, stream.n, cache_dir=reference_cache_dir))
-    reference = ReferenceCache(policy, table)
-    CallbackList(callbacks).on_setup(policy)
+    The pieces, in order: :func:`~prefdyn.training.lm_setup.setup_lm`,
+    :func:`~prefdyn.training.lm_setup.reference_for`, the callbacks' ``on_setup``,
+    :func:`open_records`, :func:`resume`, then the one loop.
+    """
+    outputs = RunOutputs(name, sink, run_folder, checkpoint_every, tensorboard_dir)
+    resumable = run_folder is not None
+    setup = setup_lm(loaded, batches, cfg, mode=mode, steps=steps, device=device,
+                     lora_kwargs=lora_kwargs, resumable=resumable)
+    reference = reference_for(setup, ReferenceOptions(cache_reference, reference_cache_dir,
+                                                      reference_batch_size), resumable=resumable)
+    CallbackList(callbacks).on_setup(setup.policy)
     # From here on the weights may change (a restored checkpoint, the first update):
     # pi_ref is no longer the model itself.
-    policy.at_start = False
-
-    folder = None
-    if run_folder is not None:
-        folder = open_run_folder(run_folder, cfg, mode=mode, is_main=dist.is_main,
-                                 device=model_device)
-    tb = TensorBoardSink(tensorboard_dir) if tensorboard_dir is not None and dist.is_main else None
-    own_sinks = Tee(folder.run_dir if folder else None, tb)
-    history = History(Tee(sink, *own_sinks.sinks) if dist.is_main else None)
-    tracker = LMTracker(history, name=name, log_every=cfg.log_every,
-                        gather=dist.gather if dist.active else None)
-    run_callbacks: list[Callback] = [tracker]
-    saver = None
-    if folder is not None:
-        if folder.checkpoint is not None:
-            restore(folder.checkpoint, policy, optimizer)
-            stream.load_state(folder.checkpoint.batch_state)
-            history.records = [r for r in _read_records(folder) if r.get("problem") == name]
-        if dist.is_main:
-            saver = CheckpointCallback(folder.checkpoints, checkpoint_every or steps, stream.state,
-                                       optimizer=optimizer, extra=folder.identity,
-                                       trainable_only=True)
-            run_callbacks.append(saver)
-    feed = reference.wrap(to_device(b, model_device) for b in batches)
-    policy.model.train()
-    state = None
-    try:
-        state = train(policy, objective, feed, optimizer, steps=steps,
-                      callbacks=[*run_callbacks, *callbacks], max_grad_norm=max_grad_norm,
-                      start_step=folder.start_step if folder else 0,
-                      grad_sync=dist.grad_sync if dist.active else None)
-    except TrainingError as e:
-        if folder is not None:
-            write_outcome(folder, steps=steps, last_step=(e.step or 1) - 1, error=e,
-                          last_checkpoint=saver.last_saved if saver else None)
-        raise
-    finally:
-        policy.model.eval()
-        own_sinks.close()
-    if folder is not None:
-        write_outcome(folder, steps=steps, last_step=state.step, error=None,
-                      last_checkpoint=saver.last_saved if saver else None)
-    return LMRun(policy, history, lr, state, optimizer)
+    setup.policy.at_start = False
+    records = open_records(setup, cfg, outputs)
+    saver = resume(setup, records, outputs)
+    feed = reference.wrap(to_device(b, setup.device) for b in batches)
+    state = _train(setup, records, saver, feed, callbacks, max_grad_norm)
+    return LMRun(setup.policy, records.history, setup.lr, state, setup.optimizer)
 
 
 def _read_records(folder) -> list[dict]:
