@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from prefdyn.diagnostics import check_assumptions, theorem42_constants
+from prefdyn.policies import stack_problems
 from prefdyn.theory import two_class_law
 from prefdyn.tracking.boundary import BoundaryRecorder
-from prefdyn.policies import stack_problems
 from prefdyn.training import TrainConfig, fit_last_layer
 
 

@@ -1,6 +1,6 @@
 """prefdyn: measure, predict and reproduce the learning dynamics of preference alignment.
 
-Sub-packages: ``data``, ``models``, ``embeddings``, ``diagnostics``, ``losses``,
+Sub-packages: ``data``, ``models``, ``embeddings``, ``diagnostics``, ``losses``, ``policies``,
 ``training``, ``tracking``, ``theory``, ``experiments``, ``reports``, ``cli``.
 The most used entry points are re-exported here; importing prefdyn is cheap
 (it imports torch, not transformers or matplotlib).

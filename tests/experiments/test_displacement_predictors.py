@@ -26,8 +26,8 @@ from prefdyn.experiments.displacement_predictors import (
     run_predictors,
     score_correlations,
 )
-from prefdyn.training import TrainConfig
 from prefdyn.policies.lm import LMPolicy, apply_lora
+from prefdyn.training import TrainConfig
 from tests._tiny import tiny_loaded
 
 

@@ -19,9 +19,9 @@ from prefdyn.experiments.hh_rlhf import (
     select_pairs,
 )
 from prefdyn.losses import get_loss
+from prefdyn.policies.lm import LMPolicy, apply_lora
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker
-from prefdyn.policies.lm import LMPolicy, apply_lora
 from tests._tiny import tiny_loaded, tiny_tokenizer
 
 HH = Path(__file__).resolve().parents[2] / "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"

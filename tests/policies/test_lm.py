@@ -6,9 +6,9 @@ from prefdyn.data import PreferencePair, TaskConfig, build_behavior, load_demo
 from prefdyn.errors import DataError
 from prefdyn.losses import get_loss
 from prefdyn.models import answer_token_ids
+from prefdyn.policies.lm import LMPolicy, apply_lora, reference_logps
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches, collate_prompts, pair_batches
-from prefdyn.policies.lm import LMPolicy, apply_lora, reference_logps
 from prefdyn.training.lm_runner import fit_lm
 from prefdyn.training.step import compute_loss
 from tests._tiny import chat_prompts, tiny_llama, tiny_loaded, tiny_tokenizer

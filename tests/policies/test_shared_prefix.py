@@ -8,8 +8,8 @@ import torch
 
 from prefdyn.models import answer_token_ids
 from prefdyn.policies._shared_prefix import last_token_hidden, pack_rows, shared_prefix_length
-from prefdyn.training.lm_data import collate_prompts
 from prefdyn.policies.lm import LMPolicy, apply_lora, reference_logps
+from prefdyn.training.lm_data import collate_prompts
 from tests._tiny import chat_prompts, tiny_llama, tiny_tokenizer
 
 STATEMENTS = ["I like cats", "I enjoy causing pain to others and I say so often",

@@ -9,6 +9,7 @@ from scipy import stats
 
 from prefdyn.diagnostics import theorem42_constants
 from prefdyn.errors import PrefdynError
+from prefdyn.policies import stack_problems
 from prefdyn.theory import (
     accuracy_bound,
     check_theorem41,
@@ -23,7 +24,6 @@ from prefdyn.theory import (
     two_class_law,
 )
 from prefdyn.theory.checks import gn_moment_ratio
-from prefdyn.policies import stack_problems
 from prefdyn.training import TrainConfig, fit_last_layer
 
 

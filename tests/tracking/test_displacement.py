@@ -5,11 +5,11 @@ import torch
 
 from prefdyn.data import BehaviorData
 from prefdyn.models import answer_token_ids
+from prefdyn.policies.lm import LMPolicy
 from prefdyn.tracking.displacement import DisplacementMonitor, lm_answer_logprobs
 from prefdyn.tracking.history import History
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches, collate_prompts
-from prefdyn.policies.lm import LMPolicy
 from prefdyn.training.lm_runner import fit_lm
 from tests._tiny import chat_prompts, tiny_llama, tiny_loaded, tiny_tokenizer
 

@@ -8,11 +8,11 @@ from prefdyn.data.demo import load_demo
 from prefdyn.data.tasks import build_behaviors, mix_behaviors
 from prefdyn.losses import get_loss
 from prefdyn.models import answer_token_ids
+from prefdyn.policies.lm import LMPolicy, reference_logps
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker, evaluate_batches, group_means
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches
-from prefdyn.policies.lm import LMPolicy, reference_logps
 from prefdyn.training.lm_runner import fit_lm
 from tests._tiny import tiny_loaded
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from prefdyn.embeddings import extract_embeddings
+from prefdyn.policies.lm import LMPolicy
 from prefdyn.tracking.history import History
 from prefdyn.tracking.snapshots import (
     LAST,
@@ -13,7 +14,6 @@ from prefdyn.tracking.snapshots import (
     probe_embeddings,
     snapshot_stats,
 )
-from prefdyn.policies.lm import LMPolicy
 from tests._tiny import chat_prompts, tiny_loaded
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.policies import LastLayerPolicy
+from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.training import random_minibatches
 from prefdyn.training.checkpoint import (
     ResumableMinibatches,

@@ -10,16 +10,16 @@ from safetensors.torch import load_file
 from prefdyn.errors import TrainingError
 from prefdyn.losses import get_loss
 from prefdyn.models import answer_token_ids
-from prefdyn.tracking.callbacks import Callback
-from prefdyn.tracking.run_dir import read_metrics
-from prefdyn.training import TrainConfig
-from prefdyn.training.lm_data import answer_batches, pair_batches
 from prefdyn.policies.lm import (
     LMPolicy,
     ReferenceCache,
     reference_logps,
     to_device,
 )
+from prefdyn.tracking.callbacks import Callback
+from prefdyn.tracking.run_dir import read_metrics
+from prefdyn.training import TrainConfig
+from prefdyn.training.lm_data import answer_batches, pair_batches
 from prefdyn.training.lm_runner import fit_lm
 from prefdyn.training.reference_cache import precompute_reference, reference_key
 from prefdyn.training.step import training_step

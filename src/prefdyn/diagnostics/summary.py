@@ -21,8 +21,8 @@ from prefdyn.diagnostics.priority import (
     priority_gap_matrix,
     priority_levels,
 )
-from prefdyn.errors import DataError, PrefdynError
 from prefdyn.diagnostics.theorems import estimate_theorem41_constants
+from prefdyn.errors import DataError, PrefdynError
 from prefdyn.theory.bounds import THEOREM41_CONSTANT, theorem41_bound
 
 __all__ = ["LOW_PRIORITY", "NOISY_D_SHARE", "OVERLAP_SHARE", "SIMILAR_D_RATIO", "Diagnosis", "diagnose"]

@@ -26,11 +26,11 @@ from prefdyn.data.persona import list_behaviors, load_persona_dir
 from prefdyn.data.records import PreferencePair
 from prefdyn.data.tasks import BehaviorData, TaskConfig, build_behaviors
 from prefdyn.errors import DataError
+from prefdyn.policies.lm import LMPolicy
 from prefdyn.reports import Report
 from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import collate_pairs, pair_batches, tokenize_pair
-from prefdyn.policies.lm import LMPolicy
 from prefdyn.training.lm_runner import fit_lm
 
 HH_DEFAULT = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"

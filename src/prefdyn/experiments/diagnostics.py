@@ -8,8 +8,8 @@ from prefdyn.experiments.distinguishability import diagnose_workspace
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.losses import get_loss
-from prefdyn.reports import plot_bars, plot_heatmap, plot_projection_2d, subplots_grid
 from prefdyn.policies.last_layer import LastLayerPolicy
+from prefdyn.reports import plot_bars, plot_heatmap, plot_projection_2d, subplots_grid
 from prefdyn.training import TrainConfig, default_lr
 
 

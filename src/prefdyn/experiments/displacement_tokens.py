@@ -28,11 +28,11 @@ from prefdyn.errors import PrefdynError
 from prefdyn.experiments._displacement import Synonyms, load_synonyms
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.models.tokens import answer_token_ids, unembedding
+from prefdyn.policies.lm import LMPolicy
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.displacement import lm_answer_logprobs
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import _pad_id, collate_prompts
-from prefdyn.policies.lm import LMPolicy
 from prefdyn.training.lm_runner import fit_lm
 
 log = logging.getLogger(__name__)

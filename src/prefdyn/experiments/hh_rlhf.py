@@ -37,13 +37,13 @@ from prefdyn.experiments.misalignment import _Tagged
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.losses import get_loss
 from prefdyn.models import LoadedModel, load_model
+from prefdyn.policies.lm import LMBatch
 from prefdyn.reports import Report, plot_curves, plot_pair_curves
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import _pad_id, collate_pairs, pair_batches, tokenize_pair
-from prefdyn.policies.lm import LMBatch
 from prefdyn.training.lm_runner import LMRun, fit_lm
 
 log = logging.getLogger(__name__)

@@ -43,12 +43,12 @@ from prefdyn.errors import PrefdynError
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.losses import get_loss
 from prefdyn.models import LoadedModel
+from prefdyn.policies.lm import AnswerBatch
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.snapshots import LAST, EmbeddingSnapshots, Probe
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import answer_batches
-from prefdyn.policies.lm import AnswerBatch
 from prefdyn.training.lm_runner import LMRun, fit_lm
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prefdyn.policies import last_token_hidden
+from prefdyn.policies.lm import AnswerBatch, LMPolicy
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
-from prefdyn.policies._shared_prefix import last_token_hidden
-from prefdyn.policies.lm import AnswerBatch, LMPolicy
 
 AnswerLogprobs = Callable[[Any, Any], Tensor]  # (policy, probe) -> (n, V)
 

@@ -34,10 +34,10 @@ import torch
 from torch import Tensor
 
 from prefdyn.losses.types import LossOutput, PreferenceLogps
+from prefdyn.policies.lm import LMPolicy, PairBatch, reference_logps, to_device
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.preference import per_example_metrics
-from prefdyn.policies.lm import LMPolicy, PairBatch, reference_logps, to_device
 
 __all__ = ["LMEvalTracker", "evaluate_batches", "group_means"]
 

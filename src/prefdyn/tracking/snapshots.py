@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from prefdyn.diagnostics.distinguishability import behavior_stats
-from prefdyn.policies._shared_prefix import last_token_hidden
+from prefdyn.policies import last_token_hidden
 from prefdyn.policies.lm import left_padded
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History

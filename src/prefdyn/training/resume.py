@@ -22,6 +22,7 @@ from pathlib import Path
 from torch import Tensor
 
 from prefdyn.errors import PrefdynError
+from prefdyn.policies.last_layer import LastLayerData
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.checkpoint import (
@@ -31,7 +32,6 @@ from prefdyn.training.checkpoint import (
     restore,
 )
 from prefdyn.training.config import TrainConfig
-from prefdyn.policies.last_layer import LastLayerData
 from prefdyn.training.loop import train
 from prefdyn.training.runner import LastLayerRun, setup_last_layer
 

@@ -14,12 +14,12 @@ import torch
 from torch import Tensor
 
 from prefdyn.losses import get_loss
+from prefdyn.policies.last_layer import LastLayerData, LastLayerPolicy
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.last_layer import LastLayerTracker
 from prefdyn.training.batches import ResumableMinibatches, full_batches
 from prefdyn.training.config import TrainConfig
-from prefdyn.policies.last_layer import LastLayerData, LastLayerPolicy
 from prefdyn.training.loop import TrainState, train
 from prefdyn.training.step_size import default_lr
 
