@@ -6,7 +6,7 @@ from prefdyn.data import PreferencePair, TaskConfig, build_behavior, load_demo
 from prefdyn.errors import DataError
 from prefdyn.losses import get_loss
 from prefdyn.models import answer_token_ids
-from prefdyn.policies.lm import LMPolicy, apply_lora, reference_logps
+from prefdyn.policies.lm import LMPolicy, apply_lora, left_padded, reference_logps
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches, collate_prompts, pair_batches
 from prefdyn.training.lm_runner import fit_lm
@@ -186,3 +186,10 @@ def test_lora_steps_on_the_embedded_model():
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in run.history.records)
     lora_B = [p for n, p in run.policy.model.named_parameters() if "lora_B" in n]
     assert lora_B and any(p.abs().sum() > 0 for p in lora_B)
+
+
+def test_left_padded_by_hand():
+    input_ids, attention_mask, position_ids = left_padded([[5, 6, 7], [8]], pad_id=0)
+    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert position_ids.tolist() == [[0, 1, 2], [0, 0, 0]]  # each prompt starts at 0; pads at 0

@@ -19,6 +19,7 @@ from prefdyn.policies.lm import (
     ReferenceCache,
     apply_lora,
     is_peft,
+    left_padded,
     reference_logps,
     to_device,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "apply_lora",
     "is_peft",
     "last_token_hidden",
+    "left_padded",
     "reference_logps",
     "stack_problems",
     "to_device",
