@@ -25,6 +25,7 @@ from prefdyn.theory.bounds import THEOREM41_CONSTANT, dpo_last_layer_grad, theor
 __all__ = ["A3Result", "accuracy_bound", "cosines", "check_theorem41", "check_theorem42",
            "estimate_alpha", "first_step_identity", "gn_moment_ratio", "psi_norm", "tail_ratio"]
 
+
 def gn_moment_ratio(alpha: float | np.ndarray) -> float | np.ndarray:
     """``E|X| / sqrt(E X^2)`` of a generalized normal of shape ``alpha`` (increasing in alpha):
     ``Gamma(2/a) / sqrt(Gamma(1/a) Gamma(3/a))``; Laplace 0.707, Gaussian 0.798."""
