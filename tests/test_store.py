@@ -227,8 +227,10 @@ def test_read_tensor_reads_one_tensor_and_checks_it(tmp_path):
         read_tensor(path, "n", TensorSpec((3,), torch.long))
 
 
-def test_unsupported_dtype_is_refused(tmp_path):
+def test_unsupported_dtype_or_metadata_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(TypeError, match="complex"):
         write_tensors(tmp_path / "w.safetensors", {"z": torch.zeros(2, dtype=torch.complex64)})
+    with pytest.raises(TypeError, match="strings"):
+        write_tensors(tmp_path / "w.safetensors", GOOD, {"rows": 2})
     assert list(tmp_path.iterdir()) == []
 

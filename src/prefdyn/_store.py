@@ -118,16 +118,16 @@ class ArtifactStore:
         path = self.path(key, cache_dir)
         if not path.exists():
             return None
+        want = self.metadata(key)
         try:
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}
+                found = {k: meta.get(k) for k in want}
+                if found != want:  # checked first: a foreign file's tensors are never read
+                    return self._reject(path, f"metadata {found} != expected {want}")
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
         except Exception as e:  # noqa: BLE001 -- truncated, empty, or not safetensors at all
             return self._reject(path, f"unreadable ({e})")
-        want = self.metadata(key)
-        found = {k: meta.get(k) for k in want}
-        if found != want:
-            return self._reject(path, f"metadata {found} != expected {want}")
         why = problem(tensors, expected, check)
         if why is not None:
             return self._reject(path, why)
@@ -242,6 +242,8 @@ def read_tensor(path: str | os.PathLike, name: str, spec: TensorSpec | None = No
 
 def _serialize(f, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """The safetensors layout: 8-byte little-endian header size, JSON header, raw bytes."""
+    if not all(isinstance(v, str) for v in metadata.values()):
+        raise TypeError(f"safetensors metadata values must be strings, got {dict(metadata)}")
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, t in tensors.items():
