@@ -55,3 +55,10 @@ def test_write_pairs_round_trips(tmp_path, fmt, name):
     back = load_pairs(path, format="auto")
     assert [(p.prompt, p.chosen, p.rejected) for p in back] == [(p.prompt, p.chosen, p.rejected) for p in pairs]
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_same_pairs_give_byte_identical_gz_files(tmp_path):
+    # The gzip header once carried the random temp file's name, so no two files matched.
+    first = write_pairs(tmp_path / "a" / "out.jsonl.gz", _pairs(3), "trl")
+    second = write_pairs(tmp_path / "b" / "out.jsonl.gz", _pairs(3), "trl")
+    assert first.read_bytes() == second.read_bytes()

@@ -47,8 +47,9 @@ def test_file_carries_key_and_shape(tmp_path):
     with safe_open(path, framework="pt") as f:
         meta = f.metadata()
         assert meta["key"] == path.stem
-        assert meta["shape"] == "3,32"
+        assert meta["kind"] == "embeddings"
         assert meta["model"] == "tiny"
+        assert f.get_slice("embeddings").get_shape() == [3, 32]
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
 
 
@@ -83,12 +84,13 @@ def test_corrupt_file_is_recomputed_with_a_warning(tmp_path, calls, damage):
         path.write_bytes(path.read_bytes()[:-50])
     elif damage == "garbage":
         path.write_bytes(b"not a safetensors file")
-    elif damage == "wrong_shape":
-        save_file({"embeddings": good[:2].contiguous()}, path,
-                  metadata={"format": cache._FORMAT, "key": path.stem, "shape": "2,32"})
-    else:
-        save_file({"embeddings": good}, path,
-                  metadata={"format": cache._FORMAT, "key": "0" * 32, "shape": "3,32"})
+    else:  # a whole file, only its tensor or its metadata is off
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata()
+        if damage == "wrong_shape":
+            save_file({"embeddings": good[:2].contiguous()}, path, metadata=meta)
+        else:
+            save_file({"embeddings": good}, path, metadata={**meta, "key": "0" * 32})
     with pytest.warns(UserWarning, match="corrupt embeddings cache"):
         again = cached_embeddings(loaded, TEXTS, cache_dir=tmp_path, progress=False)
     assert calls == [3, 3]

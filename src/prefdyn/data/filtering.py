@@ -9,17 +9,18 @@ read in (:func:`prefdyn.data.load_pairs` reads them again).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from prefdyn._store import atomic_file
 from prefdyn.data.records import PreferencePair
 from prefdyn.errors import DataError
 
@@ -78,16 +79,10 @@ def write_pairs(path: str | os.PathLike, pairs: Sequence[PreferencePair],
     """
     path = Path(path)
     records = [pair_record(p, format) for p in pairs]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # mtime=0: the same pairs give byte-identical .gz files.
-        with (gzip.GzipFile(tmp, "wb", mtime=0) if path.name.endswith(".gz") else open(tmp, "wb")) as raw:
+    with atomic_file(path) as f:
+        # mtime=0 and no file name in the header: the same pairs give byte-identical .gz files.
+        with (gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) if path.name.endswith(".gz")
+              else contextlib.nullcontext(f)) as raw:
             for record in records:
                 raw.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -27,29 +27,20 @@ trainer that tokenizes the parts separately, like TRL's, would feed).
 
 from __future__ import annotations
 
-import logging
 import os
-import tempfile
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from prefdyn._hashing import hash_obj, hash_texts
-from prefdyn._paths import cache_dir as _cache_root
+from prefdyn._hashing import hash_texts
+from prefdyn._store import ArtifactKey, ArtifactStore, TensorSpec
 from prefdyn.data.records import PreferencePair
-from prefdyn.embeddings.cache import _shape_str
 from prefdyn.embeddings.extract import _length_sorted_batches, _progress_bar
 from prefdyn.errors import DataError
 
-logger = logging.getLogger(__name__)
-
 HiddenSums = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-_FORMAT = "prefdyn-ches-sums-v1"
-_TENSORS = ("sum_chosen", "sum_rejected", "len_chosen", "len_rejected")
+# Bump the version when the positions summed or the tokenization change.
+_STORE = ArtifactStore("ches", version=1, label="CHES")
 
 
 def response_token_ids(tokenizer, prompt: str, response: str, *, source: str = "",
@@ -179,13 +170,13 @@ def ches_scores(model, tokenizer, pairs: Sequence[PreferencePair], *, batch_size
                                             device=device, progress=progress))
 
 
-def ches_cache_key(loaded, pairs: Sequence[PreferencePair]) -> str:
+def ches_cache_key(loaded, pairs: Sequence[PreferencePair]) -> ArtifactKey:
     """Content key of the hidden sums of ``pairs`` under ``loaded`` (model and tokenizer fingerprints)."""
     from prefdyn.models.loading import tokenizer_fingerprint
 
     texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
-    return hash_obj({"format": _FORMAT, "model": loaded.fingerprint,
-                     "tokenizer": tokenizer_fingerprint(loaded.tokenizer), "texts": hash_texts(texts)})[:32]
+    return _STORE.key(model=loaded.fingerprint, tokenizer=tokenizer_fingerprint(loaded.tokenizer),
+                      texts=hash_texts(texts))
 
 
 def cached_pair_hidden_sums(loaded, pairs: Sequence[PreferencePair], *,
@@ -193,59 +184,20 @@ def cached_pair_hidden_sums(loaded, pairs: Sequence[PreferencePair], *,
                             device: str | torch.device | None = None, progress: bool = False) -> HiddenSums:
     """:func:`pair_hidden_sums`, memoised under ``cache_dir()/ches/<key>.safetensors``.
 
-    Same conventions as :mod:`prefdyn.embeddings.cache`: the key and shapes are
-    repeated in the file's metadata, a bad file is warned about and recomputed,
-    writes are atomic. Refresh ``loaded.fingerprint`` after changing weights.
+    Stored with :mod:`prefdyn._store` (atomic writes; a bad file is warned about
+    and recomputed). Refresh ``loaded.fingerprint`` after changing weights.
     """
     pairs = list(pairs)
-    key = ches_cache_key(loaded, pairs)
-    path = _cache_root(cache_dir) / "ches" / f"{key}.safetensors"
-    hidden_size = loaded.model.get_output_embeddings().weight.shape[1]
-    shape = (len(pairs), hidden_size)
-    cached = _read_sums(path, key, shape)
-    if cached is not None:
-        logger.info("CHES cache hit: %s", path.name)
-        return cached
-    sums = pair_hidden_sums(loaded.model, loaded.tokenizer, pairs, batch_size=batch_size,
-                            device=device, progress=progress)
-    _write_sums(path, sums, key, shape, loaded.name)
-    return sums
+    n, hidden_size = len(pairs), loaded.model.get_output_embeddings().weight.shape[1]
+    expected = {"sum_chosen": TensorSpec((n, hidden_size), torch.float64),
+                "sum_rejected": TensorSpec((n, hidden_size), torch.float64),
+                "len_chosen": TensorSpec((n,), torch.long), "len_rejected": TensorSpec((n,), torch.long)}
 
+    def compute() -> dict[str, torch.Tensor]:
+        sums = pair_hidden_sums(loaded.model, loaded.tokenizer, pairs, batch_size=batch_size,
+                                device=device, progress=progress)
+        return dict(zip(expected, sums))
 
-def _read_sums(path: Path, key: str, shape: tuple[int, int]) -> HiddenSums | None:
-    if not path.exists():
-        return None
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in _TENSORS}
-    except Exception as e:  # noqa: BLE001 -- truncated, foreign, or missing a tensor
-        return _reject(path, f"unreadable ({e})")
-    expected = {"format": _FORMAT, "key": key, "shape": _shape_str(shape)}
-    found = {k: meta.get(k) for k in expected}
-    if found != expected:
-        return _reject(path, f"metadata {found} != expected {expected}")
-    dims = {"sum_chosen": (shape, torch.float64), "sum_rejected": (shape, torch.float64),
-            "len_chosen": ((shape[0],), torch.long), "len_rejected": ((shape[0],), torch.long)}
-    for name, (want_shape, want_dtype) in dims.items():
-        if tuple(tensors[name].shape) != want_shape or tensors[name].dtype != want_dtype:
-            return _reject(path, f"{name} is {tuple(tensors[name].shape)} {tensors[name].dtype}")
-    return tuple(tensors[name] for name in _TENSORS)  # type: ignore[return-value]
-
-
-def _reject(path: Path, why: str) -> None:
-    warnings.warn(f"ignoring corrupt CHES cache file {path}: {why}; recomputing", stacklevel=3)
-
-
-def _write_sums(path: Path, sums: HiddenSums, key: str, shape: tuple[int, int], model_name: str) -> None:
-    """Atomic: a temp file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": _FORMAT, "key": key, "shape": _shape_str(shape), "model": model_name}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({name: t.contiguous() for name, t in zip(_TENSORS, sums)}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = _STORE.get_or_compute(ches_cache_key(loaded, pairs), expected, compute,
+                                    cache_dir=cache_dir, info={"model": loaded.name})
+    return tuple(tensors[name] for name in expected)  # type: ignore[return-value]

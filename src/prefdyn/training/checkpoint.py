@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from prefdyn._store import write_tensors
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.training.batches import ResumableMinibatches  # noqa: F401  (re-exported)
 
@@ -61,7 +62,7 @@ def _split_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
         scalars[str(idx)] = {}
         for name, value in pstate.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+                tensors[f"{idx}.{name}"] = value  # write_tensors copies to the CPU one at a time
             else:
                 scalars[str(idx)][name] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -94,17 +95,17 @@ def save_checkpoint(folder: str | Path, *, step: int, policy: torch.nn.Module,
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
-    # safetensors refuses tensors sharing storage (W0 may be a view); clone each one.
+    # Streamed tensor by tensor (no second copy of the model in host memory); tensors
+    # sharing storage (W0 may be a view) are written as they are.
     weights = trainable_state(policy) if trainable_only else policy.state_dict()
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in weights.items()},
-              tmp / "model.safetensors")
+    write_tensors(tmp / "model.safetensors", weights)
     opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    write_tensors(tmp / "optimizer.safetensors", opt_tensors)
     _write_json(tmp / "optimizer.json", opt_meta)
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():  # dropout on GPUs draws from these
         rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, tmp / "rng.safetensors")
+    write_tensors(tmp / "rng.safetensors", rng)
     np_state = np.random.get_state()
     _write_json(tmp / "rng.json", {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],

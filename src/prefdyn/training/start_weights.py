@@ -7,8 +7,9 @@ the reference log-probs are usually computed once before the first step (from
 the model itself, which *is* W(0) then) and the drift reads W(0) only at logging
 steps. :class:`StartWeights` writes W(0) once to a safetensors file and reads
 one tensor at a time (each read opens and closes the file, so no mapping stays
-resident); :class:`~prefdyn.training.lm_policy.LMPolicy` builds a frozen copy from
-it only if a reference log-prob is needed after training has started.
+resident), both through :mod:`prefdyn._store` (streamed, atomic writes);
+:class:`~prefdyn.policies.lm.LMPolicy` builds a frozen copy from it only
+if a reference log-prob is needed after training has started.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import tempfile
 import weakref
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from prefdyn._paths import cache_dir
+from prefdyn._store import FORMAT, TensorSpec, read_tensor, write_tensors
 
 
 class StartWeights:
@@ -38,12 +38,13 @@ class StartWeights:
         self._cleanup = weakref.finalize(self, self.path.unlink, missing_ok=True)
         params = dict(model.named_parameters())
         self.names = list(params)
-        save_file({n: p.detach().contiguous() for n, p in params.items()}, str(self.path))
+        # Checked on every read: a file changed under a running job fails loudly.
+        self._specs = {n: TensorSpec(tuple(p.shape), p.dtype) for n, p in params.items()}
+        write_tensors(self.path, params, {"format": FORMAT, "kind": "start-weights"})
 
     def tensor(self, name: str) -> Tensor:
-        """W(0) of parameter ``name`` (a fresh tensor)."""
-        with safe_open(self.path, framework="pt") as f:
-            return f.get_tensor(name)
+        """W(0) of parameter ``name`` (a fresh CPU tensor)."""
+        return read_tensor(self.path, name, self._specs[name])
 
     def load_into(self, model: nn.Module) -> nn.Module:
         """Copy W(0) into ``model`` (same architecture), one tensor at a time."""
