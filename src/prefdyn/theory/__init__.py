@@ -61,3 +61,46 @@ __all__ = [
     "linear_margin_rates", "persona_problems", "psi_norm", "run_margin_dynamics", "steps_to_margin",
     "theorem41_bound", "theorem42_bound", "theorem42_constants", "theorem43_bound", "two_class_law",
 ]
+
+# The paper's statements as printed (Theorem 4.1's hypotheses, Theorems 4.2-4.3, App. A.3's
+# constants); the bounds above named theorem42/43 are prefdyn's own lemmas.
+from prefdyn.theory.first_step import a3_eq22_logit_factor, a3_logit_gap_factor, a3_reward_factor
+from prefdyn.theory.hypotheses import (
+    BoundVerdict,
+    ClassMoments,
+    Theorem41Check,
+    Theorem41Hypotheses,
+    bound_verdict,
+    check_theorem41_hypotheses,
+    class_moments,
+    paper_step_size,
+    theorem41_verdict,
+)
+from prefdyn.theory.theorem42 import (
+    GuaranteeSetting,
+    boundary_cosine,
+    guarantee_setting,
+    theorem42_conditions,
+    theorem42_horizon,
+    theorem42_lower_bound,
+    v_range,
+)
+from prefdyn.theory.theorem43 import (
+    Theorem43Guarantee,
+    sample_margins,
+    theorem43_conditions,
+    theorem43_guarantee,
+    theorem43_margin,
+    theorem43_S,
+    theorem43_steps,
+    yes_no_accuracy,
+)
+
+__all__ += [
+    "BoundVerdict", "ClassMoments", "GuaranteeSetting", "Theorem41Check", "Theorem41Hypotheses",
+    "Theorem43Guarantee", "a3_eq22_logit_factor", "a3_logit_gap_factor", "a3_reward_factor", "bound_verdict",
+    "boundary_cosine", "check_theorem41_hypotheses", "class_moments", "guarantee_setting", "paper_step_size",
+    "sample_margins", "theorem41_verdict", "theorem42_conditions", "theorem42_horizon", "theorem42_lower_bound",
+    "theorem43_S", "theorem43_conditions", "theorem43_guarantee", "theorem43_margin", "theorem43_steps",
+    "v_range", "yes_no_accuracy",
+]
