@@ -95,3 +95,16 @@ def test_bounds_hold_for_gd_inside_the_conditions(reading, target_steps):
     eq36 = theorem43_guarantee(g, prefers_yes, b, s, reading=reading, rule="proof_eq36")
     assert printed.conditions_met and printed.p == 0.0  # vacuous as printed (see theorem43's docstring)
     assert eq36.p == 1.0 and acc >= eq36.p
+
+
+def test_paper_quantities_is_json_ready_and_matches_the_parts():
+    import json
+
+    from prefdyn.theory import paper_quantities
+
+    g, prefers_yes, W0 = _point(d=512, n=16)
+    out = json.loads(json.dumps(paper_quantities(g, prefers_yes, W0[0], W0[1], beta=0.01, lr=1.0)))
+    hyp = check_theorem41_hypotheses(g, prefers_yes, beta=0.01, lr=1.0)
+    assert out["theorem41"]["c_n"] == pytest.approx(hyp.c_n)
+    assert set(out["theorem43"]) == {"theorem_printed", "theorem_proof_eq36", "appendix_printed", "appendix_proof_eq36"}
+    assert out["theorem43"]["appendix_printed"]["p"] == 0.0

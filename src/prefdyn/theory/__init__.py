@@ -104,3 +104,6 @@ __all__ += [
     "theorem43_S", "theorem43_conditions", "theorem43_guarantee", "theorem43_margin", "theorem43_steps",
     "v_range", "yes_no_accuracy",
 ]
+from prefdyn.theory.paper_quantities import paper_quantities
+
+__all__ += ["paper_quantities"]
