@@ -156,7 +156,7 @@ def boundary_cosine(W_yes: Tensor, W_no: Tensor, b: Tensor) -> Tensor:
     ``W_yes``, ``W_no``: ``(..., d)`` rows (``(T, d)`` for a recorded run); returns ``(...)`` float64.
     At ``t = 0`` this is the theorem's ``phi``.
     """
-    boundary = (W_yes - W_no).to(torch.float64)
+    boundary = (W_yes - W_no).detach().to(torch.float64)
     return torch.nn.functional.cosine_similarity(boundary, b.to(torch.float64).expand_as(boundary), dim=-1)
 
 
@@ -172,7 +172,7 @@ def guarantee_setting(embeddings: Tensor, prefers_yes: Tensor, W_yes: Tensor, W_
     if not (beta > 0 and lr > 0 and c_v > 0):
         raise PrefdynError(f"need beta, lr, c_v > 0; got {beta}, {lr}, {c_v}")
     mom = class_moments(embeddings, prefers_yes)
-    W_B = (W_yes - W_no).to(torch.float64)
+    W_B = (W_yes - W_no).detach().to(torch.float64)
     s = GuaranteeSetting(d=mom.d, Delta=mom.Delta, v=0.0, beta_prime=beta * math.sqrt(mom.d), eta=lr,
                          c_n=mom.c_n(trace_reading), phi=float(boundary_cosine(W_yes, W_no, mom.b)),
                          W_B_norm=float(W_B.norm()), sigma_op=float(mom.sigma_op.max()), c_v=c_v)

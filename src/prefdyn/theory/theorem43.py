@@ -83,7 +83,7 @@ def yes_no_accuracy(W_yes: Tensor, W_no: Tensor, embeddings: Tensor, prefers_yes
     """Share of samples the model itself answers right, App. A.5's rule (ties count as right):
     ``(W_yes - W_no) . g >= 0`` for ``+``, ``<= 0`` for ``-``. ``W_yes``, ``W_no``: ``(..., d)``;
     returns ``(...)`` float64."""
-    boundary = (W_yes - W_no).to(torch.float64)
+    boundary = (W_yes - W_no).detach().to(torch.float64)
     logit_gap = embeddings.to(torch.float64) @ boundary.unsqueeze(-1)  # (..., n, 1)
     sign = prefers_yes.to(torch.float64) * 2 - 1
     return ((sign * logit_gap.squeeze(-1)) >= 0).to(torch.float64).mean(-1)
