@@ -1,8 +1,11 @@
 """Theory of the learning dynamics of alignment (Im & Li, ICML 2024; Im & Li 2024b).
 
-One module per concern: ``bounds`` holds the bounds as pure formulas (Theorem
-4.1, our reconstructions of 4.2 and 4.3) and the closed-form last-layer DPO
-gradient; ``synthetic`` the alpha-subexponential generators (two classes with
+One module per concern: ``hypotheses`` Theorem 4.1's hypotheses as stated (c_v,
+c_n, the step-size rule); ``theorem42`` and ``theorem43`` the paper's Theorems 4.2
+and 4.3 as printed, with both readings of their inconsistent constants;
+``first_step`` App. A.3's constants; ``paper_quantities`` all of these on one
+behavior; ``bounds`` Theorem 4.1's bound, prefdyn's own lemmas (named
+theorem42/43_bound for history) and the closed-form last-layer DPO gradient; ``synthetic`` the alpha-subexponential generators (two classes with
 ``||mu+ - mu-|| = d^Delta``; K concepts x Q samples); ``checks`` the assumption
 checks, constants, theorem checks and the exact A.3 identity; ``scaling`` the
 K-concept margin dynamics and the cluster-structure check.
