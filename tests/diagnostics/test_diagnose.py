@@ -62,7 +62,8 @@ def test_explain_names_fastest_last_and_overlapping():
     )
     assert "predicted order is agreeableness > narcissism > risk" in text
     assert (
-        "risk has priority P=0.18, far below the mean direction: in a joint run it will be learned last."
+        "risk has priority P=0.18, far below the mean direction (prefdyn's threshold P < 0.3): "
+        "in a joint run it will be learned last."
     ) in text
     assert "risk: classes overlap (only 60% separable along mu+-mu-): expect slow, noisy learning." in text
     assert "constant 6 is loose here" in text
@@ -93,7 +94,8 @@ def test_explain_flags_opposing_behavior_and_common_mean():
     )
     text = "\n".join(dx.explain())
     assert "b points against the mean direction" in text
-    assert "exceeds Theorem 4.1's 6" in text
+    assert "exceeds Theorem 4.1's 6 because the classes are unbalanced (3/2 Yes/No" in text
+    assert "centering" not in text and "centered" not in text
 
 
 def test_single_behavior_and_json():

@@ -70,3 +70,30 @@ def test_gap_matrix_is_antisymmetric_and_matches_pairwise_priority_levels():
             r = priority_levels(bs[[i, j]], weights[[i, j]])
             assert g.gap[i, j].item() == pytest.approx((r.P[0] - r.P[1]).item())
             assert g.proj_gap[i, j].item() == pytest.approx((r.projection[0] - r.projection[1]).item())
+
+
+def test_both_readings_of_eq5_by_hand():
+    # b_1 = (2, 0), b_2 = (1, 1): b_bar = (1.5, 0.5), ||b_bar|| = sqrt(2.5);
+    # b_bar . b_1 = 3, b_bar . b_2 = 2; b_* = b_1 (norm 2).
+    # cosine:   P_1 = 3 / (sqrt2.5 * 2) = 0.948683, P_2 = 2 / (sqrt2.5 * sqrt2) = 0.894427.
+    # max_norm: P_1 = 3 / (sqrt2.5 * 2) = 0.948683, P_2 = 2 / (sqrt2.5 * 2) = 0.632456.
+    bs = _t([[2, 0], [1, 1]])
+    r2 = math.sqrt(2.5)
+    cos = priority_levels(bs)
+    mx = priority_levels(bs, reading="max_norm")
+    assert cos.reading == "cosine" and mx.reading == "max_norm"
+    assert torch.allclose(cos.P, _t([3 / (r2 * 2), 2 / (r2 * math.sqrt(2))]))
+    assert torch.allclose(mx.P, _t([3 / (r2 * 2), 2 / (r2 * 2)]))
+    assert torch.allclose(cos.max_norm_level, mx.P) and torch.allclose(mx.cosine, cos.P)
+    # Pair gaps: the pair is the whole set, so gap[0, 1] = P_1 - P_2 in each reading.
+    assert priority_gap_matrix(bs).gap[0, 1].item() == pytest.approx(3 / (r2 * 2) - 2 / (r2 * math.sqrt(2)))
+    assert priority_gap_matrix(bs, reading="max_norm").gap[0, 1].item() == pytest.approx(1 / (r2 * 2))
+    with pytest.raises(DataError):
+        priority_levels(bs, reading="argmax")
+
+
+def test_max_norm_reading_orders_like_the_projection():
+    gen = torch.Generator().manual_seed(1)
+    bs = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+    r = priority_levels(bs, reading="max_norm")
+    assert torch.equal(torch.argsort(r.P), torch.argsort(r.projection))

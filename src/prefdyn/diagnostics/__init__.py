@@ -15,6 +15,7 @@ from prefdyn.diagnostics.priority import (
 )
 from prefdyn.diagnostics.summary import Diagnosis, diagnose
 from prefdyn.diagnostics.ches import ches_from_sums, ches_scores, pair_hidden_sums
+from prefdyn.diagnostics.concentration import ConcentrationRatios, concentration_ratios
 from prefdyn.diagnostics.similarity import edit_similarity, last_hidden_inner_products
 from prefdyn.diagnostics.token_geometry import (displacement_scores, predicted_gainers,
                                                 token_pair_geometry)
@@ -31,6 +32,8 @@ __all__ = [
     "priority_gap_matrix",
     "priority_levels",
     "ches_from_sums",
+    "ConcentrationRatios",
+    "concentration_ratios",
     "ches_scores",
     "pair_hidden_sums",
     "edit_similarity",

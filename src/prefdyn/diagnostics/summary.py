@@ -28,21 +28,21 @@ from prefdyn.theory.bounds import THEOREM41_CONSTANT, theorem41_bound
 __all__ = ["LOW_PRIORITY", "NOISY_D_SHARE", "OVERLAP_SHARE", "SIMILAR_D_RATIO", "Diagnosis", "diagnose"]
 
 LOW_PRIORITY = 0.3
-"""Priority levels ``P = cos(b_bar, b_i)`` below this (an angle above ~73 degrees)
+"""prefdyn's heuristic, not the paper's: priority levels ``P = cos(b_bar, b_i)`` below this (an angle above ~73 degrees)
 are "far below the mean direction": the joint update barely moves the behavior."""
 
 OVERLAP_SHARE = 0.75
-"""A separable share below this (chance is 0.5) means the classes overlap along
+"""prefdyn's heuristic, not the paper's: a separable share below this (chance is 0.5) means the classes overlap along
 ``mu+ - mu-``: more than a quarter of the samples sit on the other class's side.
 The share is in-sample, so with ``n`` not much larger than ``d`` it rarely fires;
 ``NOISY_D_SHARE`` catches that case."""
 
 NOISY_D_SHARE = 0.5
-"""``D_debiased / D`` below this: more than half of ``D`` is sampling noise, so
+"""prefdyn's heuristic, not the paper's: ``D_debiased / D`` below this: more than half of ``D`` is sampling noise, so
 the behavior's rank by ``D`` is not to be trusted without more samples."""
 
 SIMILAR_D_RATIO = 1.5
-"""Largest over smallest ``D`` below this: call the behaviors about equally
+"""prefdyn's heuristic, not the paper's: largest over smallest ``D`` below this: call the behaviors about equally
 distinguishable rather than name a fastest one."""
 
 
@@ -142,8 +142,8 @@ class Diagnosis:
                 )
             elif P[i] < LOW_PRIORITY:
                 lines.append(
-                    f"{self.names[i]} has priority P={P[i]:.2f}, far below the mean direction: "
-                    f"in a joint run it will be learned {when}."
+                    f"{self.names[i]} has priority P={P[i]:.2f}, far below the mean direction "
+                    f"(prefdyn's threshold P < {LOW_PRIORITY:g}): in a joint run it will be learned {when}."
                 )
         return lines
 
@@ -169,15 +169,16 @@ class Diagnosis:
         if c_hat[worst] > THEOREM41_CONSTANT:
             s = self.stats[worst]
             return (
-                f"{self.names[worst]}: the initial DPO gradient rate C_hat={c_hat[worst]:.3g} exceeds "
-                f"Theorem 4.1's {THEOREM41_CONSTANT:g}, driven by the shared mean direction "
-                f"(||mean||={s.mean_norm:.3g} vs D={s.D:.3g}, {s.n_pos}/{s.n_neg} Yes/No): the bound "
-                "need not hold on these hidden states."
+                f"{self.names[worst]}: the initial DPO gradient rate C_hat={c_hat[worst]:.3g} (prefdyn's "
+                f"diagnostic) exceeds Theorem 4.1's {THEOREM41_CONSTANT:g} because the classes are "
+                f"unbalanced ({s.n_pos}/{s.n_neg} Yes/No; the paper assumes as many of each), so the first "
+                f"step carries part of the shared mean (||mean||={s.mean_norm:.3g} vs D={s.D:.3g}): "
+                "Theorem 4.1 does not cover unbalanced classes."
             )
         slack = THEOREM41_CONSTANT / c_hat[worst] if c_hat[worst] > 0 else math.inf
         return (
             f"Theorem 4.1's constant {THEOREM41_CONSTANT:g} is loose here: the observed initial "
-            f"rate C_hat is at most {c_hat[worst]:.3g} ({slack:.0f}x "
+            f"rate C_hat (prefdyn's diagnostic) is at most {c_hat[worst]:.3g} ({slack:.0f}x "
             f"below); after {self.steps} steps the bound on ||W_U(t) - W_U(0)|| is at most "
             f"{max(self.bounds):.3g}."
         )

@@ -148,7 +148,7 @@ def theorem42_constants(embeddings: Tensor, prefers_yes: Tensor, *, beta: float,
 def estimate_theorem41_constants(
     embeddings: Tensor, prefers_yes: Tensor, beta: float
 ) -> dict[str, float]:
-    """How tight Theorem 4.1's constant 6 is on these hidden states.
+    """How tight Theorem 4.1's constant 6 is on these hidden states (prefdyn's diagnostic).
 
     At ``W = W0`` every margin is 0 and ``sigmoid(0) = 1/2``, so the gradient of
     the mean DPO loss on a (Yes, No) unembedding is
@@ -164,7 +164,10 @@ def estimate_theorem41_constants(
     Caveat: real last hidden states share a large common mean direction (see
     ``BehaviorStats.mean_norm``). With unbalanced classes ``m`` contains
     ``(n+ - n-) / n`` times that mean, which ``D`` does not see, so ``C_hat``
-    can exceed 6; the theorem's distributional assumptions do not hold there.
+    can exceed 6; the paper's setup assumes balanced classes ("|D_+| = |D_-|",
+    Sec. 4.1), so the theorem does not cover that case. A common mean with
+    balanced classes does not break the theorem: it enters only through ``c_n``
+    (the step-size condition, :mod:`prefdyn.theory.hypotheses`).
 
     Args:
         embeddings: ``(n, d)`` last hidden states.

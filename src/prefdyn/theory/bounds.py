@@ -14,10 +14,13 @@ Theorem 4.1 bounds the update after ``t`` steps of learning rate ``eta`` by
     ||W_U(t) - W_U(0)|| <= 6 beta' eta t d^(Delta - 1/2),   beta = beta' d^(-1/2),
 
 and since ``d^Delta = D`` this is ``6 beta eta t D``: the more distinguishable a
-behavior, the faster its weights may move. :func:`theorem42_bound` (the learned
-boundary aligns with ``mu+ - mu-``) and :func:`theorem43_bound` (the accuracy
-guarantee) are our reconstructions of Theorems 4.2 and 4.3 in this setting; their
-docstrings derive the exact form used.
+behavior, the faster its weights may move. Theorem 4.1's hypotheses are checked in
+:mod:`prefdyn.theory.hypotheses`.
+
+:func:`theorem42_bound` and :func:`theorem43_bound` are NOT the paper's Theorems 4.2
+and 4.3: they are prefdyn's own lemmas (the update direction ``u(t)`` alone against
+``mu+ - mu-``, and a held-out ranking accuracy). The paper's statements are in
+:mod:`prefdyn.theory.theorem42` and :mod:`prefdyn.theory.theorem43`.
 """
 
 from __future__ import annotations
@@ -111,11 +114,13 @@ def dpo_last_layer_grad(
 
 
 def theorem42_bound(steps: int | Tensor, cos_m_b: float, kappa: float) -> Tensor:
-    """Lower bound on ``cos(u(t), b)``, the learned boundary normal against ``b = mu+ - mu-``.
+    """prefdyn's lemma (not the paper's Theorem 4.2): a lower bound on ``cos(u(t), b)``.
 
-    Our reconstruction of Theorem 4.2 (the paper's exact statement was not at
-    hand), derived for full-batch gradient descent on the mean last-layer DPO
-    loss, from any ``W0``. With ``u = (W - W0)[yes] - (W - W0)[no]``, ``s_i = +-1``,
+    ``u(t) = (W - W0)[yes] - (W - W0)[no]`` is the update direction alone, not the
+    decision boundary ``W_B + u(t)`` that Theorem 4.2 bounds (that one is
+    :func:`prefdyn.theory.theorem42.theorem42_lower_bound`); this bound falls over
+    time where the paper's rises. Derived here for full-batch gradient descent on
+    the mean last-layer DPO loss, from any ``W0``. With ``u = (W - W0)[yes] - (W - W0)[no]``, ``s_i = +-1``,
     ``sigma_i(t) = sigmoid(-beta s_i <u(t), g_i>)`` and ``m = (1/n) sum_i s_i g_i``:
 
         u(t+1) = u(t) + (2 eta beta / n) sum_i sigma_i(t) s_i g_i,
@@ -160,9 +165,11 @@ def theorem42_bound(steps: int | Tensor, cos_m_b: float, kappa: float) -> Tensor
 
 
 def theorem43_bound(margin: float | Tensor, K: float | Tensor, alpha: float) -> Tensor:
-    """Lower bound on the probability that a fresh sample of one class is ranked right.
+    """prefdyn's lemma (not the paper's Theorem 4.3): the chance a fresh sample is ranked right.
 
-    Our reconstruction of Theorem 4.3 (accuracy guarantee). A sample of class
+    The paper's Theorem 4.3 is a margin condition for the model's own Yes/No
+    accuracy on the training samples (:mod:`prefdyn.theory.theorem43`); this is a
+    held-out reward-ranking bound from a sub-exponential tail. A sample of class
     ``c`` (``s_c = +-1``) is ranked right by the learned reward iff
     ``s_c <u, g> > 0``. Write ``g = mu_c + eps`` and ``margin = s_c <u_hat, mu_c>``
     (the class mean's distance to the boundary; for centered means
