@@ -258,7 +258,8 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
         state = train(policy, objective, feed, optimizer, steps=steps,
                       callbacks=[*run_callbacks, *callbacks], max_grad_norm=max_grad_norm,
                       start_step=folder.start_step if folder else 0,
-                      grad_sync=dist.grad_sync if dist.active else None)
+                      grad_sync=dist.grad_sync if dist.active else None,
+                      divergence_factor=cfg.divergence_factor)
     except TrainingError as e:
         if folder is not None:
             write_outcome(folder, steps=steps, last_step=(e.step or 1) - 1, error=e,
