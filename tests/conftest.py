@@ -7,6 +7,19 @@ the repository root on ``sys.path`` and helpers import by full name, e.g.
 
 import pytest
 
+from tests._warnings import prefdyn_warnings
+
+
+@pytest.fixture(autouse=True)
+def _prefdyn_calls_do_not_warn():
+    """A warning that prefdyn's own calls raise fails the test (rule: ``tests/_warnings.py``),
+    so a deprecated transformers or torch API is replaced before an upgrade removes it."""
+    with prefdyn_warnings() as found:
+        yield
+    if found:
+        pytest.fail("prefdyn's calls raised warnings:\n" + "\n".join(dict.fromkeys(found)),
+                    pytrace=False)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

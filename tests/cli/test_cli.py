@@ -65,6 +65,20 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert r.returncode == 2 and "nope" in r.stderr
 
 
+def test_a_diverging_run_is_a_one_line_error_and_keeps_its_metrics(common, tmp_path):
+    r = prefdyn("distinguishability", *common, "--lr", "1e12", "--out", tmp_path,
+                "--behaviors", "kindness,patience", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: step 2: loss ")
+    assert "the run diverged: the learning rate 1e+12 is likely too large" in errors[0]
+    out = tmp_path / "distinguishability"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed_at_step"] == 2 and summary["error"] == errors[0].removeprefix("error: ")
+    steps = {json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert steps == {0} and not (out / "report.html").exists()
+
+
 def test_filter_through_the_entry_point(tiny_model_dir, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     rows = [{"prompt": f"Q{i}: say something.", "chosen": " Yes, gladly" + "!" * i, "rejected": " No"}

@@ -134,3 +134,16 @@ def test_page_is_styled_for_narrow_screens_and_print(report):
     html = report.render()
     assert '<meta name="viewport"' in html
     assert "@media (max-width:640px)" in html and "@media print" in html
+
+
+def test_wide_tables_scroll_inside_their_card_with_a_cue():
+    report = Report("t")
+    report.section("s").table([{f"column_{i}": float(i) for i in range(20)}])
+    html = report.render()
+    assert '<div class="table-wrap"><table>' in html
+    assert '<th scope="col" class="num">column_<wbr>7</th>' in html  # headers may break at "_"
+    css = html[html.index("<style>"):html.index("</style>")]
+    wrap = re.search(r"\.table-wrap\{([^}]*)\}", css).group(1)
+    assert "overflow-x:auto" in wrap and "max-width:100%" in wrap
+    assert wrap.count("no-repeat local") == 2 and wrap.count("no-repeat scroll") == 2  # edge shadows
+    assert ".table-wrap::-webkit-scrollbar{height:10px}" in css  # visible even with overlay scrollbars

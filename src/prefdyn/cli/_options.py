@@ -40,7 +40,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except PrefdynError as e:
-            err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+            err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from prefdyn.models.kv_cache import cache_kwargs, output_cache
+
 
 def common_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
     """Length of the longest common token prefix, leaving >= 1 suffix token per text.
@@ -34,8 +36,7 @@ def common_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
 def prefix_cache(decoder, prefix_ids: Sequence[int], device: torch.device):
     """Run the prefix once (batch 1) and return its filled key/value cache."""
     input_ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
-    out = decoder(input_ids=input_ids, use_cache=True)
-    return out.past_key_values
+    return output_cache(decoder(input_ids=input_ids, use_cache=True))
 
 
 def suffix_last_hidden(decoder, cache, prefix_len: int, suffixes: Sequence[Sequence[int]],
@@ -61,7 +62,7 @@ def suffix_last_hidden(decoder, cache, prefix_len: int, suffixes: Sequence[Seque
         # each batch gets its own copy, repeated to the batch size.
         batch_cache = copy.deepcopy(cache)
         batch_cache.batch_repeat_interleave(batch)
-        prefix = {"past_key_values": batch_cache}
+        prefix = cache_kwargs(decoder, batch_cache)
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=cache is not None, **prefix)
     return out.last_hidden_state[torch.arange(batch, device=device), lengths - 1]

@@ -188,7 +188,9 @@ class Section:
         # A column is numeric (right-aligned, header too) when all its filled cells are.
         numeric = [all(cell[1] for cell in col if cell[0]) and any(cell[0] for cell in col)
                    for col in zip(*cells)] if cells else [False] * len(columns)
-        head = "".join(f'<th scope="col"{_NUM if n else ""}>{_esc(c)}</th>'
+        # Column names are identifiers (separable_share, chosen_logp_change): a header may
+        # break after an underscore, so a many-column table still fits its card.
+        head = "".join(f'<th scope="col"{_NUM if n else ""}>{_esc(c).replace("_", "_<wbr>")}</th>'
                        for c, n in zip(columns, numeric))
         body = "".join(
             "<tr>" + "".join(f'<td{_NUM if n else ""}>{text}</td>'
@@ -290,8 +292,9 @@ def _css() -> str:
     s = _style
     return f"""
 :root{{--ink:{s.INK};--muted:{s.MUTED};--rule:{s.RULE};--accent:{s.ACCENT};
---good:{s.GOOD};--warn:{s.WARN};--bad:{s.BAD};--bg:#f5f7fa;--card:#fff;--zebra:#f6f8fa;
---head:#eef1f5;color-scheme:light}}
+--good:{s.GOOD};--warn:{s.WARN};--bad:{s.BAD};--bg:#f5f7fa;--card:#fff;
+--zebra:rgba(31,64,104,.037);--head:rgba(31,64,104,.072);--shade:rgba(16,24,40,.3);
+color-scheme:light}}
 *{{box-sizing:border-box}}
 html{{-webkit-text-size-adjust:100%;text-size-adjust:100%}}
 body{{margin:0;background:var(--bg);color:var(--ink);font:16px/1.55 system-ui,-apple-system,
@@ -326,13 +329,23 @@ figure img{{display:block;max-width:100%;height:auto;margin:0 auto}}
 figcaption{{font-size:.88rem;color:var(--muted);margin-top:.5rem;contain:inline-size}}
 .figrow{{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:0 24px;
 align-items:start}}
-.table-wrap{{overflow-x:auto;margin:20px 0;-webkit-overflow-scrolling:touch}}
+.table-wrap{{overflow-x:auto;margin:20px 0;max-width:100%;-webkit-overflow-scrolling:touch;
+overscroll-behavior-x:contain;
+background:linear-gradient(90deg,var(--card) 40%,rgba(255,255,255,0)) 0 0/32px 100% no-repeat local,
+linear-gradient(270deg,var(--card) 40%,rgba(255,255,255,0)) 100% 0/32px 100% no-repeat local,
+radial-gradient(farthest-side at 0 50%,var(--shade),rgba(16,24,40,0)) 0 0/14px 100% no-repeat scroll,
+radial-gradient(farthest-side at 100% 50%,var(--shade),rgba(16,24,40,0)) 100% 0/14px 100% no-repeat scroll}}
+.table-wrap::-webkit-scrollbar{{height:10px}}
+.table-wrap::-webkit-scrollbar-track{{background:var(--zebra);border-radius:5px}}
+.table-wrap::-webkit-scrollbar-thumb{{background:#b6c0cb;border-radius:5px}}
+@supports not selector(::-webkit-scrollbar){{.table-wrap{{scrollbar-width:thin;
+scrollbar-color:#b6c0cb var(--zebra)}}}}
 table{{border-collapse:collapse;font-size:.9rem;margin:0 auto;min-width:50%}}
 caption{{caption-side:bottom;text-align:left;color:var(--muted);font-size:.85rem;
 padding-top:.5rem}}
-th,td{{padding:6px 14px;text-align:left;vertical-align:top;border-bottom:1px solid var(--rule)}}
+th,td{{padding:6px 12px;text-align:left;vertical-align:top;border-bottom:1px solid var(--rule)}}
 thead th{{background:var(--head);font-weight:600;border-bottom:1px solid #c3ccd6;
-white-space:nowrap}}
+vertical-align:bottom;overflow-wrap:normal}}
 tbody tr:nth-child(even){{background:var(--zebra)}}
 .num{{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}}
 .na{{color:var(--muted)}}
@@ -360,5 +373,6 @@ body{{background:#fff;font-size:10.5pt}}.page{{max-width:none;padding:0}}
 section{{border:0;border-radius:0;padding:0;margin:18pt 0}}
 h2{{break-after:avoid;page-break-after:avoid}}
 figure,.card,.note,table,tr{{break-inside:avoid;page-break-inside:avoid}}
-.table-wrap{{overflow:visible}}a{{color:inherit;text-decoration:none}}}}
+.table-wrap{{overflow:visible}}table{{font-size:8pt}}th,td{{padding:3px 6px}}
+a{{color:inherit;text-decoration:none}}}}
 """

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from prefdyn.errors import PrefdynError
+from prefdyn.training.divergence import DEFAULT_DIVERGENCE_FACTOR
 
 
 @dataclass
@@ -26,6 +27,12 @@ class TrainConfig:
     ``optimizer=None`` is the mode's default (:meth:`optimizer_for`): plain gradient
     descent for the last layer (Im & Li's analysis), AdamW for LoRA and full
     fine-tuning (the seed's Section 5 and App. C setting).
+
+    ``divergence_factor``: a run whose batch loss or largest |reward margin| grows that
+    many times past its first-step value (floored at 1) stops with a
+    :class:`~prefdyn.errors.TrainingError` naming the step, as a NaN loss does (the rule
+    and why a healthy run never meets it: :mod:`prefdyn.training.divergence`). ``None``
+    disables the check.
     """
 
     loss: str = "dpo"
@@ -42,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     grad_accum: int = 1
     epochs: int | None = None
+    divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR
 
     def optimizer_for(self, mode: str) -> str:
         """The optimizer a ``mode`` ("last_layer", "lora", "full") runs with."""
@@ -71,5 +79,8 @@ class TrainConfig:
         if self.batch_size is not None and self.batch_size < self.grad_accum:
             raise PrefdynError(f"batch_size {self.batch_size} is smaller than grad_accum "
                                f"{self.grad_accum}: a micro-batch would be empty")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise PrefdynError(f"divergence_factor must be > 1 (or None to disable the check), "
+                               f"got {self.divergence_factor}")
         if self.log_every < 1 or self.eval_every < 1:
             raise PrefdynError("log_every and eval_every must be >= 1")

@@ -170,7 +170,7 @@ def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs) -> Checkpoi
 
 def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None,
            feed: Iterator[Any], callbacks: Sequence[Callback],
-           max_grad_norm: float | None) -> TrainState:
+           max_grad_norm: float | None, divergence_factor: float | None) -> TrainState:
     """The one loop, in train mode; how it ended written to the run folder (also on a
     NaN/inf loss, whose :class:`TrainingError` is re-raised); eval mode after."""
     folder, policy, steps = records.folder, setup.policy, setup.steps
@@ -180,7 +180,8 @@ def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None
         state = train(policy, setup.objective, feed, setup.optimizer, steps=steps,
                       callbacks=[*run_callbacks, *callbacks], max_grad_norm=max_grad_norm,
                       start_step=folder.start_step if folder else 0,
-                      grad_sync=setup.dist.grad_sync if setup.dist.active else None)
+                      grad_sync=setup.dist.grad_sync if setup.dist.active else None,
+                      divergence_factor=divergence_factor)
     except TrainingError as e:
         if folder is not None:
             write_outcome(folder, steps=steps, last_step=(e.step or 1) - 1, error=e,
@@ -249,7 +250,7 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     records = open_records(setup, cfg, outputs)
     saver = resume(setup, records, outputs)
     feed = reference.wrap(to_device(b, setup.device) for b in batches)
-    state = _train(setup, records, saver, feed, callbacks, max_grad_norm)
+    state = _train(setup, records, saver, feed, callbacks, max_grad_norm, cfg.divergence_factor)
     return LMRun(setup.policy, records.history, setup.lr, state, setup.optimizer)
 
 

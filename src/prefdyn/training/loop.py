@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from prefdyn.tracking.callbacks import Callback, CallbackList
+from prefdyn.training.divergence import DEFAULT_DIVERGENCE_FACTOR, DivergenceGuard
 from prefdyn.training.step import GradSync, Objective, Policy, StepOutput, training_step
 
 log = logging.getLogger(__name__)
@@ -29,19 +30,24 @@ class TrainState:
 def train(policy: Policy, objective: Objective, batches: Iterator[Any],
           optimizer: torch.optim.Optimizer, *, steps: int,
           callbacks: Sequence[Callback] = (), max_grad_norm: float | None = None,
-          start_step: int = 0, grad_sync: GradSync | None = None) -> TrainState:
+          start_step: int = 0, grad_sync: GradSync | None = None,
+          divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR) -> TrainState:
     """Run updates ``start_step + 1 .. steps``. Callbacks see every step; on an error
     they are told (``on_train_end`` with ``state.error`` set) before it propagates, so
     whatever they recorded is kept. ``grad_sync`` is passed to the step (distributed
-    runs)."""
+    runs). A loss or reward margin that grows ``divergence_factor`` times past its
+    first-step value stops the run like a NaN does (:mod:`prefdyn.training.divergence`;
+    ``None``: never)."""
     cbs = CallbackList(callbacks)
     state = TrainState(step=start_step, max_steps=steps)
+    guard = DivergenceGuard(divergence_factor) if divergence_factor is not None else None
     cbs.on_train_start(state, policy)
     try:
         for step in range(start_step + 1, steps + 1):
             batch = next(batches)
             out: StepOutput = training_step(policy, objective, batch, optimizer, step=step,
-                                            max_grad_norm=max_grad_norm, grad_sync=grad_sync)
+                                            max_grad_norm=max_grad_norm, grad_sync=grad_sync,
+                                            guard=guard)
             state.step = step
             cbs.on_step_end(state, policy, out)
             if state.stop:

@@ -122,7 +122,8 @@ def fit_last_layer_resumable(W_init: Tensor, train_data: LastLayerData, cfg: Tra
                                extra={"lr": run.lr, "lr_info": run.lr_info, "config": _config_dict(cfg)})
     try:
         state = train(policy, run.objective, run.batches, optimizer, steps=cfg.steps,
-                      callbacks=[tracker, saver, *callbacks], start_step=start_step)
+                      callbacks=[tracker, saver, *callbacks], start_step=start_step,
+                      divergence_factor=cfg.divergence_factor)
     finally:
         sink.close()
     return LastLayerRun(policy, history, run.lr, run.lr_info, state)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from prefdyn.errors import TrainingError
 from prefdyn.losses.types import LossOutput, PreferenceLogps, compute_loss
+from prefdyn.training.divergence import DivergenceGuard, likely_cause, peak_abs_margin
 
 
 class Policy(Protocol):
@@ -44,7 +45,7 @@ class StepOutput:
 GradSync = Callable[[list[Tensor], bool, int], bool]
 """Distributed hook ``(grads, finite, n_examples) -> all_finite``: replace the gradients
 in place by the example-weighted mean over processes and say whether every process had
-a finite loss (see :mod:`prefdyn.training.distributed`)."""
+a finite (and not diverged) loss (see :mod:`prefdyn.training.distributed`)."""
 
 
 def _size(batch: Any) -> int:
@@ -66,9 +67,12 @@ def _cat(parts: list, kind):
 def training_step(policy: Policy, objective: Objective, batch: Any,
                   optimizer: torch.optim.Optimizer, *, step: int,
                   max_grad_norm: float | None = None,
-                  grad_sync: GradSync | None = None) -> StepOutput:
+                  grad_sync: GradSync | None = None,
+                  guard: DivergenceGuard | None = None) -> StepOutput:
     """One update. Raises :class:`TrainingError` naming the step on a NaN/inf loss or
-    gradient, *before* the weights are touched, so the last good state is kept.
+    gradient, or on a loss or margin that ``guard`` finds diverged
+    (:mod:`prefdyn.training.divergence`), *before* the weights are touched, so the last
+    good state is kept.
 
     ``batch`` may be a list of micro-batches (gradient accumulation): each one is
     back-propagated with its loss weighted by its share of the examples, so the
@@ -85,7 +89,7 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
     total = sum(sizes)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = problem_sum = None
-    outs, logps_parts = [], []
+    outs, logps_parts, peaks = [], [], []
     finite = True
     for b, size in zip(micro, sizes):
         loss, problem_loss, out, logps = compute_loss(policy, objective, b)
@@ -98,6 +102,12 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
         problem_sum = problem_loss.detach() * weight + (0 if problem_sum is None else problem_sum)
         outs.append(out.detach())
         logps_parts.append(logps.detach())
+        if guard is not None:
+            peaks.append(peak_abs_margin(out, getattr(b, "mask", None)))
+    diverged = None
+    if finite and guard is not None and outs:
+        diverged = guard.check(loss_sum.item(), torch.stack(peaks).max().item())
+        finite = diverged is None
     if grad_sync is not None:
         # Collective: every process must reach it, even one whose loss is not finite.
         params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
@@ -107,6 +117,9 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
         finite = grad_sync(grads, finite, total)
     if not finite:
         optimizer.zero_grad(set_to_none=True)
+        if diverged is not None:
+            raise TrainingError(f"{diverged}: {likely_cause(optimizer)}; weights left at step "
+                                f"{step - 1}", step=step)
         value = loss_sum.item() if loss_sum is not None and not torch.isfinite(loss_sum) else "nan"
         raise TrainingError(f"loss is {value} (not finite); weights left at step {step - 1}",
                             step=step)
