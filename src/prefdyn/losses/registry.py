@@ -1,13 +1,14 @@
-"""Loss registry: name -> pure per-example loss function."""
+"""Loss registry: name -> pure per-example objective (preference, SFT, policy gradient)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 from prefdyn.errors import PrefdynError
-from prefdyn.losses.types import LossOutput, PreferenceLogps
+from prefdyn.losses.types import LossOutput
 
 LossFn = Callable[..., LossOutput]
 _LOSSES: dict[str, LossFn] = {}
@@ -29,8 +30,9 @@ def available_losses() -> list[str]:
     return sorted(_LOSSES)
 
 
-def get_loss(name: str, **params) -> Callable[[PreferenceLogps], LossOutput]:
-    """The loss ``name`` with its hyper-parameters (e.g. ``beta``) bound."""
+def get_loss(name: str, **params) -> Callable[[Any], LossOutput]:
+    """The loss ``name`` with its hyper-parameters (e.g. ``beta``) bound: a function of
+    the container its policy produces (e.g. ``PreferenceLogps``, ``RolloutLogps``)."""
     if name not in _LOSSES:
         raise PrefdynError(f"unknown loss {name!r}; available: {', '.join(available_losses())}")
     fn = _LOSSES[name]
