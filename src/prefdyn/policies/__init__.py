@@ -1,0 +1,1 @@
+"""Policies: how a model turns a batch into what its objective needs."""
