@@ -86,7 +86,9 @@ def _check(rollout: RolloutLogps) -> tuple[Tensor, Tensor]:
 
 def _group_stats(rewards: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per sample: (its group's size, reward sum, unbiased reward std), each (..., n)."""
-    n_groups = int(groups.max()) + 1 if groups.numel() else 0
+    if not groups.numel():  # an empty shard
+        return rewards, rewards, rewards
+    n_groups = int(groups.max()) + 1
     onehot = torch.nn.functional.one_hot(groups, n_groups).to(rewards.dtype)  # (..., n, G)
     counts = onehot.sum(-2)                                                   # (..., G)
     sums = torch.einsum("...n,...ng->...g", rewards, onehot)
