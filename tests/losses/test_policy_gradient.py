@@ -125,3 +125,11 @@ def test_bradley_terry_is_eq2_per_pair():
     out = get_loss("bradley_terry")(PairScores(_t([1.0]), _t([0.0])))
     assert out.losses.item() == pytest.approx(math.log(1 + math.exp(-1)))
     assert out.metrics["chosen_reward"].item() == 1.0
+
+
+def test_available_losses_by_the_container_they_take():
+    from prefdyn.losses import available_losses
+
+    assert available_losses(BanditLogps) == ["expected_reward"]
+    assert set(available_losses(RolloutLogps)) == {"grpo", "ppo_clip", "reinforce", "rloo", "sft"}
+    assert "dpo" in available_losses(PreferenceLogps) and "rloo" not in available_losses(PreferenceLogps)

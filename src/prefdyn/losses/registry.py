@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +28,18 @@ def register_loss(name: str) -> Callable[[LossFn], LossFn]:
     return add
 
 
-def available_losses() -> list[str]:
-    return sorted(_LOSSES)
+def loss_input_types(name: str) -> tuple[type, ...]:
+    """The container types the loss ``name`` takes (from its first parameter's hint)."""
+    fn = _LOSSES[name]
+    first = next(iter(inspect.signature(fn).parameters))
+    hint = typing.get_type_hints(fn)[first]
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def available_losses(takes: type | None = None) -> list[str]:
+    """Registered loss names; with ``takes``, only those whose input is that container
+    (e.g. ``PreferenceLogps`` for the pair runners, ``RolloutLogps`` for sampled RL)."""
+    return sorted(n for n in _LOSSES if takes is None or takes in loss_input_types(n))
 
 
 def get_loss(name: str, **params) -> Callable[[Any], LossOutput]:
