@@ -99,3 +99,18 @@ def test_a_grpo_run_with_a_kl_penalty_goes_through_the_one_training_step(setup, 
     assert calls == [1, 2]
     assert seen[0] == ["advantage", "clip_frac", "kl", "length", "reward"]
     assert not torch.equal(before, model.lm_head.weight)
+
+
+def test_micro_batches_of_different_response_lengths_concatenate_in_the_step(setup):
+    from prefdyn.training.step import training_step
+
+    tok, prompts = setup
+    model = tiny_llama()
+    a = next(_stream(model, tok, prompts, max_new_tokens=2))
+    b = next(_stream(model, tok, prompts, max_new_tokens=6, seed=2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    out = training_step(RolloutPolicy(model), get_loss("rloo"), [a, b], opt, step=1)
+    T = max(a.response_mask.shape[1], b.response_mask.shape[1])
+    assert out.logps.logps.shape == out.logps.mask.shape == (12, T)
+    assert out.logps.mask[:6, a.response_mask.shape[1]:].sum() == 0  # padded, masked out
+    assert out.out.losses.shape == (12,)

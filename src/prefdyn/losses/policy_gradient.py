@@ -132,11 +132,7 @@ def grpo_advantages(rewards: Tensor, groups: Tensor, scale: str = "group",
     raise PrefdynError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
 
 
-_ADVANTAGES = {
-    "rloo": lambda r, g: rloo_advantages(r, g),
-    "grpo": lambda r, g: grpo_advantages(r, g),
-    "none": lambda r, g: r,
-}
+_ADVANTAGES = {"rloo": rloo_advantages, "grpo": grpo_advantages, "none": lambda r, g: r}
 
 
 def policy_gradient_output(rollout: RolloutLogps, advantages: Tensor, *,
