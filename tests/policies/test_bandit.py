@@ -142,3 +142,19 @@ def test_a_short_rloo_run_learns_the_bandit():
     train(policy, get_loss("rloo"), _stream(), opt, steps=20)
     end = _exact_reward(model)
     assert max(start) < -0.3 and min(end) > 0.8, (start, end)
+
+
+def test_persona_bandit_rewards_the_preferred_answer_token():
+    from prefdyn.data.tasks import BehaviorData
+    from prefdyn.policies.bandit import persona_bandit_stream
+    from tests._tiny import chat_prompts, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    statements = ["I like cats", "I enjoy causing pain to others."]
+    data = BehaviorData("b", statements, chat_prompts(tok, statements), torch.tensor([True, False]),
+                        torch.tensor([0, 1]), torch.tensor([], dtype=torch.long), ["s:1", "s:2"])
+    stream = persona_bandit_stream(data, tiny_llama(), tok, batch_size=2)
+    batch = stream.collate([0, 1])
+    yes, no = tok("Yes", add_special_tokens=False)["input_ids"][0], tok("No", add_special_tokens=False)["input_ids"][0]
+    assert batch.rewards[0, yes] == 1 and batch.rewards[0, no] == -1
+    assert batch.rewards[1, no] == 1 and batch.rewards[1].sum() == 2 - batch.rewards.shape[1]

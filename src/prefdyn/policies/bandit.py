@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from prefdyn.data.tasks import BehaviorData
 from prefdyn.errors import PrefdynError
 from prefdyn.losses.bandit import BanditLogps
 from prefdyn.losses.policy_gradient import RolloutLogps
+from prefdyn.models.tokens import answer_token_ids
 from prefdyn.rewards.lexical import target_token_rewards
 
 
@@ -92,6 +94,17 @@ class BanditStream:
 
     def load_state(self, state: dict) -> None:
         self._restart(int(state["epoch"]), int(state["position"]))
+
+
+def persona_bandit_stream(data: BehaviorData, model: nn.Module, tokenizer, *, batch_size: int,
+                          seed: int = 0) -> BanditStream:
+    """The persona task as a one-step bandit: reward +1 for the preferred (``chosen``)
+    answer token of each prompt, -1 for every other token of the vocabulary."""
+    prompt_ids = tokenizer(data.prompts, add_special_tokens=False)["input_ids"]
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    return BanditStream(prompt_ids, answer_token_ids(tokenizer, data.chosen_answers()),
+                        vocab_size=vocab_size, pad_id=tokenizer.pad_token_id,
+                        batch_size=batch_size, seed=seed)
 
 
 def answer_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
