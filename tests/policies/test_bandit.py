@@ -78,32 +78,43 @@ def test_sampled_estimators_average_to_their_exact_expectation(name, params, fac
     target = torch.cat([g.reshape(-1) for g in torch.autograd.grad(
         logits, wparams, grad_outputs=expected.float())])
     u = target / target.norm()
-    policy = BanditPolicy(model, group_size=k, generator=torch.Generator().manual_seed(1))
-    proj = torch.stack([_flat_grad(loss(policy.logps(batch)).losses.mean(), wparams) @ u
-                        for _ in range(draws)]).double()
+    policy = BanditPolicy(model, group_size=k)
+    proj = torch.stack([
+        _flat_grad(loss(policy.logps(_stream().collate([0, 1], sample_seed=m))).losses.mean(), wparams) @ u
+        for m in range(draws)]).double()
     se = proj.std() / math.sqrt(draws)
     assert abs(proj.mean() - target.norm()) < 4 * se, (proj.mean(), target.norm(), se)
 
 
-def test_sampling_is_reproducible_and_resumable_from_the_generator_state():
-    model, batch = _model(), _stream().collate([0, 1, 2])
-    a = BanditPolicy(model, group_size=4, generator=torch.Generator().manual_seed(7))
-    a.logps(batch)
-    saved = a.state()
-    want = a.logps(batch).rewards
-    b = BanditPolicy(model, group_size=4)
-    b.load_state(saved)
-    assert torch.equal(b.logps(batch).rewards, want)
+def test_a_resumed_sampled_run_ends_where_an_unbroken_one_does():
+    """The stream's state (JSON, as a checkpoint stores it) carries the sampling RNG."""
+    import json
+
+    def run(model, stream, steps, start=0):
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        train(BanditPolicy(model, group_size=4), get_loss("rloo"), stream, opt, steps=steps,
+              start_step=start)
+
+    whole = _model()
+    run(whole, _stream(batch_size=2, seed=3), 4)
+    half, stream = _model(), _stream(batch_size=2, seed=3)
+    run(half, stream, 2)
+    saved = json.loads(json.dumps(stream.state()))
+    resumed = _stream(batch_size=2, seed=3)
+    resumed.load_state(saved)
+    run(half, resumed, 4, start=2)  # plain SGD: no optimizer state to carry
+    for a, b in zip(whole.parameters(), half.parameters()):
+        torch.testing.assert_close(a, b)
 
 
 def test_stream_resumes_mid_epoch():
     a = _stream(batch_size=2, seed=3)
     next(a)
     saved = a.state()
-    want = [next(a).rows.tolist() for _ in range(3)]
+    want = [(b.rows.tolist(), b.sample_seed) for b in (next(a) for _ in range(3))]
     b = _stream(batch_size=2, seed=3)
     b.load_state(saved)
-    assert [next(b).rows.tolist() for _ in range(3)] == want
+    assert [(x.rows.tolist(), x.sample_seed) for x in (next(b) for _ in range(3))] == want
 
 
 @pytest.mark.parametrize("group_size,name", [(None, "expected_reward"), (4, "rloo"),
@@ -134,27 +145,34 @@ def _exact_reward(model) -> list[float]:
     return out.metrics["reward"].tolist()
 
 
+def _rloo_run(model, steps=20):
+    train(BanditPolicy(model, group_size=8), get_loss("rloo"), _stream(),
+          torch.optim.Adam(model.parameters(), lr=0.01), steps=steps)
+
+
 def test_a_short_rloo_run_learns_the_bandit():
-    model = _model()
+    model = tiny_llama(0, hidden=32, vocab=VOCAB, init_std=0.3)
     start = _exact_reward(model)
-    policy = BanditPolicy(model, group_size=8, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    train(policy, get_loss("rloo"), _stream(), opt, steps=20)
+    _rloo_run(model)
     end = _exact_reward(model)
-    assert max(start) < -0.3 and min(end) > 0.8, (start, end)
+    assert sum(start) / 3 < 0.2 and min(end) > 0.9, (start, end)
 
 
-def test_persona_bandit_rewards_the_preferred_answer_token():
-    from prefdyn.data.tasks import BehaviorData
-    from prefdyn.policies.bandit import persona_bandit_stream
-    from tests._tiny import chat_prompts, tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    statements = ["I like cats", "I enjoy causing pain to others."]
-    data = BehaviorData("b", statements, chat_prompts(tok, statements), torch.tensor([True, False]),
-                        torch.tensor([0, 1]), torch.tensor([], dtype=torch.long), ["s:1", "s:2"])
-    stream = persona_bandit_stream(data, tiny_llama(), tok, batch_size=2)
-    batch = stream.collate([0, 1])
-    yes, no = tok("Yes", add_special_tokens=False)["input_ids"][0], tok("No", add_special_tokens=False)["input_ids"][0]
-    assert batch.rewards[0, yes] == 1 and batch.rewards[0, no] == -1
-    assert batch.rewards[1, no] == 1 and batch.rewards[1].sum() == 2 - batch.rewards.shape[1]
+def test_inputs_with_tiny_reward_std_barely_move_while_the_others_learn():
+    """Razin et al.'s Finding II on the bandit: "RFT has limited impact on the reward of
+    inputs with small reward std"; sharp random logits (init std 1) give two prompts a
+    reward std ~0.05 at V ~ -1."""
+    model = tiny_llama(0, hidden=16, vocab=VOCAB, init_std=1.0)
+    batch = _stream().collate([0, 1, 2])
+    with torch.no_grad():
+        std = get_loss("expected_reward")(BanditPolicy(model).logps(batch)).metrics["reward_std"]
+    start = _exact_reward(model)
+    _rloo_run(model)
+    end = _exact_reward(model)
+    small = std < 0.1
+    assert small.sum() == 2 and (~small).sum() == 1, std
+    for i in range(3):
+        if small[i]:
+            assert start[i] < -0.99 and end[i] < -0.95, (start, end)  # stuck near the worst reward
+        else:
+            assert end[i] > 0.95, (start, end)

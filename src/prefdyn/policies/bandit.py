@@ -27,12 +27,15 @@ from prefdyn.rewards.lexical import target_token_rewards
 
 @dataclass
 class BanditBatch:
-    """Left-padded prompts ``(n, L)`` and each prompt's reward of every token ``(n, V)``."""
+    """Left-padded prompts ``(n, L)``, each prompt's reward of every token ``(n, V)``, and
+    the seed of the answers sampled for it (drawn by the stream, so the stream's state
+    is the run's whole sampling state: a resumed run draws the same answers)."""
 
     input_ids: Tensor
     attention_mask: Tensor
     rewards: Tensor
     rows: Tensor
+    sample_seed: int = 0  # seeds the answers a sampling policy draws for this batch
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -58,6 +61,7 @@ class BanditStream:
         self.prompt_ids = [list(p) for p in prompt_ids]
         self.table = target_token_rewards(torch.tensor(list(targets)), vocab_size, hit=hit, miss=miss)
         self.pad_id, self.batch_size, self.seed = pad_id, min(batch_size, len(prompt_ids)), seed
+        self.generator = torch.Generator().manual_seed(seed)
         self._restart(0, 0)
 
     def __len__(self) -> int:
@@ -68,7 +72,7 @@ class BanditStream:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         self.order = torch.randperm(len(self), generator=gen).tolist()
 
-    def collate(self, rows: Sequence[int]) -> BanditBatch:
+    def collate(self, rows: Sequence[int], sample_seed: int = 0) -> BanditBatch:
         width = max(len(self.prompt_ids[r]) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -77,7 +81,7 @@ class BanditStream:
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
         rows_t = torch.tensor(list(rows))
-        return BanditBatch(ids, mask, self.table[rows_t], rows_t)
+        return BanditBatch(ids, mask, self.table[rows_t], rows_t, sample_seed)
 
     def __iter__(self):
         return self
@@ -87,13 +91,16 @@ class BanditStream:
             self._restart(self.epoch + 1, 0)
         rows = self.order[self.position:self.position + self.batch_size]
         self.position += len(rows)
-        return self.collate(rows)
+        return self.collate(rows, int(torch.randint(2**62, (), generator=self.generator)))
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        """JSON-serializable (it goes into a checkpoint's state.json)."""
+        return {"epoch": self.epoch, "position": self.position,
+                "generator": self.generator.get_state().tolist()}
 
     def load_state(self, state: dict) -> None:
         self._restart(int(state["epoch"]), int(state["position"]))
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
 def persona_bandit_stream(data: BehaviorData, model: nn.Module, tokenizer, *, batch_size: int,
@@ -119,16 +126,15 @@ def answer_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -
 class BanditPolicy:
     """``logps(batch)``: the exact answer distribution (:class:`BanditLogps`, for
     ``expected_reward``) when ``group_size`` is None, else ``group_size`` answers per
-    prompt sampled from it with ``generator`` (:class:`RolloutLogps` of one token,
-    rewards read off the batch's table, group = prompt) for the sampled estimators.
-    ``reference``: a frozen model for pi_ref (needed only with a KL penalty)."""
+    prompt sampled from it with the batch's ``sample_seed`` (:class:`RolloutLogps` of
+    one token, rewards read off the batch's table, group = prompt) for the sampled
+    estimators. ``reference``: a frozen model for pi_ref (needed only with a KL penalty)."""
 
     def __init__(self, model: nn.Module, *, group_size: int | None = None,
-                 generator: torch.Generator | None = None, reference: nn.Module | None = None):
+                 reference: nn.Module | None = None):
         if group_size is not None and group_size < 1:
             raise PrefdynError(f"group_size must be >= 1, got {group_size}")
         self.model, self.group_size, self.reference = model, group_size, reference
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
     def parameters(self):
         return self.model.parameters()
@@ -150,7 +156,8 @@ class BanditPolicy:
         k = self.group_size
         # Sampled on the CPU generator so that a run is reproducible on any device.
         probs = logps.detach().exp().cpu().double()
-        answers = torch.multinomial(probs, k, replacement=True, generator=self.generator).to(device)
+        gen = torch.Generator().manual_seed(batch.sample_seed)
+        answers = torch.multinomial(probs, k, replacement=True, generator=gen).to(device)
         token_logps = logps.gather(-1, answers).reshape(-1, 1)       # (n*k, 1)
         rewards = table.gather(-1, answers).reshape(-1)
         groups = torch.arange(len(ids), device=device).repeat_interleave(k)
@@ -161,10 +168,3 @@ class BanditPolicy:
         if self.group_size is None:
             return BanditLogps.empty(self.model.get_output_embeddings().weight.shape[0], device)
         return RolloutLogps.empty(device)
-
-    def state(self) -> dict:
-        """The sampling RNG, saved with a checkpoint so a resumed run draws the same answers."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])

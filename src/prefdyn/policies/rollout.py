@@ -160,12 +160,13 @@ class RolloutStream:
                             torch.tensor(list(rows)), texts, ref_logps)
 
     def state(self) -> dict:
+        """JSON-serializable (it goes into a checkpoint's state.json)."""
         return {"epoch": self.epoch, "position": self.position,
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state().tolist()}
 
     def load_state(self, state: dict) -> None:
         self._restart(int(state["epoch"]), int(state["position"]))
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
 class RolloutPolicy:
