@@ -17,9 +17,9 @@ def test_dpo_matches_hand_computed_value():
     # loss = -log sigmoid(0.5 * (1 - (-1))) = -log sigmoid(1) = log(1 + e^-1)
     out = get_loss("dpo", beta=0.5)(_logps([-1.0], [-3.0], [-2.0], [-2.0]))
     assert out.losses.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-12)
-    assert out.chosen_rewards.item() == pytest.approx(0.5)
-    assert out.rejected_rewards.item() == pytest.approx(-0.5)
-    assert out.margins.item() == pytest.approx(1.0)
+    assert out.metrics["chosen_reward"].item() == pytest.approx(0.5)
+    assert out.metrics["rejected_reward"].item() == pytest.approx(-0.5)
+    assert set(out.metrics) == {"chosen_reward", "rejected_reward"}
 
 
 def test_dpo_at_reference_is_log2():

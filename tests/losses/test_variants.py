@@ -32,7 +32,7 @@ def test_cdpo_matches_hand_computed_value():
     # 0.75 * 0.313261687518 + 0.25 * 1.313261687518 = 0.563261687518
     out = get_loss("cdpo", beta=0.5, label_smoothing=0.25)(_logps(**PAIR))
     assert out.losses.item() == pytest.approx(0.563261687518, abs=1e-9)
-    assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == pytest.approx((0.5, -0.5))
+    assert (out.metrics["chosen_reward"].item(), out.metrics["rejected_reward"].item()) == pytest.approx((0.5, -0.5))
 
 
 def test_robust_matches_hand_computed_value():
@@ -63,7 +63,7 @@ def test_simpo_matches_hand_computed_value():
     out = get_loss("simpo", beta=2.0, gamma=0.5)(logps)
     assert out.losses.item() == pytest.approx(0.201413277982, abs=1e-9)
     # reference-free: the rewards are SimPO's beta * average log-prob
-    assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == pytest.approx((-2.0, -4.0))
+    assert (out.metrics["chosen_reward"].item(), out.metrics["rejected_reward"].item()) == pytest.approx((-2.0, -4.0))
 
 
 def test_simpo_ignores_the_reference_but_reports_dpo_rewards():
@@ -71,7 +71,7 @@ def test_simpo_ignores_the_reference_but_reports_dpo_rewards():
     b = _logps([-2.0], [-6.0], [-9.0], [-0.1], [2.0], [3.0])
     sa, sb = get_loss("simpo", beta=2.0)(a), get_loss("simpo", beta=2.0)(b)
     assert sa.losses.item() == pytest.approx(sb.losses.item())
-    assert sb.chosen_rewards.item() == pytest.approx(2.0 * 7.0)  # beta * (-2 - (-9))
+    assert sb.metrics["chosen_reward"].item() == pytest.approx(2.0 * 7.0)  # beta * (-2 - (-9))
 
 
 def test_simpo_without_lengths_treats_answers_as_single_tokens():
@@ -87,7 +87,7 @@ def test_with_sft_adds_length_normalized_nll_of_chosen():
     # chosen over 4 tokens: 0.313261687518 + 0.2 * (1 / 4) = 0.363261687518
     out = with_sft(dpo, 0.2)(_logps(**PAIR, chosen_len=[4.0], rejected_len=[1.0]))
     assert out.losses.item() == pytest.approx(0.363261687518, abs=1e-9)
-    assert out.chosen_rewards.item() == pytest.approx(0.5)
+    assert out.metrics["chosen_reward"].item() == pytest.approx(0.5)
     with pytest.raises(PrefdynError):
         with_sft(dpo, -1.0)
 

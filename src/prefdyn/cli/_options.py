@@ -12,7 +12,7 @@ from rich.console import Console
 
 from prefdyn.cli._config import build_config
 from prefdyn.errors import PrefdynError
-from prefdyn.losses import available_losses
+from prefdyn.losses import PreferenceLogps, available_losses
 
 err_console = Console(stderr=True)
 console = Console()
@@ -61,7 +61,7 @@ COMMON: dict[str, tuple[str | None, str, Any]] = {
     "beta": ("train", "beta", Annotated[Optional[float], typer.Option(help="DPO beta.")]),
     "lr": ("train", "lr", Annotated[Optional[float], typer.Option(help="Learning rate (default: derived from the curvature at the start).")]),
     "optimizer": ("train", "optimizer", Annotated[Optional[str], typer.Option(help="sgd (the paper) or adamw.")]),
-    "loss": ("train", "loss", Annotated[Optional[str], typer.Option(help=f"Loss: {', '.join(available_losses())}.")]),
+    "loss": ("train", "loss", Annotated[Optional[str], typer.Option(help=f"Loss: {', '.join(available_losses(PreferenceLogps))}.")]),
     "batch_size": ("train", "batch_size", Annotated[Optional[int], typer.Option(help="Minibatch size per behavior (default: full batch).")]),
     "device": ("model", "device", Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")]),
     "cache_dir": ("model", "cache_dir", Annotated[Optional[str], typer.Option(help="Cache folder (default: $PREFDYN_CACHE or ~/.cache/prefdyn).")]),

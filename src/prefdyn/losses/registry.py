@@ -1,13 +1,16 @@
-"""Loss registry: name -> pure per-example loss function."""
+"""Loss registry: name -> pure per-example objective (preference, SFT, policy gradient)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import types
+import typing
 from collections.abc import Callable
+from typing import Any
 
 from prefdyn.errors import PrefdynError
-from prefdyn.losses.types import LossOutput, PreferenceLogps
+from prefdyn.losses.types import LossOutput
 
 LossFn = Callable[..., LossOutput]
 _LOSSES: dict[str, LossFn] = {}
@@ -25,12 +28,23 @@ def register_loss(name: str) -> Callable[[LossFn], LossFn]:
     return add
 
 
-def available_losses() -> list[str]:
-    return sorted(_LOSSES)
+def loss_input_types(name: str) -> tuple[type, ...]:
+    """The container types the loss ``name`` takes (from its first parameter's hint)."""
+    fn = _LOSSES[name]
+    first = next(iter(inspect.signature(fn).parameters))
+    hint = typing.get_type_hints(fn)[first]
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
 
 
-def get_loss(name: str, **params) -> Callable[[PreferenceLogps], LossOutput]:
-    """The loss ``name`` with its hyper-parameters (e.g. ``beta``) bound."""
+def available_losses(takes: type | None = None) -> list[str]:
+    """Registered loss names; with ``takes``, only those whose input is that container
+    (e.g. ``PreferenceLogps`` for the pair runners, ``RolloutLogps`` for sampled RL)."""
+    return sorted(n for n in _LOSSES if takes is None or takes in loss_input_types(n))
+
+
+def get_loss(name: str, **params) -> Callable[[Any], LossOutput]:
+    """The loss ``name`` with its hyper-parameters (e.g. ``beta``) bound: a function of
+    the container its policy produces (e.g. ``PreferenceLogps``, ``RolloutLogps``)."""
     if name not in _LOSSES:
         raise PrefdynError(f"unknown loss {name!r}; available: {', '.join(available_losses())}")
     fn = _LOSSES[name]

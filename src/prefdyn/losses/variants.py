@@ -17,7 +17,7 @@ from torch import Tensor
 from prefdyn.errors import PrefdynError
 from prefdyn.losses.preference import dpo_loss
 from prefdyn.losses.registry import register_loss
-from prefdyn.losses.types import LossOutput, PreferenceLogps
+from prefdyn.losses.types import LossOutput, PreferenceLogps, preference_output
 
 
 def _check_smoothing(eps: float, *, upper: float) -> None:
@@ -43,7 +43,7 @@ def cdpo_loss(logps: PreferenceLogps, *, beta: float = 0.1,
     _check_smoothing(label_smoothing, upper=1.0)
     pos, neg, chosen_r, rejected_r = _dpo_terms(logps, beta)
     eps = label_smoothing
-    return LossOutput((1.0 - eps) * pos + eps * neg, chosen_r, rejected_r)
+    return preference_output((1.0 - eps) * pos + eps * neg, chosen_r, rejected_r)
 
 
 @register_loss("robust")
@@ -56,7 +56,7 @@ def robust_dpo_loss(logps: PreferenceLogps, *, beta: float = 0.1,
     _check_smoothing(label_smoothing, upper=0.5)
     pos, neg, chosen_r, rejected_r = _dpo_terms(logps, beta)
     eps = label_smoothing
-    return LossOutput(((1.0 - eps) * pos - eps * neg) / (1.0 - 2.0 * eps), chosen_r, rejected_r)
+    return preference_output(((1.0 - eps) * pos - eps * neg) / (1.0 - 2.0 * eps), chosen_r, rejected_r)
 
 
 def _lengths(length: Tensor | None, like: Tensor) -> Tensor:
@@ -77,22 +77,22 @@ def simpo_loss(logps: PreferenceLogps, *, beta: float = 2.0, gamma: float = 0.5)
     rejected_avg = logps.rejected / _lengths(logps.rejected_len, logps.rejected)
     losses = -F.logsigmoid(beta * (chosen_avg - rejected_avg) - gamma)
     if logps.ref_chosen is not None and logps.ref_rejected is not None:
-        return LossOutput(losses, beta * logps.chosen_logratio, beta * logps.rejected_logratio)
-    return LossOutput(losses, beta * chosen_avg, beta * rejected_avg)
+        return preference_output(losses, beta * logps.chosen_logratio, beta * logps.rejected_logratio)
+    return preference_output(losses, beta * chosen_avg, beta * rejected_avg)
 
 
 def with_sft(loss_fn: Callable[[PreferenceLogps], LossOutput],
              weight: float) -> Callable[[PreferenceLogps], LossOutput]:
     """``loss_fn`` plus an SFT (negative log-likelihood) term on the chosen response,
     ``- weight * log pi(y+|x) / |y+|`` per example (the length-normalized NLL of RPO,
-    Pang et al. 2024, and of CPO, Xu et al. 2024). Rewards are ``loss_fn``'s."""
+    Pang et al. 2024, and of CPO, Xu et al. 2024). Metrics are ``loss_fn``'s."""
     if weight < 0:
         raise PrefdynError(f"SFT weight must be >= 0, got {weight}")
 
     def objective(logps: PreferenceLogps) -> LossOutput:
         out = loss_fn(logps)
         nll = -logps.chosen / _lengths(logps.chosen_len, logps.chosen)
-        return LossOutput(out.losses + weight * nll, out.chosen_rewards, out.rejected_rewards)
+        return LossOutput(out.losses + weight * nll, out.metrics)
 
     return objective
 

@@ -224,6 +224,10 @@ class LMPolicy(nn.Module):
                    else (None, None))
         return PreferenceLogps(chosen, rejected, batch.ref_chosen, batch.ref_rejected, *lengths)
 
+    def empty_logps(self, device: torch.device | str | None = None) -> PreferenceLogps:
+        """No pairs: what a process with an empty shard reports (see training.step)."""
+        return PreferenceLogps.empty(device)
+
     def start_tensors(self) -> Iterator[tuple[str, Tensor]]:
         """(name, W(0)) of every parameter that has a start (full mode), each read once."""
         if self.reference_model is not None:

@@ -64,7 +64,7 @@ def evaluate_batches(policy: LMPolicy, objective: Objective, batches: Sequence[A
                                     batch.ref_rejected, *lengths)
             out = objective(logps)
             values = per_example_metrics(out, logps)
-            values["dpo_weight"] = torch.sigmoid(-out.margins)
+            values["dpo_weight"] = torch.sigmoid(-values["margin"])
             values["logp_diff"] = logps.chosen - logps.rejected
             parts.append({k: v.detach().float().cpu() for k, v in values.items()})
     finally:

@@ -11,15 +11,18 @@ from prefdyn.losses.types import LossOutput, PreferenceLogps, masked_mean
 def per_example_metrics(out: LossOutput, logps: PreferenceLogps) -> dict[str, Tensor]:
     """Per-example quantities whose means are tracked, each (..., n).
 
+    margin: the implicit reward margin ``chosen_reward - rejected_reward`` (the
+    objective's metrics; present when it reports both);
     reward_acc: the implicit reward prefers y+ (margin > 0; ties at the start count 0);
     policy_acc: the policy itself prefers y+ (log pi(y+) > log pi(y-));
     chosen_fell: log pi(y+|x) dropped below the reference (likelihood displacement).
     """
     chosen_change = logps.chosen - logps.ref_chosen
-    return {
-        "loss": out.losses,
-        "margin": out.margins,
-        "reward_acc": (out.margins > 0).float(),
+    values = {"loss": out.losses}
+    if "chosen_reward" in out.metrics and "rejected_reward" in out.metrics:
+        margin = out.metrics["chosen_reward"] - out.metrics["rejected_reward"]
+        values |= {"margin": margin, "reward_acc": (margin > 0).float()}
+    return values | {
         "policy_acc": (logps.chosen > logps.rejected).float(),
         "chosen_logp": logps.chosen,
         "rejected_logp": logps.rejected,

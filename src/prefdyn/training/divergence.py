@@ -42,8 +42,16 @@ DEFAULT_DIVERGENCE_FACTOR = 1000.0
 
 
 def peak_abs_margin(out: LossOutput, mask: Tensor | None = None) -> Tensor:
-    """Largest |reward margin| over the real rows (``mask``) of a batch: a 0-dim tensor."""
-    margins = out.margins.detach().abs()
+    """Largest |reward margin| over the real rows (``mask``) of a batch: a 0-dim tensor.
+
+    The margin is ``chosen_reward - rejected_reward`` of a preference objective's
+    metrics; an objective that reports no such pair (SFT, policy gradient) has none
+    to explode, and gives 0, so only its loss is watched.
+    """
+    metrics = out.metrics
+    if "chosen_reward" not in metrics or "rejected_reward" not in metrics:
+        return out.losses.new_zeros(())
+    margins = (metrics["chosen_reward"] - metrics["rejected_reward"]).detach().abs()
     if mask is not None:
         margins = torch.where(mask.to(torch.bool), margins, torch.zeros_like(margins))
     return margins.max() if margins.numel() else margins.sum()

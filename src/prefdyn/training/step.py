@@ -1,33 +1,40 @@
 """The one training step every mode goes through.
 
-A *policy* turns a batch into log-probabilities (``policy.logps(batch)``), an
-*objective* turns those into per-example losses (a registry loss with its
-hyper-parameters bound), and the step reduces, checks, back-propagates and
-updates. Last-layer, LoRA, full fine-tuning and (later) policy-gradient RL differ
-only in the policy and the objective, never in this code, so their dynamics are
-comparable.
+A *policy* turns a batch into whatever its objective needs (``policy.logps(batch)``:
+any container with ``detach()``, e.g. :class:`~prefdyn.losses.PreferenceLogps` of
+pairs or ``RolloutLogps`` of sampled responses), an *objective* turns that into a
+:class:`~prefdyn.losses.LossOutput` (per-example losses and named per-example
+metrics; a registry loss with its hyper-parameters bound), and the step reduces,
+checks, back-propagates and updates. Last-layer, LoRA, full fine-tuning, DPO, SFT
+and policy-gradient RL differ only in the policy and the objective, never in this
+code, so their dynamics are comparable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from prefdyn.errors import TrainingError
-from prefdyn.losses.types import LossOutput, PreferenceLogps, compute_loss
+from prefdyn.losses.types import LossOutput, cat_examples, compute_loss
 from prefdyn.training.divergence import DivergenceGuard, likely_cause, peak_abs_margin
 
 
 class Policy(Protocol):
-    def logps(self, batch: Any) -> PreferenceLogps: ...
+    """``logps(batch)``: the objective's input container (a dataclass of per-example
+    tensors with ``detach()``). A policy used in distributed runs also has
+    ``empty_logps(device)``, that container with no examples, for a process whose
+    shard of a batch is empty (its trackers still report the same metric names)."""
+
+    def logps(self, batch: Any) -> Any: ...
     def parameters(self): ...
 
 
-Objective = Callable[[PreferenceLogps], LossOutput]
+Objective = Callable[[Any], LossOutput]
 
 
 @dataclass
@@ -38,7 +45,7 @@ class StepOutput:
     loss: Tensor
     problem_loss: Tensor
     out: LossOutput
-    logps: PreferenceLogps
+    logps: Any
     grad_norm: Tensor
 
 
@@ -53,15 +60,6 @@ def _size(batch: Any) -> int:
     if mask is not None:
         return int(mask.sum())
     return len(batch)
-
-
-def _cat(parts: list, kind):
-    """Concatenate per-example tensors of micro-batches along the example (last) dim."""
-    if len(parts) == 1:
-        return parts[0]
-    return kind(**{f.name: (torch.cat([getattr(p, f.name) for p in parts], dim=-1)
-                            if getattr(parts[0], f.name) is not None else None)
-                   for f in fields(kind)})
 
 
 def training_step(policy: Policy, objective: Objective, batch: Any,
@@ -132,8 +130,20 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
         raise TrainingError("gradient is not finite; weights left unchanged", step=step)
     optimizer.step()
     if not outs:  # this process's shard was empty: nothing of its own to report
-        empty = torch.empty(0, device=params[0].device)
-        return StepOutput(empty.sum(), empty.sum(), LossOutput(empty, empty, empty),
-                          PreferenceLogps(empty, empty, empty, empty), grad_norm.detach())
-    return StepOutput(loss_sum, problem_sum, _cat(outs, LossOutput), _cat(logps_parts, PreferenceLogps),
+        return _empty_output(policy, objective, params[0].device, grad_norm.detach(), step)
+    return StepOutput(loss_sum, problem_sum, cat_examples(outs), cat_examples(logps_parts),
                       grad_norm.detach())
+
+
+def _empty_output(policy: Policy, objective: Objective, device: torch.device,
+                  grad_norm: Tensor, step: int) -> StepOutput:
+    """The output of an empty shard: the objective on the policy's empty container, so
+    the metrics have the same names (and shapes ``(..., 0)``) as on the other processes."""
+    if not hasattr(policy, "empty_logps"):
+        raise TrainingError(f"this process got an empty shard but {type(policy).__name__} has "
+                            "no empty_logps(device) to report it with", step=step)
+    with torch.no_grad():
+        logps = policy.empty_logps(device)
+        out = objective(logps)
+    empty = out.losses.sum()
+    return StepOutput(empty, empty, out.detach(), logps, grad_norm)

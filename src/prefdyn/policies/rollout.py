@@ -1,0 +1,192 @@
+"""On-policy rollouts: k sampled responses per prompt from the current model, scored.
+
+Razin et al. (ICLR 2024) maximize "$V_{\\mathbf{x}}(\\theta) = \\mathbb{E}_{\\mathbf{y} \\sim
+\\pi_{\\theta}(\\cdot | \\mathbf{x})} [r(\\mathbf{x}, \\mathbf{y})]$" "via policy gradient
+methods". :class:`RolloutStream` is the batch stream: each ``next()`` samples a group
+of ``group_size`` responses per prompt from the model *as it is now* (batched
+``model.generate`` with its KV cache; temperature, top-k, top-p), scores them with a
+reward (:mod:`prefdyn.rewards`) and, for a KL penalty, takes the reference's token
+log-probs. :class:`RolloutPolicy` then recomputes the responses' token log-probs with
+gradient for the objective (:class:`~prefdyn.losses.RolloutLogps`), inside the one
+training step. The sampling RNG is an explicit generator whose state is part of
+``state()``, so a resumed run draws the same responses.
+
+As TRL's ``GRPOTrainer``, the log-probs are those of the temperature-scaled softmax
+(the distribution sampled from, before top-k/top-p truncation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from prefdyn.errors import PrefdynError
+from prefdyn.losses.policy_gradient import RolloutLogps
+
+
+@dataclass
+class RolloutBatch:
+    """``N = n_prompts * k`` sampled sequences: ``input_ids`` / ``attention_mask`` (N, L + T)
+    are the left-padded prompt (``prompt_len`` = L) followed by the response;
+    ``response_mask`` (N, T) marks response tokens up to and including the first EOS;
+    ``rewards`` (N,), ``groups`` (N,) the prompt of each, ``rows`` (n_prompts,) their
+    data rows; ``ref_logps`` (N, T) under pi_ref when a reference model was given."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    prompt_len: int
+    rewards: Tensor
+    groups: Tensor
+    rows: Tensor
+    responses: list[str]
+    ref_logps: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+def response_token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                         prompt_len: int, temperature: float = 1.0) -> Tensor:
+    """log pi(y_t | x, y_<t) of every response token ``(N, T)`` under the temperature-scaled
+    softmax; position ids count real tokens only (left padding)."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    T = input_ids.shape[1] - prompt_len
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=T + 1).logits[:, :-1].float()
+    logps = torch.log_softmax(logits / temperature, -1)
+    return logps.gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
+
+
+def _response_mask(response_ids: Tensor, eos_id: int | None) -> Tensor:
+    """1 up to and including the first EOS of each response (generate pads after it)."""
+    if eos_id is None:
+        return torch.ones_like(response_ids)
+    is_eos = (response_ids == eos_id).long()
+    return ((is_eos.cumsum(-1) - is_eos) == 0).long()
+
+
+class RolloutStream:
+    """Endless on-policy batches: ``prompts_per_batch`` prompts (shuffled, epoch by epoch)
+    x ``group_size`` samples each. ``reward`` is ``(prompts, responses, references) ->
+    (N,)`` (a :func:`prefdyn.rewards.get_reward`); ``references`` one per prompt (or None)."""
+
+    def __init__(self, model: nn.Module, tokenizer, prompts: Sequence[str], reward: Callable, *,
+                 references: Sequence[str | None] | None = None, group_size: int = 4,
+                 prompts_per_batch: int = 4, max_new_tokens: int = 32, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 reference: nn.Module | None = None):
+        if not temperature > 0:
+            raise PrefdynError(
+                f"temperature {temperature}: policy-gradient estimators need samples from "
+                "pi_theta, and temperature 0 is greedy decoding (every sample of a group is the "
+                "same response: RLOO/GRPO advantages are all 0, REINFORCE is biased); use "
+                "temperature > 0, or the bandit's exact expected_reward objective")
+        if group_size < 1 or prompts_per_batch < 1 or max_new_tokens < 1:
+            raise PrefdynError(f"group_size, prompts_per_batch and max_new_tokens must be >= 1, got "
+                               f"{group_size}, {prompts_per_batch}, {max_new_tokens}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise PrefdynError(f"top_p must be in (0, 1], got {top_p}")
+        if not prompts:
+            raise PrefdynError("no prompts to sample from")
+        if references is not None and len(references) != len(prompts):
+            raise PrefdynError(f"{len(prompts)} prompts but {len(references)} references")
+        self.model, self.tokenizer, self.reward, self.reference = model, tokenizer, reward, reference
+        self.prompts, self.references = list(prompts), references
+        self.group_size, self.prompts_per_batch = group_size, min(prompts_per_batch, len(prompts))
+        self.max_new_tokens, self.temperature, self.top_k, self.top_p = (
+            max_new_tokens, temperature, top_k, top_p)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self._restart(0, 0)
+
+    def _restart(self, epoch: int, position: int) -> None:
+        self.epoch, self.position = epoch, position
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        self.order = torch.randperm(len(self.prompts), generator=gen).tolist()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> RolloutBatch:
+        if self.position >= len(self.prompts):
+            self._restart(self.epoch + 1, 0)
+        rows = self.order[self.position:self.position + self.prompts_per_batch]
+        self.position += len(rows)
+        return self.sample(rows)
+
+    @torch.no_grad()
+    def sample(self, rows: Sequence[int]) -> RolloutBatch:
+        """Generate, score and (with a reference) take pi_ref's log-probs for ``rows``."""
+        k, tok = self.group_size, self.tokenizer
+        device = next(self.model.parameters()).device
+        enc = tok([self.prompts[r] for r in rows], return_tensors="pt", padding=True,
+                  padding_side="left", add_special_tokens=False)
+        ids = enc["input_ids"].to(device).repeat_interleave(k, 0)
+        mask = enc["attention_mask"].to(device).repeat_interleave(k, 0)
+        L = ids.shape[1]
+        was_training = self.model.training
+        self.model.eval()
+        # generate draws from the global RNG: seed it from our generator inside a fork,
+        # so the run is reproducible and resumable and the caller's RNG is untouched.
+        seed = int(torch.randint(2**62, (), generator=self.generator))
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, do_sample=True,
+                    temperature=self.temperature, top_k=self.top_k or 0, top_p=self.top_p or 1.0,
+                    max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id, use_cache=True)
+        finally:
+            self.model.train(was_training)
+        response_ids = out[:, L:]
+        response_mask = _response_mask(response_ids, tok.eos_token_id)
+        full_mask = torch.cat([mask, response_mask], 1)
+        texts = tok.batch_decode(response_ids * response_mask + tok.pad_token_id * (1 - response_mask),
+                                 skip_special_tokens=True)
+        prompts = [self.prompts[r] for r in rows for _ in range(k)]
+        refs = (None if self.references is None
+                else [self.references[r] for r in rows for _ in range(k)])
+        rewards = torch.as_tensor(self.reward(prompts, texts, refs), dtype=torch.float32)
+        ref_logps = None
+        if self.reference is not None:
+            ref_logps = response_token_logps(self.reference, out, full_mask, L, self.temperature)
+        groups = torch.arange(len(rows)).repeat_interleave(k)
+        return RolloutBatch(out, full_mask, response_mask, L, rewards.to(device), groups.to(device),
+                            torch.tensor(list(rows)), texts, ref_logps)
+
+    def state(self) -> dict:
+        """JSON-serializable (it goes into a checkpoint's state.json)."""
+        return {"epoch": self.epoch, "position": self.position,
+                "generator": self.generator.get_state().tolist()}
+
+    def load_state(self, state: dict) -> None:
+        self._restart(int(state["epoch"]), int(state["position"]))
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+class RolloutPolicy:
+    """``logps(batch)``: the sampled responses' token log-probs under the model now (with
+    gradient), as :class:`RolloutLogps` with the batch's rewards, groups and reference.
+    ``temperature`` must be the stream's (the distribution that was sampled)."""
+
+    def __init__(self, model: nn.Module, *, temperature: float = 1.0):
+        if not temperature > 0:
+            raise PrefdynError(f"temperature must be > 0, got {temperature}")
+        self.model, self.temperature = model, temperature
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def logps(self, batch: RolloutBatch) -> RolloutLogps:
+        logps = response_token_logps(self.model, batch.input_ids, batch.attention_mask,
+                                     batch.prompt_len, self.temperature)
+        return RolloutLogps(logps, batch.response_mask.to(logps.dtype), batch.rewards,
+                            batch.groups, batch.ref_logps)
+
+    def empty_logps(self, device=None) -> RolloutLogps:
+        return RolloutLogps.empty(device)
