@@ -8,6 +8,7 @@ import torch
 
 from prefdyn.errors import PrefdynError, TrainingError
 from prefdyn.losses import LossOutput
+from prefdyn.losses.types import preference_output
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.training import TrainConfig, fit_last_layer
@@ -36,11 +37,16 @@ def test_rule_measures_from_the_first_step_with_a_floor_of_one():
 
 
 def test_peak_margin_ignores_padded_rows():
-    out = LossOutput(torch.zeros(2, 3), torch.tensor([[1.0, -4.0, 50.0], [0.5, 0.0, 0.0]]),
-                     torch.zeros(2, 3))
+    out = preference_output(torch.zeros(2, 3), torch.tensor([[1.0, -4.0, 50.0], [0.5, 0.0, 0.0]]),
+                            torch.zeros(2, 3))
     mask = torch.tensor([True, True, False])
     assert peak_abs_margin(out, mask).item() == 4.0
     assert peak_abs_margin(out).item() == 50.0
+
+
+def test_objectives_without_a_margin_are_watched_by_their_loss_only():
+    out = LossOutput(torch.tensor([1e9, 2.0]), {"reward": torch.tensor([1.0, -1.0])})
+    assert peak_abs_margin(out).item() == 0.0
 
 
 def test_config_validates_the_factor():
