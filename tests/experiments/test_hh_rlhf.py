@@ -12,7 +12,6 @@ from prefdyn.experiments.hh_rlhf import (
     HH_PRESETS,
     HHPreset,
     fallback_stats,
-    fixed_pair_batches,
     flip_pairs,
     hh_preset,
     run_hh_rlhf,
@@ -21,6 +20,7 @@ from prefdyn.experiments.hh_rlhf import (
 from prefdyn.losses import get_loss
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker
+from prefdyn.training.lm_data import fixed_pair_batches
 from prefdyn.training.lm_policy import LMPolicy, apply_lora
 from tests._tiny import tiny_loaded, tiny_tokenizer
 

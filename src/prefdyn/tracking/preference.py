@@ -6,10 +6,12 @@ import torch
 from torch import Tensor
 
 from prefdyn.losses.types import LossOutput, PreferenceLogps, masked_mean
+from prefdyn.tracking import metrics as M
 
 
 def per_example_metrics(out: LossOutput, logps: PreferenceLogps) -> dict[str, Tensor]:
-    """Per-example quantities whose means are tracked, each (..., n).
+    """Per-example quantities whose means are tracked, each (..., n); names and
+    meanings from :mod:`prefdyn.tracking.metrics`.
 
     reward_acc: the implicit reward prefers y+ (margin > 0; ties at the start count 0);
     policy_acc: the policy itself prefers y+ (log pi(y+) > log pi(y-));
@@ -17,15 +19,15 @@ def per_example_metrics(out: LossOutput, logps: PreferenceLogps) -> dict[str, Te
     """
     chosen_change = logps.chosen - logps.ref_chosen
     return {
-        "loss": out.losses,
-        "margin": out.margins,
-        "reward_acc": (out.margins > 0).float(),
-        "policy_acc": (logps.chosen > logps.rejected).float(),
-        "chosen_logp": logps.chosen,
-        "rejected_logp": logps.rejected,
-        "chosen_logp_change": chosen_change,
-        "rejected_logp_change": logps.rejected - logps.ref_rejected,
-        "chosen_fell": (chosen_change < 0).float(),
+        M.LOSS: out.losses,
+        M.MARGIN: out.margins,
+        M.REWARD_ACC: (out.margins > 0).float(),
+        M.POLICY_ACC: (logps.chosen > logps.rejected).float(),
+        M.CHOSEN_LOGP: logps.chosen,
+        M.REJECTED_LOGP: logps.rejected,
+        M.CHOSEN_LOGP_CHANGE: chosen_change,
+        M.REJECTED_LOGP_CHANGE: logps.rejected - logps.ref_rejected,
+        M.CHOSEN_FELL: (chosen_change < 0).float(),
     }
 
 
