@@ -26,6 +26,7 @@ from prefdyn.data.persona import list_behaviors, load_persona_dir
 from prefdyn.data.records import PreferencePair
 from prefdyn.data.tasks import BehaviorData, TaskConfig, build_behaviors
 from prefdyn.errors import DataError
+from prefdyn.experiments._resume import ResumableRun
 from prefdyn.reports import Report
 from prefdyn.tracking import metrics as M
 from prefdyn.tracking.evaluate import PairScores, pair_metrics, score_pairs
@@ -189,14 +190,17 @@ def train_and_measure(loaded, train_pairs: Sequence[PreferencePair],
                       eval_sets: Mapping[str, Sequence[PreferencePair]], train: TrainConfig, *,
                       mode: str = "lora", sink=None, name: str = "lm") -> dict[str, PairScores]:
     """DPO (``train.loss``) on ``train_pairs`` from a fresh copy of ``loaded`` through
-    :func:`fit_lm`; then :func:`pair_scores` of every evaluation set under the trained policy."""
+    :func:`fit_lm` (checkpointed into ``<sink's folder>/checkpoints/<name>`` and resumed
+    from there); then :func:`pair_scores` of every evaluation set under the trained policy."""
     if not train_pairs:
         raise DataError(f"{name}: no training pairs left")
     work = loaded.copy()
     max_length = getattr(work.model.config, "max_position_embeddings", None)
     batches = pair_batches(train_pairs, work.tokenizer, train.batch_size or DEFAULT_BATCH, train.seed,
                            max_length)
-    run = fit_lm(work, batches, train, mode=mode, sink=sink, name=name)
+    resumable = ResumableRun(sink, name)
+    run = fit_lm(work, batches, train, mode=mode, sink=sink, name=name,
+                 callbacks=resumable.callbacks(), **resumable.fit_kwargs(train.steps, train.eval_every))
     out = {key: pair_scores(run.policy, pairs, work.tokenizer, max_length=max_length)
            for key, pairs in eval_sets.items()}
     del work, run

@@ -32,6 +32,7 @@ from prefdyn._runtime import resolve_device, set_seed
 from prefdyn.data import load_pairs
 from prefdyn.data.records import PreferencePair
 from prefdyn.errors import DataError, PrefdynError, TrainingError
+from prefdyn.experiments._resume import ResumableRun
 from prefdyn.experiments.config import ModelConfig
 from prefdyn.experiments.misalignment import _Tagged
 from prefdyn.experiments.result import ExperimentResult, fmt
@@ -175,15 +176,18 @@ def trained_loaded(loaded: LoadedModel, run: LMRun) -> LoadedModel:
 def fit_with_probe(loaded: LoadedModel, train_pairs, probe_splits, tokenizer, cfg: TrainConfig,
                    preset: HHPreset, *, steps: int, mode: Literal["full", "lora"], sink, tag: str,
                    seed: int) -> tuple[LMRun, History]:
-    """One fit_lm run on ``train_pairs`` with the log-prob probe attached."""
+    """One fit_lm run on ``train_pairs`` with the log-prob probe attached, checkpointed
+    into ``<sink's folder>/checkpoints/<tag>`` and resumed from there."""
     tagged = _Tagged(sink, tag) if sink is not None else None
-    probe_history = History(tagged)
+    resumable = ResumableRun(tagged, tag)
+    probe_history = resumable.history()
     probe = LMEvalTracker(get_loss(cfg.loss, beta=cfg.beta), probe_splits, history=probe_history,
                           every=preset.eval_every, name=tag)
     batches = pair_batches(train_pairs, tokenizer, preset.batch_size, seed)
     log.info("hh-rlhf %s: %d steps on %d pairs", tag, steps, len(train_pairs))
     run = fit_lm(loaded, batches, cfg, mode=mode, steps=steps,
-                 callbacks=[probe], sink=tagged, name=tag)
+                 callbacks=[probe, *resumable.callbacks()], sink=tagged, name=tag,
+                 **resumable.fit_kwargs(steps, preset.eval_every))
     return run, probe_history
 
 

@@ -124,10 +124,12 @@ def run_misalignment(ws: Workspace, train: TrainConfig, *, which: list[int] | No
 
 
 class _Tagged:
-    """Forwards metrics records to ``sink`` with a ``run`` field."""
+    """Forwards metrics records to ``sink`` with a ``run`` field; ``path`` is the sink's
+    run folder (where a run's checkpoints go)."""
 
     def __init__(self, sink, tag: str):
         self.sink, self.tag = sink, tag
+        self.path = getattr(sink, "path", None)
 
     def log(self, record: dict) -> None:
         self.sink.log({"run": self.tag, **record})
