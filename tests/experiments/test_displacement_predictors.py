@@ -82,7 +82,7 @@ def test_untrained_lora_policy_has_no_change():
     pairs = persona_pairs(_behaviors(loaded.tokenizer), loaded.tokenizer.eos_token)
     policy = LMPolicy(apply_lora(loaded.model, seed=0))  # B = 0: the policy is its reference
     scores = pair_scores(policy, pairs, loaded.tokenizer, batch_size=3)
-    assert torch.allclose(scores.chosen, scores.ref_chosen) and len(scores) == len(pairs)
+    assert torch.allclose(scores.logps.chosen, scores.logps.ref_chosen) and len(scores) == len(pairs)
     stats = displacement_stats(scores)
     assert stats["chosen_logp_change"] == pytest.approx(0.0, abs=1e-9) and stats["chosen_fell"] == 0.0
 

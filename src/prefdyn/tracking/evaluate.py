@@ -25,6 +25,7 @@ from torch import Tensor
 
 from prefdyn.losses.types import LossOutput, PreferenceLogps
 from prefdyn.tracking import metrics as M
+from prefdyn.tracking.preference import logp_metrics, per_example_metrics
 from prefdyn.training._shared_prefix import last_token_hidden
 from prefdyn.training.lm_policy import AnswerBatch, LMBatch, LMPolicy, PairBatch, to_device
 
@@ -46,32 +47,22 @@ def eval_mode(policy: LMPolicy) -> Iterator[None]:
 
 @dataclass
 class PairScores:
-    """Log-probs of n fixed pairs under the policy and its reference, each (n,) float32 on CPU.
+    """n fixed pairs scored: ``logps`` holds their log-probs under the policy and its
+    reference, each (n,) float32 on CPU (response lengths for multi-token pairs, None
+    for answers); ``rows`` the dataset row of every pair (``batch.rows``)."""
 
-    ``rows``: the dataset row of every pair (``batch.rows``); ``chosen_len`` /
-    ``rejected_len``: response lengths of multi-token pairs (None for answers).
-    """
-
-    chosen: Tensor
-    rejected: Tensor
-    ref_chosen: Tensor
-    ref_rejected: Tensor
+    logps: PreferenceLogps
     rows: Tensor
-    chosen_len: Tensor | None = None
-    rejected_len: Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.chosen)
+        return len(self.rows)
 
     def to(self, dtype: torch.dtype) -> PairScores:
         """The log-probs as ``dtype`` (e.g. float64 for exact differences of float32 values)."""
-        return PairScores(*(t.to(dtype) for t in (self.chosen, self.rejected, self.ref_chosen,
-                                                  self.ref_rejected)),
-                          self.rows, self.chosen_len, self.rejected_len)
-
-    def logps(self) -> PreferenceLogps:
-        return PreferenceLogps(self.chosen, self.rejected, self.ref_chosen, self.ref_rejected,
-                               self.chosen_len, self.rejected_len)
+        lp = self.logps
+        return PairScores(PreferenceLogps(*(t.to(dtype) for t in (lp.chosen, lp.rejected, lp.ref_chosen,
+                                                                   lp.ref_rejected)),
+                                          lp.chosen_len, lp.rejected_len), self.rows)
 
 
 def _cat(parts: list[Tensor | None]) -> Tensor | None:
@@ -105,39 +96,30 @@ def score_pairs(policy: LMPolicy, batches: Sequence[LMBatch]) -> PairScores:
             for key, value in zip(cols, (chosen, rejected, ref_chosen, ref_rejected, batch.rows,
                                          *lengths)):
                 cols[key].append(None if value is None else value.detach().cpu())
-    return PairScores(*(torch.cat(cols[k]).float() for k in ("chosen", "rejected", "ref_chosen",
-                                                             "ref_rejected")),
-                      torch.cat(cols["rows"]), _cat(cols["chosen_len"]), _cat(cols["rejected_len"]))
+    logps = PreferenceLogps(*(torch.cat(cols[k]).float() for k in ("chosen", "rejected", "ref_chosen",
+                                                                   "ref_rejected")),
+                            _cat(cols["chosen_len"]), _cat(cols["rejected_len"]))
+    return PairScores(logps, torch.cat(cols["rows"]))
 
 
 def pair_metrics(scores: PairScores, objective: Objective | None = None) -> dict[str, Tensor]:
     """Per-pair quantities of the metric vocabulary (:mod:`prefdyn.tracking.metrics`), each (n,).
 
-    Always: ``policy_acc``, ``chosen_logp``, ``rejected_logp``, ``*_logp_change``,
-    ``chosen_fell``, ``logp_diff`` and ``reward_acc``. With the run's ``objective``
-    also ``loss``, ``margin`` and ``dpo_weight`` (and ``reward_acc`` from the
-    objective's margin); without it ``reward_acc`` is the sign of the log-ratio
-    margin h, which is the same for every beta > 0.
+    Always :func:`~prefdyn.tracking.preference.logp_metrics`, ``logp_diff`` and
+    ``reward_acc``. With the run's ``objective`` also ``loss``, ``margin`` and
+    ``dpo_weight`` (:func:`~prefdyn.tracking.preference.per_example_metrics`, so
+    ``reward_acc`` is the objective's margin > 0); without it ``reward_acc`` is the
+    sign of the log-ratio margin, the same for every beta > 0.
     """
-    logps = scores.logps()
-    chosen_change = logps.chosen - logps.ref_chosen
-    rejected_change = logps.rejected - logps.ref_rejected
-    values = {
-        M.POLICY_ACC: (logps.chosen > logps.rejected).float(),
-        M.CHOSEN_LOGP: logps.chosen,
-        M.REJECTED_LOGP: logps.rejected,
-        M.CHOSEN_LOGP_CHANGE: chosen_change,
-        M.REJECTED_LOGP_CHANGE: rejected_change,
-        M.CHOSEN_FELL: (chosen_change < 0).float(),
-        M.LOGP_DIFF: logps.chosen - logps.rejected,
-        M.REWARD_ACC: (chosen_change > rejected_change).float(),
-    }
-    if objective is not None:
+    logps = scores.logps
+    if objective is None:
+        values = {**logp_metrics(logps),
+                  M.REWARD_ACC: (logps.chosen_logratio > logps.rejected_logratio).float()}
+    else:
         out = objective(logps)
-        values = {M.LOSS: out.losses.detach().float(), M.MARGIN: out.margins.detach().float(),
-                  **values, M.REWARD_ACC: (out.margins > 0).float(),
-                  M.DPO_WEIGHT: torch.sigmoid(-out.margins.detach().float())}
-    return values
+        values = {**per_example_metrics(out, logps), M.DPO_WEIGHT: torch.sigmoid(-out.margins)}
+    values[M.LOGP_DIFF] = logps.chosen - logps.rejected
+    return {k: v.detach() for k, v in values.items()}
 
 
 @torch.no_grad()

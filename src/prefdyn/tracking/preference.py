@@ -9,26 +9,32 @@ from prefdyn.losses.types import LossOutput, PreferenceLogps, masked_mean
 from prefdyn.tracking import metrics as M
 
 
+def logp_metrics(logps: PreferenceLogps) -> dict[str, Tensor]:
+    """Per-example quantities of the log-probs alone (no objective), each (..., n).
+
+    policy_acc: the policy itself prefers y+ (log pi(y+) > log pi(y-));
+    chosen_fell: log pi(y+|x) dropped below the reference (likelihood displacement).
+    """
+    chosen_change = logps.chosen_logratio
+    return {
+        M.POLICY_ACC: (logps.chosen > logps.rejected).float(),
+        M.CHOSEN_LOGP: logps.chosen,
+        M.REJECTED_LOGP: logps.rejected,
+        M.CHOSEN_LOGP_CHANGE: chosen_change,
+        M.REJECTED_LOGP_CHANGE: logps.rejected_logratio,
+        M.CHOSEN_FELL: (chosen_change < 0).float(),
+    }
+
+
 def per_example_metrics(out: LossOutput, logps: PreferenceLogps) -> dict[str, Tensor]:
     """Per-example quantities whose means are tracked, each (..., n); names and
     meanings from :mod:`prefdyn.tracking.metrics`.
 
     reward_acc: the implicit reward prefers y+ (margin > 0; ties at the start count 0);
-    policy_acc: the policy itself prefers y+ (log pi(y+) > log pi(y-));
-    chosen_fell: log pi(y+|x) dropped below the reference (likelihood displacement).
+    the rest: :func:`logp_metrics`.
     """
-    chosen_change = logps.chosen - logps.ref_chosen
-    return {
-        M.LOSS: out.losses,
-        M.MARGIN: out.margins,
-        M.REWARD_ACC: (out.margins > 0).float(),
-        M.POLICY_ACC: (logps.chosen > logps.rejected).float(),
-        M.CHOSEN_LOGP: logps.chosen,
-        M.REJECTED_LOGP: logps.rejected,
-        M.CHOSEN_LOGP_CHANGE: chosen_change,
-        M.REJECTED_LOGP_CHANGE: logps.rejected - logps.ref_rejected,
-        M.CHOSEN_FELL: (chosen_change < 0).float(),
-    }
+    return {M.LOSS: out.losses, M.MARGIN: out.margins, M.REWARD_ACC: (out.margins > 0).float(),
+            **logp_metrics(logps)}
 
 
 def reduce_metrics(values: dict[str, Tensor], mask: Tensor, groups: Tensor | None,
