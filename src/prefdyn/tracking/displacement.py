@@ -62,8 +62,13 @@ class DisplacementMonitor(Callback):
         self._last_step: int | None = None
         self._last: dict[str, Any] | None = None
 
-    def on_train_start(self, state, policy) -> None:
+    def on_setup(self, policy) -> None:
+        # Before fit_lm restores a checkpoint: the model is still pi_0 here.
         self._start = self.answer_logprobs(policy, self.probe).detach().float()
+
+    def on_train_start(self, state, policy) -> None:
+        if self._start is None:
+            self.on_setup(policy)
         self._last_step = state.step
 
     def on_step_end(self, state, policy, out) -> None:
