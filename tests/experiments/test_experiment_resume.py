@@ -107,3 +107,22 @@ def test_killed_lm_experiment_resumes_to_the_unbroken_summary(tiny_model_dir, tm
             assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
         else:
             assert got[key] == value or (isinstance(value, float) and math.isnan(got[key])), key
+
+
+def test_a_run_of_other_settings_starts_from_scratch_and_keeps_records_up_to_the_checkpoint(tmp_path):
+    from prefdyn.experiments._resume import ResumableRun
+    from prefdyn.tracking.run_dir import RunDir
+
+    sink = RunDir(tmp_path)
+    first = ResumableRun(sink, "align/run 1", {"config": {"lr": 1.0}})
+    assert first.folder == tmp_path / "checkpoints" / "align_run_1"
+    history = first.history()
+    for step in (0, 2, 3):
+        history.add({"step": step, "split": "test", "problem": "align", "loss": 1.0 / (step + 1)})
+    (first.folder / "checkpoints").mkdir()
+    (first.folder / "checkpoints" / "latest").write_text("step_00000002")
+    again = ResumableRun(sink, "align/run 1", {"config": {"lr": 1.0}})
+    assert [r["step"] for r in again.history().records] == [0, 2]  # step 3 came after the checkpoint
+    other = ResumableRun(sink, "align/run 1", {"config": {"lr": 2.0}})
+    assert other.history().records == [] and not (other.folder / "checkpoints").exists()
+    assert ResumableRun(None, "x", {}).fit_kwargs(10) == {}

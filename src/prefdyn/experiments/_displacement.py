@@ -26,7 +26,7 @@ from prefdyn.data.persona import list_behaviors, load_persona_dir
 from prefdyn.data.records import PreferencePair
 from prefdyn.data.tasks import BehaviorData, TaskConfig, build_behaviors
 from prefdyn.errors import DataError
-from prefdyn.experiments._resume import ResumableRun
+from prefdyn.experiments._resume import ResumableRun, run_identity
 from prefdyn.reports import Report
 from prefdyn.tracking import metrics as M
 from prefdyn.tracking.evaluate import PairScores, pair_metrics, score_pairs
@@ -198,7 +198,7 @@ def train_and_measure(loaded, train_pairs: Sequence[PreferencePair],
     max_length = getattr(work.model.config, "max_position_embeddings", None)
     batches = pair_batches(train_pairs, work.tokenizer, train.batch_size or DEFAULT_BATCH, train.seed,
                            max_length)
-    resumable = ResumableRun(sink, name)
+    resumable = ResumableRun(sink, name, run_identity(work, batches, train, mode))
     run = fit_lm(work, batches, train, mode=mode, sink=sink, name=name,
                  callbacks=resumable.callbacks(), **resumable.fit_kwargs(train.steps, train.eval_every))
     out = {key: pair_scores(run.policy, pairs, work.tokenizer, max_length=max_length)

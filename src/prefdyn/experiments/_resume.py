@@ -20,15 +20,21 @@ unbroken one. Only the last checkpoint of a run is kept.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from prefdyn._hashing import hash_obj, stable_json
+from prefdyn.models.loading import model_fingerprint
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.tensorboard import Tee
-from prefdyn.training.resume import truncate_metrics
+from prefdyn.training.config import TrainConfig
+from prefdyn.training.resume import config_dict, truncate_metrics
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS_PER_RUN = 4
 """About this many checkpoints over a run (each on an evaluation step): a kill loses at
@@ -83,26 +89,47 @@ class _PruneCheckpoints(Callback):
         self._prune()
 
 
+def run_identity(loaded, batches, cfg: TrainConfig, mode: str) -> dict[str, Any]:
+    """What a run's checkpoints are valid for: the train config (its step count may
+    grow), the mode, the data (the batch stream's content) and the start weights."""
+    return {"config": json.loads(stable_json(config_dict(cfg))), "mode": mode,
+            "data": hash_obj(getattr(batches, "content", None)),
+            "start": model_fingerprint(loaded.model, loaded.tokenizer)}
+
+
 class ResumableRun:
     """Where one training run of an experiment checkpoints, and its restored records.
 
     ``sink``: the experiment's run folder (anything with ``path`` and ``log``; None
     runs without checkpoints, as a library call without a run folder does);
-    ``name``: the run's name, unique inside the experiment.
+    ``name``: the run's name, unique inside the experiment; ``identity``: the run's
+    :func:`run_identity`. Checkpoints written by a run of another identity (the same
+    ``--out`` with other settings, data or start) are deleted with a warning and the
+    run starts from scratch, as it did before runs could resume.
     """
 
-    def __init__(self, sink: Any, name: str):
+    def __init__(self, sink: Any, name: str, identity: dict[str, Any]):
         root = getattr(sink, "path", None)
         self.folder = (Path(root) / "checkpoints" / re.sub(r"[^\w.+=-]+", "_", name)
                        if root is not None else None)
         self.sink = sink
+        if self.folder is not None:
+            self._claim(identity)
+
+    def _claim(self, identity: dict[str, Any]) -> None:
+        marker = self.folder / "run.json"
+        if marker.is_file() and json.loads(marker.read_text()) != identity:
+            log.warning("%s holds another run (other settings, data or start weights): "
+                        "starting this run from scratch", self.folder)
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(identity, indent=1))
 
     def history(self) -> History:
         """A :class:`History` for the run's callbacks: records go to the experiment's sink
         and to ``records.jsonl``; those up to the last checkpoint are restored."""
         if self.folder is None:
             return History(self.sink)
-        self.folder.mkdir(parents=True, exist_ok=True)
         kept = truncate_metrics(self.folder / "records.jsonl", _checkpoint_step(self.folder))
         history = History(Tee(self.sink, _RecordFile(self.folder / "records.jsonl")))
         history.records = kept

@@ -32,7 +32,7 @@ from prefdyn._runtime import resolve_device, set_seed
 from prefdyn.data import load_pairs
 from prefdyn.data.records import PreferencePair
 from prefdyn.errors import DataError, PrefdynError, TrainingError
-from prefdyn.experiments._resume import ResumableRun
+from prefdyn.experiments._resume import ResumableRun, run_identity
 from prefdyn.experiments.config import ModelConfig
 from prefdyn.experiments.misalignment import _Tagged
 from prefdyn.experiments.result import ExperimentResult, fmt
@@ -179,11 +179,11 @@ def fit_with_probe(loaded: LoadedModel, train_pairs, probe_splits, tokenizer, cf
     """One fit_lm run on ``train_pairs`` with the log-prob probe attached, checkpointed
     into ``<sink's folder>/checkpoints/<tag>`` and resumed from there."""
     tagged = _Tagged(sink, tag) if sink is not None else None
-    resumable = ResumableRun(tagged, tag)
+    batches = pair_batches(train_pairs, tokenizer, preset.batch_size, seed)
+    resumable = ResumableRun(tagged, tag, run_identity(loaded, batches, cfg, mode))
     probe_history = resumable.history()
     probe = LMEvalTracker(get_loss(cfg.loss, beta=cfg.beta), probe_splits, history=probe_history,
                           every=preset.eval_every, name=tag)
-    batches = pair_batches(train_pairs, tokenizer, preset.batch_size, seed)
     log.info("hh-rlhf %s: %d steps on %d pairs", tag, steps, len(train_pairs))
     run = fit_lm(loaded, batches, cfg, mode=mode, steps=steps,
                  callbacks=[probe, *resumable.callbacks()], sink=tagged, name=tag,

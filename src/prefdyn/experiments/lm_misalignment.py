@@ -191,10 +191,10 @@ def _snapshot_D(aligned: LMTraining, key: str = "D") -> tuple[dict[str, float], 
 
 
 def _verdict(s: dict, names: list[str]) -> str:
-    sp = s["speedup"]
+    sp = s[M.SPEEDUP]
     faster = [n for n in names if np.isfinite(sp[n]) and sp[n] > 1]
     parts = [(f"The aligned model was misaligned faster for {len(faster)} of {len(names)} "
-              f"behaviors (mean speed-up {fmt(s['mean_speedup'])}).")]
+              f"behaviors (mean speed-up {fmt(s[M.MEAN_SPEEDUP])}).")]
     Db, Da = s["D_before_alignment"], s["D_after_alignment"]
     grew = [n for n in names if n in Db and n in Da and Da[n] > Db[n]]
     if Db:
