@@ -47,9 +47,9 @@ def test_mitigation_runs_drop_exactly_the_top_ches_training_pairs():
     rows = res.tables[0][1]
     assert len(rows) == 8 and {r["evaluated on"] for r in rows} == {"held-out", "shared train"}
     for r in rows:
-        assert 0 <= r["share displaced"] <= 1 and 0 <= r["preference accuracy"] <= 1
+        assert 0 <= r["chosen_fell"] <= 1 and 0 <= r["reward_acc"] <= 1
     # the runs differ in what they trained on, so their outcomes differ
-    held = [res.summary["runs"][r]["held-out"]["chosen_change"] for r in RUNS]
+    held = [res.summary["runs"][r]["held-out"]["chosen_logp_change"] for r in RUNS]
     assert len(set(held)) == 4
 
 

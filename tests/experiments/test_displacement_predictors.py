@@ -17,7 +17,7 @@ from prefdyn.errors import DataError
 from prefdyn.experiments._displacement import (
     displacement_stats,
     load_source,
-    pair_logps,
+    pair_scores,
     persona_pairs,
     subsample_pairs,
 )
@@ -81,10 +81,10 @@ def test_untrained_lora_policy_has_no_change():
     loaded = tiny_loaded()
     pairs = persona_pairs(_behaviors(loaded.tokenizer), loaded.tokenizer.eos_token)
     policy = LMPolicy(apply_lora(loaded.model, seed=0))  # B = 0: the policy is its reference
-    logps = pair_logps(policy, pairs, loaded.tokenizer, batch_size=3)
-    assert torch.allclose(logps["chosen"], logps["ref_chosen"])
-    stats = displacement_stats(logps)
-    assert stats["chosen_change"] == pytest.approx(0.0, abs=1e-9) and stats["displaced_share"] == 0.0
+    scores = pair_scores(policy, pairs, loaded.tokenizer, batch_size=3)
+    assert torch.allclose(scores.logps.chosen, scores.logps.ref_chosen) and len(scores) == len(pairs)
+    stats = displacement_stats(scores)
+    assert stats["chosen_logp_change"] == pytest.approx(0.0, abs=1e-9) and stats["chosen_fell"] == 0.0
 
 
 def test_hh_source_skips_bad_records_and_says_what_was_chosen(tmp_path):
@@ -107,6 +107,6 @@ def test_run_predictors_on_persona_pairs():
                                           "last-hidden inner product"]
     info = res.summary["sources"]["persona"]
     assert info["pairs"] == 8 and len(info["per_pair"]) == 8
-    assert any(abs(p["chosen_change"]) > 0 for p in info["per_pair"])  # training moved log-probs
+    assert any(abs(p["chosen_logp_change"]) > 0 for p in info["per_pair"])  # training moved log-probs
     assert rows[2]["Spearman ρ"] != rows[2]["Spearman ρ"]  # edit similarity is constant here
     assert [f.name for f in res.figures] == ["scatter_persona"]

@@ -12,7 +12,6 @@ from prefdyn.experiments.hh_rlhf import (
     HH_PRESETS,
     HHPreset,
     fallback_stats,
-    fixed_pair_batches,
     flip_pairs,
     hh_preset,
     run_hh_rlhf,
@@ -22,6 +21,7 @@ from prefdyn.losses import get_loss
 from prefdyn.policies.lm import LMPolicy, apply_lora
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker
+from prefdyn.training.lm_data import fixed_pair_batches
 from tests._tiny import tiny_loaded, tiny_tokenizer
 
 HH = Path(__file__).resolve().parents[2] / "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"

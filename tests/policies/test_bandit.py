@@ -9,7 +9,7 @@ import torch
 
 import prefdyn.training.loop as loop_module
 from prefdyn.diagnostics.reward_spread import expected_reward_logit_grad
-from prefdyn.losses import BanditLogps, RolloutLogps, get_loss
+from prefdyn.losses import RolloutLogps, get_loss
 from prefdyn.policies.bandit import BanditPolicy, BanditStream, answer_logits
 from prefdyn.training.loop import train
 from tests._tiny import tiny_llama

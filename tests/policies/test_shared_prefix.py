@@ -210,13 +210,13 @@ def test_reference_logps_lora_and_full_reference_match_plain():
 
 
 def test_displacement_logprobs_use_the_shared_path_exactly():
-    from prefdyn.tracking.displacement import lm_answer_logprobs
+    from prefdyn.tracking.evaluate import answer_logprobs
 
     tok = tiny_tokenizer()
     batch = _batch(tok, chat_prompts(tok, STATEMENTS))
     model = tiny_llama()
-    shared = lm_answer_logprobs(LMPolicy(model), batch)
-    plain = lm_answer_logprobs(LMPolicy(model, share_prefix=False), batch)
+    shared = answer_logprobs(LMPolicy(model), batch)
+    plain = answer_logprobs(LMPolicy(model, share_prefix=False), batch)
     assert shared.shape == (len(STATEMENTS), model.config.vocab_size)
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
 

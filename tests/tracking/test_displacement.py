@@ -6,7 +6,8 @@ import torch
 from prefdyn.data import BehaviorData
 from prefdyn.models import answer_token_ids
 from prefdyn.policies.lm import LMPolicy
-from prefdyn.tracking.displacement import DisplacementMonitor, lm_answer_logprobs
+from prefdyn.tracking.displacement import DisplacementMonitor
+from prefdyn.tracking.evaluate import answer_logprobs
 from prefdyn.tracking.history import History
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches, collate_prompts
@@ -46,7 +47,7 @@ def test_monitor_in_full_mode_matches_hand_recomputation():
     yes_id, no_id = answer_token_ids(tok, ["Yes", "No"])
     behavior = _behavior(tok)
     before = copy.deepcopy(loaded.model)
-    monitor = DisplacementMonitor(_probe(tok, behavior, yes_id, no_id), lm_answer_logprobs,
+    monitor = DisplacementMonitor(_probe(tok, behavior, yes_id, no_id), answer_logprobs,
                                   history=History(), every=2, top_k=5, tokenizer=tok)
     batches = answer_batches(behavior, tok, yes_id, no_id, batch_size=2, seed=0)
     run = fit_lm(loaded, batches, TrainConfig(lr=1e-3), mode="full", steps=5, callbacks=[monitor])
@@ -58,22 +59,22 @@ def test_monitor_in_full_mode_matches_hand_recomputation():
     assert last is records[-1]
     expected = _chosen_logps(run.policy.model, tok, behavior, yes_id, no_id) - \
         _chosen_logps(before, tok, behavior, yes_id, no_id)
-    assert last["chosen_change"] == pytest.approx(expected.mean().item(), abs=1e-4)
+    assert last["chosen_logp_change"] == pytest.approx(expected.mean().item(), abs=1e-4)
     assert last["chosen_fell"] == pytest.approx((expected < 0).float().mean().item())
-    assert last["chosen_change"] != 0.0 and last["rejected_change"] != 0.0
+    assert last["chosen_logp_change"] != 0.0 and last["rejected_logp_change"] != 0.0
     gains = last["top_gain"]
     assert len(gains) == len(last["top_gain_ids"]) == len(last["top_gain_tokens"]) == 5
     assert gains == sorted(gains, reverse=True)
     assert last["top_gain_tokens"] == [tok.decode([i]) for i in last["top_gain_ids"]]
 
 
-def test_lm_answer_logprobs_restores_train_mode_and_matches_answer_logps():
+def test_answer_logprobs_restores_train_mode_and_matches_answer_logps():
     tok = tiny_tokenizer()
     yes_id, no_id = answer_token_ids(tok, ["Yes", "No"])
     probe = _probe(tok, _behavior(tok), yes_id, no_id)
     policy = LMPolicy(tiny_llama())
     policy.model.train()
-    logprobs = lm_answer_logprobs(policy, probe)
+    logprobs = answer_logprobs(policy, probe)
     assert policy.model.training and not logprobs.requires_grad
     assert logprobs.shape == (len(probe), len(tok))
     with torch.no_grad():

@@ -10,7 +10,8 @@ from prefdyn.losses import get_loss
 from prefdyn.models import answer_token_ids
 from prefdyn.policies.lm import LMPolicy, reference_logps
 from prefdyn.tracking.history import History
-from prefdyn.tracking.lm_metrics import LMEvalTracker, evaluate_batches, group_means
+from prefdyn.tracking.evaluate import pair_metrics, score_pairs
+from prefdyn.tracking.lm_metrics import LMEvalTracker, group_means
 from prefdyn.training import TrainConfig
 from prefdyn.training.lm_data import answer_batches
 from prefdyn.training.lm_runner import fit_lm
@@ -46,7 +47,8 @@ def test_evaluation_at_the_start_is_the_reference_and_changes_nothing():
     batch = reference_logps(policy, _eval_batches(data, loaded.tokenizer, yes, no, data.test_idx)[0])
     before = [p.clone() for p in loaded.model.parameters()]
     loaded.model.train()
-    values, rows = evaluate_batches(policy, get_loss("dpo", beta=0.1), [batch])
+    scores = score_pairs(policy, [batch])
+    values, rows = pair_metrics(scores, get_loss("dpo", beta=0.1)), scores.rows
     assert loaded.model.training  # mode restored
     assert all(torch.equal(a, b) for a, b in zip(before, loaded.model.parameters()))
     assert sorted(rows.tolist()) == sorted(data.test_idx.tolist())

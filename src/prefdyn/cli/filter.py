@@ -70,19 +70,10 @@ def compute_scores(score: str, pairs, *, model: str | None, cache_dir: str | Non
 
 
 def _write_html(path: Path, scores, dropped_idx: list[int], summary: dict) -> None:
-    import matplotlib.pyplot as plt
+    from prefdyn.reports import Report, plot_score_histogram
 
-    from prefdyn.reports import Report, style
-
-    with style():
-        fig, ax = plt.subplots(figsize=(6.0, 3.2))
-        ax.hist(scores.numpy(), bins=min(50, max(5, len(scores) // 5)), color="#7a8ca6")
-        if dropped_idx:
-            ax.axvline(float(scores[dropped_idx].min()), color="#c0392b", linestyle="--",
-                       label="lowest dropped score")
-            ax.legend()
-        ax.set_xlabel(summary["score"])
-        ax.set_ylabel("pairs")
+    fig = plot_score_histogram(scores.numpy(), xlabel=summary["score"],
+                               threshold=float(scores[dropped_idx].min()) if dropped_idx else None)
     report = Report("prefdyn filter", subtitle=f"{summary['input']} -> {summary['output']}")
     report.headline("kept", summary["counts"]["kept"])
     report.headline("dropped", summary["counts"]["dropped"], note=f"score: {summary['score']}")

@@ -27,10 +27,14 @@ from prefdyn.data.records import PreferencePair
 from prefdyn.data.tasks import BehaviorData, TaskConfig, build_behaviors
 from prefdyn.errors import DataError
 from prefdyn.policies.lm import LMPolicy
+from prefdyn.experiments._resume import ResumableRun, run_identity
 from prefdyn.reports import Report
+from prefdyn.tracking import metrics as M
+from prefdyn.tracking.evaluate import PairScores, pair_metrics, score_pairs
 from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.config import TrainConfig
-from prefdyn.training.lm_data import collate_pairs, pair_batches, tokenize_pair
+from prefdyn.training.lm_data import pair_batches, tokenize_pair
+from prefdyn.training.lm_data import fixed_pair_batches
 from prefdyn.training.lm_runner import fit_lm
 
 HH_DEFAULT = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
@@ -163,45 +167,21 @@ def subsample_pairs(pairs: Sequence[PreferencePair], tokenizer, n: int, max_toke
 
 # ---------------------------------------------------------------- training ---
 
-@torch.no_grad()
-def pair_logps(policy: LMPolicy, pairs: Sequence[PreferencePair], tokenizer, *, batch_size: int = 8,
-               max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Chosen/rejected summed log-probs under the policy and its reference, each (n,) float64.
-
-    Keys ``chosen``, ``rejected``, ``ref_chosen``, ``ref_rejected``. Eval mode (no
-    dropout); bad records raise the :class:`DataError` of :func:`tokenize_pair`.
-    """
-    encoded = [tokenize_pair(p, tokenizer, i, max_length) for i, p in enumerate(pairs)]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(policy.model.parameters()).device
-    cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("chosen", "rejected", "ref_chosen", "ref_rejected")}
-    was_training = policy.model.training
-    policy.model.eval()
-    try:
-        for start in range(0, len(encoded), batch_size):
-            idx = list(range(start, min(start + batch_size, len(encoded))))
-            batch = collate_pairs([encoded[i] for i in idx], idx, pad)
-            batch = type(batch)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                                   for k, v in vars(batch).items()})
-            c, r = policy.pair(batch)
-            with policy.reference() as ref:
-                rc, rr = policy.pair(batch, ref)
-            for k, v in zip(cols, (c, r, rc, rr)):
-                v_cpu = v.detach().to("cpu", torch.float64)
-                cols[k].append(v_cpu)
-    finally:
-        policy.model.train(was_training)
-    return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for k, v in cols.items()}
+def pair_scores(policy: LMPolicy, pairs: Sequence[PreferencePair], tokenizer, *, batch_size: int = 8,
+                max_length: int | None = None) -> PairScores:
+    """Chosen/rejected summed log-probs of ``pairs`` under the policy and its reference
+    (:func:`prefdyn.tracking.evaluate.score_pairs`); bad records raise the
+    :class:`DataError` of :func:`tokenize_pair`."""
+    return score_pairs(policy, fixed_pair_batches(pairs, tokenizer, batch_size, max_length))
 
 
-def displacement_stats(logps: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Mean chosen log-prob change, share displaced (chosen fell), preference accuracy
-    (chosen log-ratio > rejected log-ratio) and mean rejected change."""
-    chosen = logps["chosen"] - logps["ref_chosen"]
-    rejected = logps["rejected"] - logps["ref_rejected"]
-    return {"chosen_change": float(chosen.mean()), "displaced_share": float((chosen < 0).double().mean()),
-            "preference_accuracy": float((chosen > rejected).double().mean()),
-            "rejected_change": float(rejected.mean())}
+def displacement_stats(scores: PairScores) -> dict[str, float]:
+    """Means over the pairs of ``chosen_logp_change``, ``chosen_fell`` (share displaced),
+    ``reward_acc`` (chosen log-ratio > rejected log-ratio) and ``rejected_logp_change``
+    (names: :mod:`prefdyn.tracking.metrics`)."""
+    values = pair_metrics(scores.to(torch.float64))
+    return {k: float(values[k].mean())
+            for k in (M.CHOSEN_LOGP_CHANGE, M.CHOSEN_FELL, M.REWARD_ACC, M.REJECTED_LOGP_CHANGE)}
 
 
 DEFAULT_BATCH = 8
@@ -209,17 +189,20 @@ DEFAULT_BATCH = 8
 
 def train_and_measure(loaded, train_pairs: Sequence[PreferencePair],
                       eval_sets: Mapping[str, Sequence[PreferencePair]], train: TrainConfig, *,
-                      mode: str = "lora", sink=None, name: str = "lm") -> dict[str, dict[str, torch.Tensor]]:
+                      mode: str = "lora", sink=None, name: str = "lm") -> dict[str, PairScores]:
     """DPO (``train.loss``) on ``train_pairs`` from a fresh copy of ``loaded`` through
-    :func:`fit_lm`; then :func:`pair_logps` of every evaluation set under the trained policy."""
+    :func:`fit_lm` (checkpointed into ``<sink's folder>/checkpoints/<name>`` and resumed
+    from there); then :func:`pair_scores` of every evaluation set under the trained policy."""
     if not train_pairs:
         raise DataError(f"{name}: no training pairs left")
     work = loaded.copy()
     max_length = getattr(work.model.config, "max_position_embeddings", None)
     batches = pair_batches(train_pairs, work.tokenizer, train.batch_size or DEFAULT_BATCH, train.seed,
                            max_length)
-    run = fit_lm(work, batches, train, mode=mode, sink=sink, name=name)
-    out = {key: pair_logps(run.policy, pairs, work.tokenizer, max_length=max_length)
+    resumable = ResumableRun(sink, name, run_identity(work, batches, train, mode))
+    run = fit_lm(work, batches, train, mode=mode, sink=sink, name=name,
+                 callbacks=resumable.callbacks(), **resumable.fit_kwargs(train.steps, train.eval_every))
+    out = {key: pair_scores(run.policy, pairs, work.tokenizer, max_length=max_length)
            for key, pairs in eval_sets.items()}
     del work, run
     return out

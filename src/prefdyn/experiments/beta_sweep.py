@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 KEY_METRICS: dict[str, tuple[str, ...]] = {
     "distinguishability": ("spearman_D_loss_decrease",),
-    "misalignment": ("mean_speedup_ref_start", "mean_speedup_ref_base"),
+    "misalignment": ("mean_speedup", "mean_speedup_ref_base"),
     "lm_misalignment": ("mean_speedup",),
     "lm_distinguishability": ("spearman_D_loss_decrease",),
     "hh_rlhf": ("alignment_gain", "speedup", "train_alignment_gain", "train_speedup"),

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from prefdyn.data.filtering import drop_indices
@@ -37,11 +36,15 @@ from prefdyn.experiments._displacement import (
     train_and_measure,
 )
 from prefdyn.experiments.result import ExperimentResult, fmt
+from prefdyn.reports import plot_grouped_bar_panels
+from prefdyn.tracking import metrics as M
+from prefdyn.tracking.metrics import describe
 from prefdyn.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 RUNS = ("all", "drop top CHES", "drop random", "all + SFT")
+STATS = (M.CHOSEN_LOGP_CHANGE, M.CHOSEN_FELL, M.REWARD_ACC, M.REJECTED_LOGP_CHANGE)
 EVAL_SETS = ("held-out", "shared train")
 
 
@@ -117,33 +120,19 @@ def run_mitigation(loaded, cfg: MitigationConfig, train: TrainConfig, *, sink=No
 
 
 def _figure(stats):
-    import matplotlib.pyplot as plt
-
-    from prefdyn.reports import style
-
-    with style():
-        fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
-        for ax, (key, label) in zip(axes, [("chosen_change", "mean Δ log π(y+|x)"),
-                                           ("displaced_share", "share displaced")]):
-            x = np.arange(len(RUNS))
-            for j, ev in enumerate(EVAL_SETS):
-                ax.bar(x + (j - 0.5) * 0.38, [stats[r][ev][key] for r in RUNS], width=0.38, label=ev)
-            ax.set_xticks(x, RUNS, rotation=20, ha="right")
-            ax.set_ylabel(label)
-            ax.axhline(0, color="#888", lw=0.8)
-        axes[0].legend(fontsize=8)
-    return fig
+    panels = {f"{label} ({key})": {ev: [stats[r][ev][key] for r in RUNS] for ev in EVAL_SETS}
+              for key, label in ((M.CHOSEN_LOGP_CHANGE, "mean Δ log π(y+|x)"),
+                                 (M.CHOSEN_FELL, "share displaced"))}
+    return plot_grouped_bar_panels(RUNS, panels)
 
 
 def _result(stats, detail, cfg: MitigationConfig, train: TrainConfig, mode: str) -> ExperimentResult:
-    rows = [{"run": run, "evaluated on": ev, "mean Δ log π(y+)": s["chosen_change"],
-             "share displaced": s["displaced_share"], "preference accuracy": s["preference_accuracy"],
-             "mean Δ log π(y−)": s["rejected_change"]}
+    rows = [{"run": run, "evaluated on": ev, **{k: s[k] for k in STATS}}
             for run in RUNS for ev, s in stats[run].items()]
     held = {run: stats[run]["held-out"] for run in RUNS}
-    best = max(RUNS, key=lambda r: held[r]["chosen_change"])
-    ches_beats = held["drop top CHES"]["chosen_change"] > max(held["drop random"]["chosen_change"],
-                                                            held["all + SFT"]["chosen_change"])
+    best = max(RUNS, key=lambda r: held[r][M.CHOSEN_LOGP_CHANGE])
+    ches_beats = held["drop top CHES"][M.CHOSEN_LOGP_CHANGE] > max(
+        held["drop random"][M.CHOSEN_LOGP_CHANGE], held["all + SFT"][M.CHOSEN_LOGP_CHANGE])
     notes = [f"Held-out: the least displacement (highest mean Δ log π(y+)) is '{best}'. Dropping the top "
              f"{cfg.top_percent:g}% CHES pairs {'beats' if ches_beats else 'does not beat'} both random "
              "dropping and the SFT term here " + ("(Razin et al. 2024 report that it does)." if not ches_beats
@@ -158,9 +147,11 @@ def _result(stats, detail, cfg: MitigationConfig, train: TrainConfig, mode: str)
                      f"run saw. Data: {detail['selection']}."),
         summary={"runs": stats, **detail, "top_percent": cfg.top_percent, "mode": mode, "lr": train.lr,
                  "beta": train.beta, "steps": train.steps, "sft_weight": SFT_WEIGHT},
-        headlines=[(f"held-out Δ log π(y+): {r}", fmt(held[r]["chosen_change"], 3),
-                    f"displaced {held[r]['displaced_share']:.0%}, acc {held[r]['preference_accuracy']:.0%}")
+        headlines=[(f"held-out Δ log π(y+): {r}", fmt(held[r][M.CHOSEN_LOGP_CHANGE], 3),
+                    f"{M.CHOSEN_FELL} {held[r][M.CHOSEN_FELL]:.0%}, {M.REWARD_ACC} {held[r][M.REWARD_ACC]:.0%}")
                    for r in RUNS],
-        tables=[("Displacement per run and evaluation set", rows)], notes=notes)
-    res.add_figure("mitigation", _figure(stats), "mean chosen log-prob change and share displaced per run")
+        tables=[("Displacement per run and evaluation set (means over the pairs)", rows)],
+        notes=notes + ["Columns: " + "; ".join(describe(k) for k in STATS) + "."])
+    res.add_figure("mitigation", _figure(stats), f"mean {M.CHOSEN_LOGP_CHANGE} and {M.CHOSEN_FELL} "
+                   "(share displaced) per run")
     return res

@@ -22,9 +22,16 @@ from prefdyn.data.records import PreferencePair
 from prefdyn.diagnostics.ches import ches_from_sums, pair_hidden_sums
 from prefdyn.diagnostics.similarity import edit_similarity, last_hidden_inner_products
 from prefdyn.errors import PrefdynError
-from prefdyn.experiments._displacement import HH_DEFAULT, load_source, train_and_measure
+from prefdyn.experiments._displacement import (
+    HH_DEFAULT,
+    displacement_stats,
+    load_source,
+    train_and_measure,
+)
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.reports.plots import plot_scatter_rank, spearman, subplots_grid
+from prefdyn.tracking import metrics as M
+from prefdyn.tracking.evaluate import pair_metrics
 from prefdyn.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -92,17 +99,16 @@ def run_predictors(loaded, src: SourceConfig, train: TrainConfig, *, sink=None,
         log.info("%s: scoring %d pairs", source, len(pairs))
         scores = pair_scores(loaded, pairs, batch_size=src.score_batch_size)
         log.info("%s: DPO (%s) on %d pairs", source, mode, len(pairs))
-        logps = train_and_measure(loaded, pairs, {"train": pairs}, train, mode=mode, sink=sink,
-                                  name=f"predictors/{source}")["train"]
-        change = logps["chosen"] - logps["ref_chosen"]
+        measured = train_and_measure(loaded, pairs, {"train": pairs}, train, mode=mode, sink=sink,
+                                     name=f"predictors/{source}")["train"]
+        change = pair_metrics(measured.to(torch.float64))[M.CHOSEN_LOGP_CHANGE]
         corr = score_correlations(scores, change)
         for key, c in corr.items():
             rows.append({"source": source, "score": SCORES[key], "Spearman ρ": c["rho"], "p": c["p"],
                          "pairs": c["n"]})
         per_source[source] = {"correlations": corr, "pairs": len(pairs), "selection": what,
-                              "mean_chosen_change": float(change.mean()),
-                              "displaced_share": float((change < 0).double().mean()),
-                              "per_pair": [{"source": p.source, "chosen_change": float(change[i]),
+                              **displacement_stats(measured),
+                              "per_pair": [{"source": p.source, M.CHOSEN_LOGP_CHANGE: float(change[i]),
                                             **{k: float(v[i]) for k, v in scores.items()}}
                                            for i, p in enumerate(pairs)]}
         figures.append((source, _scatter(scores, change, source)))
@@ -129,8 +135,8 @@ def _result(rows, per_source, figures, described, train: TrainConfig, mode: str)
                    "does not significantly support")
         notes.append(f"{source}: ρ(CHES, Δ log π(y+)) = {fmt(rho)} (p = {corr['ches']['p']:.2g}); this "
                      f"{verdict} the claim that higher CHES means more displacement (negative ρ). "
-                     f"{info['displaced_share']:.0%} of the pairs lost chosen log-prob "
-                     f"(mean change {info['mean_chosen_change']:+.3f}).")
+                     f"{info[M.CHOSEN_FELL]:.0%} of the pairs lost chosen log-prob "
+                     f"({M.CHOSEN_FELL}; mean {M.CHOSEN_LOGP_CHANGE} {info[M.CHOSEN_LOGP_CHANGE]:+.3f}).")
         if source == "persona" and corr["ches"]["rho"] == corr["ches_normalized"]["rho"]:
             notes.append("persona: every response is the answer token and the end-of-turn token (same "
                          "length), so length-normalized CHES ranks the pairs exactly as CHES does.")

@@ -29,8 +29,9 @@ from prefdyn.experiments._displacement import Synonyms, load_synonyms
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.models.tokens import answer_token_ids, unembedding
 from prefdyn.policies.lm import LMPolicy
+from prefdyn.reports import plot_grouped_bars
 from prefdyn.tracking.callbacks import Callback
-from prefdyn.tracking.displacement import lm_answer_logprobs
+from prefdyn.tracking.evaluate import answer_logprobs
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import _pad_id, collate_prompts
 from prefdyn.training.lm_runner import fit_lm
@@ -138,10 +139,10 @@ def run_token_table(loaded, cfg: TokensConfig, train: TrainConfig, *, sink=None,
         batch.input_ids, batch.attention_mask, batch.position_ids = (
             t.to(device) for t in (batch.input_ids, batch.attention_mask, batch.position_ids))
         W_U = unembedding(work.model).detach().clone()
-        before = lm_answer_logprobs(LMPolicy(work.model), batch)[0].cpu().double()
+        before = answer_logprobs(LMPolicy(work.model), batch)[0].cpu().double()
         run = fit_lm(work, itertools.repeat(batch), train, mode="full", steps=train.steps,
                      callbacks=[stopper], sink=sink, name=name)
-        after = lm_answer_logprobs(run.policy, batch)[0].cpu().double()
+        after = answer_logprobs(run.policy, batch)[0].cpu().double()
         steps_done = run.state.step
         del work, run
 
@@ -179,21 +180,11 @@ def run_token_table(loaded, cfg: TokensConfig, train: TrainConfig, *, sink=None,
 
 
 def _figure(rows: list[dict]):
-    import matplotlib.pyplot as plt
-
-    from prefdyn.reports import style
-
-    with style():
-        fig, ax = plt.subplots(figsize=(6.4, 3.4))
-        x = np.arange(len(rows))
-        w = 0.2
-        for j, (key, label) in enumerate([("pi(y+) before", "π(y+) before"), ("pi(y+) after", "π(y+) after"),
-                                          ("pi(y-) before", "π(y−) before"), ("pi(y-) after", "π(y−) after")]):
-            ax.bar(x + (j - 1.5) * w, [r[key] for r in rows], width=w, label=label)
-        ax.set_xticks(x, [r["pair"] for r in rows])
-        ax.set_ylabel("probability of the answer token")
-        ax.legend(fontsize=8)
-    return fig
+    keys = {"π(y+) before": "pi(y+) before", "π(y+) after": "pi(y+) after",
+            "π(y−) before": "pi(y-) before", "π(y−) after": "pi(y-) after"}
+    return plot_grouped_bars([r["pair"] for r in rows],
+                             {label: [r[key] for r in rows] for label, key in keys.items()},
+                             ylabel="probability of the answer token")
 
 
 def _result(rows, gainer_rows, per_pair, cfg: TokensConfig, train: TrainConfig, prompt: str) -> ExperimentResult:

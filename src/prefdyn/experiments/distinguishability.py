@@ -14,6 +14,7 @@ from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_bars, plot_curves, plot_scatter_rank, spearman
 from prefdyn.theory.bounds import theorem41_bound
+from prefdyn.tracking import metrics as M
 from prefdyn.training import TrainConfig
 
 
@@ -37,8 +38,8 @@ def run_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None) -> E
     diag = diagnose_workspace(ws, train, run.lr)
     D = {n: s.D for n, s in zip(names, diag.stats)}
 
-    steps, loss = run.history.curves("loss")
-    test_steps, test_loss = run.history.curves("loss", split="test")
+    steps, loss = run.history.curves(M.LOSS)
+    test_steps, test_loss = run.history.curves(M.LOSS, split="test")
     w_steps, fro = run.history.curves("dW_fro", split="weights")
     bounds = {n: theorem41_bound(train.beta, run.lr, w_steps, ws.d, D[n]).numpy() for n in names}
     decrease = {n: float(loss[n][0] - loss[n][-1]) for n in names}

@@ -28,6 +28,7 @@ from prefdyn.experiments.result import ExperimentResult
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_curves
 from prefdyn.reports.projections import plot_before_after
+from prefdyn.tracking import metrics as M
 from prefdyn.training import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def run_distribution_change(ws: Workspace, train: TrainConfig, *, sink=None, loa
     sfD_grew = [n for n in names if after[n]["scale_free_D"] > before[n]["scale_free_D"]]
     tighter = [n for n in names if after[n]["spread_ratio"] < before[n]["spread_ratio"]]
     spread_grew = [n for n in names if after[n]["spread"] > before[n]["spread"]]
-    final_loss = tr.history.last("loss", split="train_eval", by="group")
+    final_loss = tr.history.last(M.LOSS, split="train_eval", by="group")
 
     summary = {"behaviors": names, "mode": preset.mode, "lr": train.lr, "beta": train.beta,
                "steps": train.steps, "batch_size": train.batch_size,

@@ -32,18 +32,22 @@ from prefdyn._runtime import resolve_device, set_seed
 from prefdyn.data import load_pairs
 from prefdyn.data.records import PreferencePair
 from prefdyn.errors import DataError, PrefdynError, TrainingError
+from prefdyn.experiments._resume import ResumableRun, run_identity
 from prefdyn.experiments.config import ModelConfig
 from prefdyn.experiments.misalignment import _Tagged
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.losses import get_loss
 from prefdyn.models import LoadedModel, load_model
-from prefdyn.policies.lm import LMBatch
-from prefdyn.reports import Report, plot_curves, plot_pair_curves
+from prefdyn.reports import Report, plot_pair_curves
+from prefdyn.reports import plot_fallback_curves
+from prefdyn.tracking import metrics as M
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.run_dir import RunDir
+from prefdyn.tracking.speedup import decrease, misalignment_speedup
 from prefdyn.training.config import TrainConfig
-from prefdyn.training.lm_data import _pad_id, collate_pairs, pair_batches, tokenize_pair
+from prefdyn.training.lm_data import pair_batches, tokenize_pair
+from prefdyn.training.lm_data import fixed_pair_batches
 from prefdyn.training.lm_runner import LMRun, fit_lm
 
 log = logging.getLogger(__name__)
@@ -143,15 +147,6 @@ def select_pairs(pairs: Sequence[PreferencePair], tokenizer, n_train: int, n_tes
     return chosen[:n_train], chosen[n_train:]
 
 
-def fixed_pair_batches(pairs: Sequence[PreferencePair], tokenizer, batch_size: int
-                       ) -> list[LMBatch]:
-    """The pairs as a fixed list of :class:`PairBatch` (in order), for evaluation."""
-    encoded = [tokenize_pair(p, tokenizer, i, None) for i, p in enumerate(pairs)]
-    pad = _pad_id(tokenizer)
-    return [collate_pairs(encoded[s:s + batch_size], list(range(s, min(s + batch_size, len(encoded)))), pad)
-            for s in range(0, len(encoded), batch_size)]
-
-
 def merged_model(run: LMRun) -> torch.nn.Module:
     """The trained model as a plain model: LoRA adapters merged into the weights."""
     model = run.policy.model
@@ -183,15 +178,18 @@ def trained_loaded(loaded: LoadedModel, run: LMRun) -> LoadedModel:
 def fit_with_probe(loaded: LoadedModel, train_pairs, probe_splits, tokenizer, cfg: TrainConfig,
                    preset: HHPreset, *, steps: int, mode: Literal["full", "lora"], sink, tag: str,
                    seed: int) -> tuple[LMRun, History]:
-    """One fit_lm run on ``train_pairs`` with the log-prob probe attached."""
+    """One fit_lm run on ``train_pairs`` with the log-prob probe attached, checkpointed
+    into ``<sink's folder>/checkpoints/<tag>`` and resumed from there."""
     tagged = _Tagged(sink, tag) if sink is not None else None
-    probe_history = History(tagged)
+    batches = pair_batches(train_pairs, tokenizer, preset.batch_size, seed)
+    resumable = ResumableRun(tagged, tag, run_identity(loaded, batches, cfg, mode))
+    probe_history = resumable.history()
     probe = LMEvalTracker(get_loss(cfg.loss, beta=cfg.beta), probe_splits, history=probe_history,
                           every=preset.eval_every, name=tag)
-    batches = pair_batches(train_pairs, tokenizer, preset.batch_size, seed)
     log.info("hh-rlhf %s: %d steps on %d pairs", tag, steps, len(train_pairs))
     run = fit_lm(loaded, batches, cfg, mode=mode, steps=steps,
-                 callbacks=[probe], sink=tagged, name=tag)
+                 callbacks=[probe, *resumable.callbacks()], sink=tagged, name=tag,
+                 **resumable.fit_kwargs(steps, preset.eval_every))
     return run, probe_history
 
 
@@ -209,19 +207,19 @@ def fallback_stats(steps: np.ndarray, from_base: np.ndarray, from_aligned: np.nd
     """How far and how fast misalignment undoes alignment, from two log-prob-difference
     curves on the same steps (step 0 first): the base's and the aligned model's start,
     the gain, the first step at which ``FALLBACK_SHARE`` of the gain is undone, the drop
-    of each curve over the window and their ratio."""
+    of each curve over the window and the misalignment speed-up
+    (:func:`~prefdyn.tracking.speedup.misalignment_speedup` with the window as budget)."""
     base, aligned = float(from_base[0]), float(from_aligned[0])
     gain = aligned - base
     fallback = (first_step_at_or_below(steps, from_aligned, aligned - FALLBACK_SHARE * gain)
                 if gain > 0 else float("nan"))
     last = np.nonzero(steps <= window)[0][-1]
-    drop_base = float(from_base[0] - from_base[last])
-    drop_aligned = float(from_aligned[0] - from_aligned[last])
     return {"base": base, "aligned": aligned, "gain": gain, "fallback_step": fallback,
             "fell_back_within_window": bool(np.isfinite(fallback) and fallback <= window),
-            "window_end": float(steps[last]), "drop_from_base": drop_base,
-            "drop_from_aligned": drop_aligned,
-            "speedup": drop_aligned / drop_base if abs(drop_base) > 1e-12 else float("nan"),
+            "window_end": float(steps[last]),
+            "drop_from_base": decrease(steps, from_base, window),
+            "drop_from_aligned": decrease(steps, from_aligned, window),
+            M.SPEEDUP: misalignment_speedup(steps, from_aligned, from_base, budget=window),
             "aligned_minus_base_at_window": float(from_aligned[last] - base)}
 
 
@@ -263,19 +261,19 @@ def run_hh_rlhf(loaded: LoadedModel, pairs: Sequence[PreferencePair], preset: HH
     stats: dict[str, dict[str, float]] = {}
     steps = s_align = None
     for split in SPLITS:
-        s_align, c_align = align_probe.curves("logp_diff", split=split)
-        steps, c_base = base_probe.curves("logp_diff", split=split)
-        _, c_al = al_probe.curves("logp_diff", split=split)
-        _, a_base = base_probe.curves("policy_acc", split=split)
-        _, a_al = al_probe.curves("policy_acc", split=split)
+        s_align, c_align = align_probe.curves(M.LOGP_DIFF, split=split)
+        steps, c_base = base_probe.curves(M.LOGP_DIFF, split=split)
+        _, c_al = al_probe.curves(M.LOGP_DIFF, split=split)
+        _, a_base = base_probe.curves(M.POLICY_ACC, split=split)
+        _, a_al = al_probe.curves(M.POLICY_ACC, split=split)
         curves[split] = {"align": c_align["align"], "base": c_base["flip_from_base"],
                          "aligned": c_al["flip_from_aligned"], "acc_base": a_base["flip_from_base"],
                          "acc_aligned": a_al["flip_from_aligned"]}
         stats[split] = fallback_stats(steps, curves[split]["base"], curves[split]["aligned"],
                                       preset.window)
     held, train = stats["test"], stats["train_probe"]
-    _, loss_base = from_base.history.curves("loss")
-    loss_steps, loss_al = from_aligned.history.curves("loss")
+    _, loss_base = from_base.history.curves(M.LOSS)
+    loss_steps, loss_al = from_aligned.history.curves(M.LOSS)
 
     summary = {
         "mode": mode, "beta": preset.beta, "lr": preset.lr, "seed": seed,
@@ -285,11 +283,11 @@ def run_hh_rlhf(loaded: LoadedModel, pairs: Sequence[PreferencePair], preset: HH
         "fallback_step": held["fallback_step"],
         "fell_back_within_window": held["fell_back_within_window"], "window": preset.window,
         "logp_diff_drop_from_base": held["drop_from_base"],
-        "logp_diff_drop_from_aligned": held["drop_from_aligned"], "speedup": held["speedup"],
+        "logp_diff_drop_from_aligned": held["drop_from_aligned"], M.SPEEDUP: held[M.SPEEDUP],
         "aligned_minus_base_at_window": held["aligned_minus_base_at_window"],
         "train_alignment_gain": train["gain"], "train_fallback_step": train["fallback_step"],
-        "train_speedup": train["speedup"], "by_split": stats,
-        "align_final_loss": aligned.history.last("loss").get("align"),
+        "train_speedup": train[M.SPEEDUP], "by_split": stats,
+        "align_final_loss": aligned.history.last(M.LOSS).get("align"),
     }
     res = ExperimentResult(
         name="hh_rlhf", title=f"HH-RLHF: misaligning the aligned vs the base model ({mode})",
@@ -301,19 +299,17 @@ def run_hh_rlhf(loaded: LoadedModel, pairs: Sequence[PreferencePair], preset: HH
              f"{fmt(held['fallback_step'], 0)} / {fmt(train['fallback_step'], 0)}",
              f"window: {preset.window} steps"),
             ("Misalignment speed-up (held-out / train)",
-             f"{fmt(held['speedup'])} / {fmt(train['speedup'])}",
-             "drop of the log-prob diff, aligned start / base start")])
+             f"{fmt(held[M.SPEEDUP])} / {fmt(train[M.SPEEDUP])}",
+             f"drop of {M.LOGP_DIFF} over {preset.window} steps, aligned start / base start")])
     for split, what in SPLITS.items():
         c = curves[split]
-        fig = plot_curves({"alignment (true prefs)": s_align, "misalign from base": steps,
-                           "misalign from aligned": steps},
-                          {"alignment (true prefs)": c["align"], "misalign from base": c["base"],
-                           "misalign from aligned": c["aligned"]},
-                          ylabel="log π(chosen) − log π(rejected)",
-                          title=f"HH-RLHF log-prob difference, {what} (Fig. 15)")
-        ax = fig.axes[0]
-        ax.axhline(stats[split]["base"], color="0.4", lw=1.0, linestyle=":", zorder=1)
-        ax.axvline(preset.window, color="0.7", lw=0.8, linestyle="--", zorder=1)
+        fig = plot_fallback_curves(
+            {"alignment (true prefs)": s_align, "misalign from base": steps,
+             "misalign from aligned": steps},
+            {"alignment (true prefs)": c["align"], "misalign from base": c["base"],
+             "misalign from aligned": c["aligned"]}, base_level=stats[split]["base"],
+            budget=preset.window, ylabel=f"{M.LOGP_DIFF}: log π(chosen) − log π(rejected)",
+            title=f"HH-RLHF log-prob difference, {what} (Fig. 15)")
         res.add_figure(f"hh_logp_diff_{split}", fig,
                        f"Chosen-minus-rejected log-prob difference on the {what} during alignment "
                        "and during misalignment from the base and from the aligned model; dotted: "
@@ -366,7 +362,7 @@ def _verdict(st: dict, what: str, window: int) -> str:
             f"{fmt(st['aligned'])}; misalignment from the aligned model undid "
             f"{FALLBACK_SHARE:.0%} of that gain {when} ({within} the {window}-step window). Over "
             f"the window it dropped by {fmt(st['drop_from_aligned'])} from the aligned start vs "
-            f"{fmt(st['drop_from_base'])} from the base start (ratio {fmt(st['speedup'])}); at the "
+            f"{fmt(st['drop_from_base'])} from the base start (speed-up {fmt(st[M.SPEEDUP])}); at the "
             f"window's end the aligned run sits {fmt(st['aligned_minus_base_at_window'])} above "
             "the base model's starting value.")
 

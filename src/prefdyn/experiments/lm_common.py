@@ -40,6 +40,7 @@ from torch import Tensor
 from prefdyn.data.tasks import BehaviorData, mix_behaviors
 from prefdyn.data.tasks import flip as flip_behavior
 from prefdyn.errors import PrefdynError
+from prefdyn.experiments._resume import ResumableRun, run_identity
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.losses import get_loss
 from prefdyn.models import LoadedModel
@@ -267,10 +268,16 @@ def train_lm(loaded: LoadedModel, task: LMTask, train: TrainConfig, preset: LMEx
     snapshotting the probe's embeddings at ``preset.snapshot_steps``.
 
     ``copy_model`` trains a deep copy (``loaded`` stays the base model). Records go to
-    ``sink`` (a RunDir) with ``problem = name``. ``fit_kwargs`` pass through to ``fit_lm``.
+    ``sink`` (a RunDir) with ``problem = name``; the run checkpoints into
+    ``<sink's folder>/checkpoints/<name>`` and resumes from there
+    (:class:`~prefdyn.experiments._resume.ResumableRun`). ``fit_kwargs`` pass through to
+    ``fit_lm``.
     """
     model = loaded.copy() if copy_model else loaded
-    history = History(sink)
+    batch_size = train.batch_size or preset.batch_size
+    batches = task.train_batches(batch_size, train.seed)
+    resumable = ResumableRun(sink, name, run_identity(model, batches, train, preset.mode))
+    history = resumable.history()
     splits = {"train_eval": task.eval_batches("train", limit=preset.eval_rows)}
     test = task.eval_batches("test", limit=preset.eval_rows)
     if test:
@@ -284,15 +291,14 @@ def train_lm(loaded: LoadedModel, task: LMTask, train: TrainConfig, preset: LMEx
         pad = model.tokenizer.pad_token_id
         pad = model.tokenizer.eos_token_id if pad is None else pad
         snaps = EmbeddingSnapshots(task.probe(preset.probe_split, preset.probe_rows), preset.snapshot_steps,
-                                   history=history, pad_id=pad, name=name)
+                                   history=history, pad_id=pad, name=name, store=resumable.folder)
         cbs.append(snaps)
-    batch_size = train.batch_size or preset.batch_size
     log.info("LM %s run %r: %d steps, batch %d, %d behaviors", preset.mode, name, train.steps,
              batch_size, len(task.group_names))
     start = time.perf_counter()
-    run = fit_lm(model, task.train_batches(batch_size, train.seed), train, mode=preset.mode,
-                 steps=train.steps, callbacks=[*cbs, *callbacks], sink=sink, name=name,
-                 **fit_kwargs)
+    run = fit_lm(model, batches, train, mode=preset.mode,
+                 steps=train.steps, callbacks=[*cbs, *callbacks, *resumable.callbacks()], sink=sink,
+                 name=name, **{**resumable.fit_kwargs(train.steps, train.eval_every), **fit_kwargs})
     return LMTraining(run, history, snaps, task, time.perf_counter() - start)
 
 

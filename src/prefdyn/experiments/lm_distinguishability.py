@@ -24,6 +24,7 @@ from prefdyn.experiments.lm_common import (
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_curves, plot_scatter_rank, spearman
+from prefdyn.tracking import metrics as M
 from prefdyn.training import TrainConfig
 
 register_presets(
@@ -101,13 +102,13 @@ def run_lm_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None, l
     for i, name in zip(which, names):
         tr = train_lm(loaded, lm_task(ws, loaded, [i], name=name), train, preset, sink=sink,
                       name=name, snapshots=False)
-        steps, c = tr.history.curves("loss", split="train_eval")
+        steps, c = tr.history.curves(M.LOSS, split="train_eval")
         loss[name] = c[name]
-        test_steps, c = tr.history.curves("loss", split="test")
+        test_steps, c = tr.history.curves(M.LOSS, split="test")
         if name in c:
             test_loss[name] = c[name]
-        acc[name] = tr.history.last("reward_acc", split="train_eval")[name]
-        fell[name] = tr.history.last("chosen_fell", split="train_eval")[name]
+        acc[name] = tr.history.last(M.REWARD_ACC, split="train_eval")[name]
+        fell[name] = tr.history.last(M.CHOSEN_FELL, split="train_eval")[name]
         seconds[name] = tr.seconds
         drift[name] = final_drift(tr.run)
 
@@ -126,7 +127,7 @@ def run_lm_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None, l
                "loss_decrease": decrease, "test_loss_decrease": test_decrease,
                "spearman_D_loss_decrease": rho, "spearman_D_loss_decrease_p": p,
                "spearman_D_test_loss_decrease": rho_test, "spearman_D_test_loss_decrease_p": p_test,
-               "D_orders_speed": ordered, "final_reward_acc": acc, "final_chosen_fell": fell,
+               "D_orders_speed": ordered, "final_reward_acc": acc, f"final_{M.CHOSEN_FELL}": fell,
                "final_layer_drift": drift, "seconds_per_run": seconds, "preset": preset}
     verdict = (f"Spearman(D, train-loss decrease) = {fmt(rho)} over {len(names)} behaviors "
                f"(test: {fmt(rho_test)}); the decrease is "
@@ -167,7 +168,7 @@ def run_lm_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None, l
     res.tables.append(("Per behavior, most distinguishable first", [
         {"behavior": n, "D": D[n], "train-loss decrease": decrease[n],
          "test-loss decrease": test_decrease.get(n, float("nan")),
-         "final reward acc": acc[n], "share chosen fell": fell[n], "seconds": seconds[n]}
+         f"final {M.REWARD_ACC}": acc[n], M.CHOSEN_FELL: fell[n], "seconds": seconds[n]}
         for n in sorted(names, key=lambda n: -D[n])]))
     if len(names) < 3:
         res.warnings.append("Fewer than 3 behaviors: the rank correlation is undefined.")

@@ -11,8 +11,8 @@ two classes of a behavior more distinguishable (larger D), which the embedding
 snapshots before and after alignment measure.
 
 Reported per behavior: the flipped-label loss (whole train and test rows, every
-``eval_every`` steps) from the base vs the aligned start, the speed-up (loss drop
-from the aligned start / from the base over the same steps), the steps until
+``eval_every`` steps) from the base vs the aligned start, the speed-up
+(:func:`prefdyn.tracking.speedup.misalignment_speedup` of that loss), the steps until
 ``FLIP_ACCURACY`` of the rows prefer the flipped answer, and D before/after alignment.
 """
 
@@ -35,11 +35,13 @@ from prefdyn.experiments.lm_common import (
     spread_by_D,
     train_lm,
 )
-from prefdyn.experiments.misalignment import FLIP_ACCURACY, _Tagged, steps_to_reach
+from prefdyn.experiments.misalignment import FLIP_ACCURACY, SPEEDUP_TEXT, _Tagged, steps_to_reach
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.models import LoadedModel
 from prefdyn.reports import plot_pair_curves
+from prefdyn.tracking import metrics as M
+from prefdyn.tracking.speedup import speedups
 from prefdyn.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -80,15 +82,6 @@ def _curves(training: LMTraining, metric: str, split: str) -> tuple[np.ndarray, 
     return steps, curves
 
 
-def _drop(c: np.ndarray) -> float:
-    ok = c[np.isfinite(c)]
-    return float(ok[0] - ok[-1]) if len(ok) else float("nan")
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if np.isfinite(a) and np.isfinite(b) and abs(b) > 1e-12 else float("nan")
-
-
 def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedModel,
                         preset: LMExperimentPreset, sink=None, which: list[int] | None = None,
                         align_steps: int | None = None) -> ExperimentResult:
@@ -118,30 +111,28 @@ def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedMode
     release(from_aligned.run)
 
     split = "train_eval"
-    steps, loss_base = _curves(from_base, "loss", split)
-    _, loss_al = _curves(from_aligned, "loss", split)
-    _, acc_base = _curves(from_base, "policy_acc", split)
-    _, acc_al = _curves(from_aligned, "policy_acc", split)
-    _, test_base = _curves(from_base, "loss", "test")
-    _, test_al = _curves(from_aligned, "loss", "test")
-    _, align_acc = _curves(aligned, "policy_acc", split)
+    steps, loss_base = _curves(from_base, M.LOSS, split)
+    _, loss_al = _curves(from_aligned, M.LOSS, split)
+    _, acc_base = _curves(from_base, M.POLICY_ACC, split)
+    _, acc_al = _curves(from_aligned, M.POLICY_ACC, split)
+    test_steps, test_base = _curves(from_base, M.LOSS, "test")
+    _, test_al = _curves(from_aligned, M.LOSS, "test")
+    _, align_acc = _curves(aligned, M.POLICY_ACC, split)
 
-    speedup = {n: _ratio(_drop(loss_al[n]), _drop(loss_base[n])) for n in names}
-    test_speedup = {n: _ratio(_drop(test_al[n]), _drop(test_base[n])) for n in names
-                    if n in test_al and n in test_base}
+    speedup, mean_speedup = speedups(steps, loss_al, loss_base, names)
+    test_speedup, _ = speedups(test_steps, test_al, test_base, names)
     flip_base = {n: steps_to_reach(steps, acc_base[n], FLIP_ACCURACY) for n in names}
     flip_al = {n: steps_to_reach(steps, acc_al[n], FLIP_ACCURACY) for n in names}
     D_before, D_after = _snapshot_D(aligned)
     # Full fine-tuning rescales the hidden states; D / sqrt(trace Sigma) does not see that.
     sfD_before, sfD_after = _snapshot_D(aligned, "scale_free_D")
     finite = [v for v in speedup.values() if np.isfinite(v)]
-    mean_speedup = float(np.mean(finite)) if finite else float("nan")
     faster = sum(v > 1 for v in finite)
     summary = {
         "mode": mode, "behaviors": names, "lr": aligned.run.lr, "beta": train.beta,
         "steps": train.steps, "align_steps": align_cfg.steps, "batch_size": train.batch_size,
         "aligned_policy_acc": {n: float(align_acc[n][-1]) for n in names},
-        "speedup": speedup, "mean_speedup": mean_speedup, "test_speedup": test_speedup,
+        M.SPEEDUP: speedup, M.MEAN_SPEEDUP: mean_speedup, "test_speedup": test_speedup,
         "steps_to_flip_from_base": flip_base, "steps_to_flip_from_aligned": flip_al,
         "final_flipped_acc_from_base": {n: float(acc_base[n][-1]) for n in names},
         "final_flipped_acc_from_aligned": {n: float(acc_al[n][-1]) for n in names},
@@ -158,9 +149,8 @@ def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedMode
             f"({align_cfg.steps} steps, AdamW lr {aligned.run.lr:g}, beta {train.beta}), then "
             f"trained {train.steps} steps on flipped labels from the base model and from the "
             "aligned model, each with its own start as the reference (the paper's protocol). "
-            "Speed-up = drop of the flipped-label loss on the training rows from the aligned "
-            "start / from the base start, over the same steps.\n\n"
-            "Unlike the last-layer version (speed-up exactly 1 by invariance), the hidden "
+            f"{SPEEDUP_TEXT}\n\n"
+            "Unlike prefdyn's last-layer version (speed-up exactly 1 by construction), the hidden "
             "states move here; Im & Li (Fig. 9) find aligned models misaligned faster and trace "
             "it to larger distinguishability D after DPO."),
         summary=summary,
@@ -178,7 +168,7 @@ def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedMode
         f"Share of training rows whose flipped answer has the higher log-prob; "
         f"'flipped' = {FLIP_ACCURACY:.0%}.")
     res.tables.append((f"Misalignment per behavior ({mode})", [
-        {"behavior": n, "speed-up (train)": speedup[n], "speed-up (test)": test_speedup.get(n),
+        {"behavior": n, "speedup (train)": speedup[n], "speedup (test)": test_speedup.get(n),
          f"steps to {FLIP_ACCURACY:.0%} flipped (base)": flip_base[n],
          f"steps to {FLIP_ACCURACY:.0%} flipped (aligned)": flip_al[n],
          "aligned acc.": summary["aligned_policy_acc"][n],
@@ -201,10 +191,10 @@ def _snapshot_D(aligned: LMTraining, key: str = "D") -> tuple[dict[str, float], 
 
 
 def _verdict(s: dict, names: list[str]) -> str:
-    sp = s["speedup"]
+    sp = s[M.SPEEDUP]
     faster = [n for n in names if np.isfinite(sp[n]) and sp[n] > 1]
     parts = [(f"The aligned model was misaligned faster for {len(faster)} of {len(names)} "
-              f"behaviors (mean speed-up {fmt(s['mean_speedup'])}).")]
+              f"behaviors (mean speed-up {fmt(s[M.MEAN_SPEEDUP])}).")]
     Db, Da = s["D_before_alignment"], s["D_after_alignment"]
     grew = [n for n in names if n in Db and n in Da and Da[n] > Db[n]]
     if Db:

@@ -25,6 +25,7 @@ from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_curves, plot_grid
 from prefdyn.tracking import class_mean_difference
+from prefdyn.tracking import metrics as M
 from prefdyn.training import TrainConfig
 
 register_presets(
@@ -70,8 +71,8 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
         run_name = "+".join(names)
         tr = train_lm(loaded, lm_task(ws, loaded, pair, name=run_name), train, preset, sink=sink,
                       name=run_name, snapshots=False)
-        steps, loss = tr.history.curves("loss", split="train_eval", by="group")
-        _, test = tr.history.curves("loss", split="test", by="group")
+        steps, loss = tr.history.curves(M.LOSS, split="train_eval", by="group")
+        _, test = tr.history.curves(M.LOSS, split="test", by="group")
         auc = {n: loss_auc(loss[n]) for n in names}
         hi_name = max(names, key=lambda n: prio[n]["projection"])
         faster = min(names, key=lambda n: auc[n])

@@ -7,10 +7,13 @@ flipped-label loss falls.
 Two reference choices are run, because they answer different questions:
 
 * ``reference = start`` (the usual protocol: pi_ref is the model being trained).
-  In the last-layer setting the DPO loss depends on W only through W - W_ref,
-  so both runs are *identical* by construction (speed-up exactly 1). The speed-up
-  the paper reports comes from the hidden states becoming more distinguishable
-  during full fine-tuning, which a frozen-feature run cannot show.
+  This last-layer version is prefdyn's extension, not the paper's experiment: the
+  DPO loss depends on W only through W - W_ref, so both runs are *identical* by
+  construction and the speed-up (:func:`prefdyn.tracking.speedup.misalignment_speedup`,
+  the definition the LM and HH-RLHF experiments use too) is exactly 1. It is a
+  check of the invariance, not a finding. The speed-up the paper reports comes
+  from the hidden states becoming more distinguishable during full fine-tuning
+  (:mod:`prefdyn.experiments.lm_misalignment`), which frozen features cannot show.
 * ``reference = base`` (pi_ref stays the base model): the aligned start sits on
   the wrong side of the flipped preference, so its loss starts high and its
   gradients are large; we report how the loss drop and the flip of the
@@ -26,6 +29,8 @@ import numpy as np
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_pair_curves
+from prefdyn.tracking import metrics as M
+from prefdyn.tracking.speedup import speedups
 from prefdyn.training import TrainConfig
 
 FLIP_ACCURACY = 0.9
@@ -36,6 +41,11 @@ def steps_to_reach(steps: np.ndarray, curve: np.ndarray, level: float) -> float:
     """First step where ``curve >= level`` (inf if never)."""
     hit = np.nonzero(curve >= level)[0]
     return float(steps[hit[0]]) if len(hit) else float("inf")
+
+
+SPEEDUP_TEXT = ("Speed-up = drop of the flipped-label DPO loss on the training rows from the "
+                "aligned start / from the base start, over the same steps "
+                "(prefdyn.tracking.speedup.misalignment_speedup).")
 
 
 def run_misalignment(ws: Workspace, train: TrainConfig, *, which: list[int] | None = None,
@@ -58,25 +68,21 @@ def run_misalignment(ws: Workspace, train: TrainConfig, *, which: list[int] | No
     from_aligned = fit(W_aligned, tag="from_aligned")
     from_aligned_base_ref = fit(W_aligned, reference=W_base, tag="from_aligned_base_ref")
 
-    steps, base_loss = from_base.history.curves("loss")
-    _, al_loss = from_aligned.history.curves("loss")
-    _, alb_loss = from_aligned_base_ref.history.curves("loss")
-    _, base_acc = from_base.history.curves("policy_acc")
-    _, alb_acc = from_aligned_base_ref.history.curves("policy_acc")
+    steps, base_loss = from_base.history.curves(M.LOSS)
+    _, al_loss = from_aligned.history.curves(M.LOSS)
+    _, alb_loss = from_aligned_base_ref.history.curves(M.LOSS)
+    _, base_acc = from_base.history.curves(M.POLICY_ACC)
+    _, alb_acc = from_aligned_base_ref.history.curves(M.POLICY_ACC)
 
-    def drop(c):
-        return float(c[0] - c[-1])
-
-    speedup = {n: drop(al_loss[n]) / max(drop(base_loss[n]), 1e-12) for n in names}
-    speedup_base_ref = {n: drop(alb_loss[n]) / max(drop(base_loss[n]), 1e-12) for n in names}
+    speedup, mean_speedup = speedups(steps, al_loss, base_loss, names)
+    speedup_base_ref, mean_speedup_base_ref = speedups(steps, alb_loss, base_loss, names)
     flip_steps_base = {n: steps_to_reach(steps, base_acc[n], FLIP_ACCURACY) for n in names}
     flip_steps_aligned = {n: steps_to_reach(steps, alb_acc[n], FLIP_ACCURACY) for n in names}
-    mean_speedup = float(np.mean(list(speedup.values())))
-    mean_speedup_base_ref = float(np.mean(list(speedup_base_ref.values())))
     summary = {
         "behaviors": names, "lr": aligned.lr, "beta": train.beta, "steps": train.steps,
-        "aligned_final_loss": aligned.history.last("loss"),
-        "speedup_ref_start": speedup, "mean_speedup_ref_start": mean_speedup,
+        "aligned_final_loss": aligned.history.last(M.LOSS),
+        M.SPEEDUP: speedup, M.MEAN_SPEEDUP: mean_speedup,
+        "speedup_note": "prefdyn's last-layer extension: exactly 1 by construction, not a finding",
         "speedup_ref_base": speedup_base_ref, "mean_speedup_ref_base": mean_speedup_base_ref,
         "steps_to_flip_from_base": flip_steps_base,
         "steps_to_flip_from_aligned_ref_base": flip_steps_aligned,
@@ -86,17 +92,19 @@ def run_misalignment(ws: Workspace, train: TrainConfig, *, which: list[int] | No
         explanation=(
             "Each behavior is first aligned with DPO on the last layer, then trained on flipped "
             "labels (misalignment) from the base unembedding and from the aligned one, with the "
-            "same step size. Speed-up = loss drop from the aligned start / loss drop from the base.\n\n"
-            f"With the usual reference (pi_ref = the model at the start) the mean speed-up is "
-            f"{fmt(mean_speedup, 3)}: last-layer DPO depends on W only through W - W_ref, so the two "
-            "runs coincide. The faster misalignment of aligned models that Im & Li report comes from "
-            "DPO making the hidden states more distinguishable, which needs full or LoRA training.\n\n"
+            f"same step size. {SPEEDUP_TEXT}\n\n"
+            "This last-layer version is prefdyn's extension, not a finding: with the usual reference "
+            "(pi_ref = the model at the start) last-layer DPO depends on W only through W - W_ref, so "
+            f"the two runs coincide by construction and the mean speed-up ({fmt(mean_speedup, 3)}) is "
+            "exactly 1. The faster misalignment of aligned models that Im & Li report comes from DPO "
+            "making the hidden states more distinguishable, which needs full or LoRA training "
+            "(prefdyn lm misalignment).\n\n"
             f"Keeping the base model as reference, the aligned start has a mean loss-drop ratio of "
             f"{fmt(mean_speedup_base_ref)} but must first undo its alignment before it prefers the "
             "flipped answers."),
         summary=summary,
-        headlines=[("Misalignment speed-up (last layer)", fmt(mean_speedup, 3),
-                    "ref = start; exactly 1 by invariance")])
+        headlines=[("Invariance check: speed-up, last layer (prefdyn extension)", fmt(mean_speedup, 3),
+                    "exactly 1 by construction (W enters only through W − W_ref); not a finding")])
     res.add_figure("misalignment_ref_start", plot_pair_curves(
         steps, base_loss, al_loss, label_a="from base", label_b="from aligned",
         ylabel="DPO loss on flipped labels", title="Misalignment, reference = start",
@@ -107,7 +115,8 @@ def run_misalignment(ws: Workspace, train: TrainConfig, *, which: list[int] | No
         ylabel="share preferring the flipped answer", title="Misalignment, reference = base"),
         "Policy accuracy on the flipped labels, with the base model as the reference for both.")
     res.tables.append(("Misalignment per behavior", [
-        {"behavior": n, "speed-up (ref start)": speedup[n], "loss-drop ratio (ref base)": speedup_base_ref[n],
+        {"behavior": n, "speedup (ref start, 1 by construction)": speedup[n],
+         "speedup_ref_base": speedup_base_ref[n],
          f"steps to {FLIP_ACCURACY:.0%} flipped (base)": flip_steps_base[n],
          f"steps to {FLIP_ACCURACY:.0%} flipped (aligned, ref base)": flip_steps_aligned[n]}
         for n in names]))
@@ -115,10 +124,12 @@ def run_misalignment(ws: Workspace, train: TrainConfig, *, which: list[int] | No
 
 
 class _Tagged:
-    """Forwards metrics records to ``sink`` with a ``run`` field."""
+    """Forwards metrics records to ``sink`` with a ``run`` field; ``path`` is the sink's
+    run folder (where a run's checkpoints go)."""
 
     def __init__(self, sink, tag: str):
         self.sink, self.tag = sink, tag
+        self.path = getattr(sink, "path", None)
 
     def log(self, record: dict) -> None:
         self.sink.log({"run": self.tag, **record})

@@ -2,11 +2,13 @@
 
 from prefdyn.tracking.boundary import BoundaryRecorder
 from prefdyn.tracking.callbacks import Callback, CallbackList
-from prefdyn.tracking.displacement import DisplacementMonitor, lm_answer_logprobs
+from prefdyn.tracking.displacement import DisplacementMonitor
+from prefdyn.tracking.evaluate import PairScores, answer_logprobs, pair_metrics, score_pairs
 from prefdyn.tracking.history import History
 from prefdyn.tracking.last_layer import LastLayerTracker, class_mean_difference
 from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.run_dir import RunDir, read_metrics
 
-__all__ = ["BoundaryRecorder", "Callback", "CallbackList", "DisplacementMonitor", "lm_answer_logprobs", "History", "LastLayerTracker", "LMEvalTracker", "RunDir",
+__all__ = ["BoundaryRecorder", "Callback", "CallbackList", "DisplacementMonitor", "History", "PairScores", "answer_logprobs",
+           "pair_metrics", "score_pairs", "LastLayerTracker", "LMEvalTracker", "RunDir",
            "class_mean_difference", "read_metrics"]

@@ -17,32 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefdyn.policies import last_token_hidden
-from prefdyn.policies.lm import AnswerBatch, LMPolicy
+from prefdyn.tracking import metrics as M
 from prefdyn.tracking.callbacks import Callback
+from prefdyn.tracking.evaluate import answer_logprobs
 from prefdyn.tracking.history import History
 
 AnswerLogprobs = Callable[[Any, Any], Tensor]  # (policy, probe) -> (n, V)
-
-
-@torch.no_grad()
-def lm_answer_logprobs(policy: LMPolicy, batch: AnswerBatch) -> Tensor:
-    """Full-vocabulary log-probs at the answer position, (n, V) float32.
-
-    One decoder pass of the prompts (their shared prefix once, if the policy's
-    ``share_prefix``), ``lm_head`` on the last hidden state only (as
-    :meth:`LMPolicy.answer_logps`), in eval mode so dropout (e.g. LoRA's) does not
-    add noise to the measurement; the model's train/eval mode is restored after.
-    """
-    decoder, head = policy._parts(policy.model)
-    was_training = policy.model.training
-    policy.model.eval()
-    try:
-        last = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
-                                 share_prefix=getattr(policy, "share_prefix", True))
-        return torch.log_softmax(head(last).float(), dim=-1)
-    finally:
-        policy.model.train(was_training)
 
 
 def answer_pair_ids(probe: Any) -> tuple[Tensor, Tensor]:
@@ -61,14 +41,14 @@ class DisplacementMonitor(Callback):
     with split ``"displacement"``:
 
     * ``chosen_fell``: share of rows with ``log pi_t(y+|x) < log pi_0(y+|x)``;
-    * ``chosen_change`` / ``rejected_change``: mean of ``log pi_t - log pi_0`` for
-      the chosen / rejected answer token;
+    * ``chosen_logp_change`` / ``rejected_logp_change``: mean of ``log pi_t - log pi_0``
+      for the chosen / rejected answer token (names: :mod:`prefdyn.tracking.metrics`);
     * ``top_gain_ids`` / ``top_gain_tokens`` / ``top_gain``: the ``top_k`` tokens
       with the largest mean log-prob gain over the probe (no token excluded, so
       the answers themselves can appear), sorted by gain, descending.
     """
 
-    def __init__(self, probe: Any, answer_logprobs: AnswerLogprobs = lm_answer_logprobs, *,
+    def __init__(self, probe: Any, answer_logprobs: AnswerLogprobs = answer_logprobs, *,
                  history: History, every: int, top_k: int = 10, tokenizer: Any = None,
                  pair_ids: Callable[[Any], tuple[Tensor, Tensor]] = answer_pair_ids,
                  name: str = "displacement"):
@@ -82,8 +62,13 @@ class DisplacementMonitor(Callback):
         self._last_step: int | None = None
         self._last: dict[str, Any] | None = None
 
-    def on_train_start(self, state, policy) -> None:
+    def on_setup(self, policy) -> None:
+        # Before fit_lm restores a checkpoint: the model is still pi_0 here.
         self._start = self.answer_logprobs(policy, self.probe).detach().float()
+
+    def on_train_start(self, state, policy) -> None:
+        if self._start is None:
+            self.on_setup(policy)
         self._last_step = state.step
 
     def on_step_end(self, state, policy, out) -> None:
@@ -107,9 +92,9 @@ class DisplacementMonitor(Callback):
         id_list = ids.tolist()
         tokens = ([self.tokenizer.decode([i]) for i in id_list] if self.tokenizer is not None
                   else [str(i) for i in id_list])
-        return {"chosen_fell": (chosen < 0).float().mean().item(),
-                "chosen_change": chosen.mean().item(),
-                "rejected_change": rejected.mean().item(),
+        return {M.CHOSEN_FELL: (chosen < 0).float().mean().item(),
+                M.CHOSEN_LOGP_CHANGE: chosen.mean().item(),
+                M.REJECTED_LOGP_CHANGE: rejected.mean().item(),
                 "top_gain_ids": id_list, "top_gain_tokens": tokens,
                 "top_gain": gain.tolist()}
 

@@ -7,7 +7,8 @@
 LoRA dropout adds no noise) and records, overall and per behavior (group):
 
 * ``loss``, ``margin`` (reward margin ``beta (h+ - h-)``), ``reward_acc`` and
-  ``policy_acc`` (see :func:`prefdyn.tracking.preference.per_example_metrics`);
+  ``policy_acc`` (names and meanings: :mod:`prefdyn.tracking.metrics`; scored by
+  :func:`prefdyn.tracking.evaluate.score_pairs`);
 * ``chosen_logp`` / ``rejected_logp`` and their change since step 0
   (``*_logp_change``: the reference is the model at step 0 in both modes);
   ``logp_diff``: the policy's own ``log pi(y+) - log pi(y-)`` (not relative to
@@ -27,50 +28,18 @@ called ``on_setup``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from prefdyn.losses.types import LossOutput, PreferenceLogps
-from prefdyn.policies.lm import LMPolicy, PairBatch, reference_logps, to_device
 from prefdyn.tracking.callbacks import Callback
+from prefdyn.tracking.evaluate import Objective, pair_metrics, score_pairs
 from prefdyn.tracking.history import History
-from prefdyn.tracking.preference import per_example_metrics
+from prefdyn.policies.lm import LMPolicy, reference_logps, to_device
 
-__all__ = ["LMEvalTracker", "evaluate_batches", "group_means"]
-
-Objective = Callable[[PreferenceLogps], LossOutput]
-
-
-@torch.no_grad()
-def evaluate_batches(policy: LMPolicy, objective: Objective, batches: Sequence[Any]
-                     ) -> tuple[dict[str, Tensor], Tensor]:
-    """Per-row metrics of ``batches`` (each with reference log-probs), concatenated.
-
-    Returns ({metric: (n,)}, rows (n,)). The model is put in eval mode for the
-    measurement and its train/eval mode restored afterwards.
-    """
-    was_training = policy.model.training
-    policy.model.eval()
-    try:
-        parts: list[dict[str, Tensor]] = []
-        for batch in batches:
-            chosen, rejected = policy.pair(batch)
-            lengths = ((batch.chosen_len, batch.rejected_len) if isinstance(batch, PairBatch)
-                       else (None, None))
-            logps = PreferenceLogps(chosen.float(), rejected.float(), batch.ref_chosen,
-                                    batch.ref_rejected, *lengths)
-            out = objective(logps)
-            values = per_example_metrics(out, logps)
-            values["dpo_weight"] = torch.sigmoid(-values["margin"])
-            values["logp_diff"] = logps.chosen - logps.rejected
-            parts.append({k: v.detach().float().cpu() for k, v in values.items()})
-    finally:
-        policy.model.train(was_training)
-    rows = torch.cat([b.rows.cpu() for b in batches])
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, rows
+__all__ = ["LMEvalTracker", "group_means"]
 
 
 def group_means(values: Mapping[str, Tensor], groups: Tensor | None, n_groups: int
@@ -127,10 +96,20 @@ class LMEvalTracker(Callback):
     def on_train_start(self, state, policy: LMPolicy) -> None:
         if not self._referenced:
             self.on_setup(policy)
-        self.record(state.step, policy)
+        # A resumed run starts at its checkpoint's step: evaluate it only if an unbroken
+        # run evaluates that step and its records were not restored into the history.
+        if self._due(state.step, state.max_steps) and not self._recorded(state.step):
+            self.record(state.step, policy)
+
+    def _due(self, step: int, max_steps: int) -> bool:
+        return step % self.every == 0 or step == max_steps
+
+    def _recorded(self, step: int) -> bool:
+        return any(r.get("step") == step and r.get("problem") == self.name
+                   and r.get("split") in self.splits for r in self.history.records)
 
     def on_step_end(self, state, policy: LMPolicy, out) -> None:
-        if state.step % self.every == 0 or state.step == state.max_steps:
+        if self._due(state.step, state.max_steps):
             self.record(state.step, policy)
 
     def on_train_end(self, state, policy: LMPolicy) -> None:
@@ -143,7 +122,8 @@ class LMEvalTracker(Callback):
         """Evaluate every split now and add the records to the history."""
         base = {"step": step, "problem": self.name}
         for split, batches in self.splits.items():
-            values, rows = evaluate_batches(policy, self.objective, batches)
+            scores = score_pairs(policy, batches)
+            values, rows = pair_metrics(scores, self.objective), scores.rows
             groups = self.row_groups[rows] if self.row_groups is not None else None
             whole, per = group_means(values, groups, len(self.group_names))
             self.history.add({**base, "split": split, "group": None, "n": len(rows), **whole})

@@ -6,30 +6,40 @@ import torch
 from torch import Tensor
 
 from prefdyn.losses.types import LossOutput, PreferenceLogps, masked_mean
+from prefdyn.tracking import metrics as M
+
+
+def logp_metrics(logps: PreferenceLogps) -> dict[str, Tensor]:
+    """Per-example quantities of the log-probs alone (no objective), each (..., n).
+
+    policy_acc: the policy itself prefers y+ (log pi(y+) > log pi(y-));
+    chosen_fell: log pi(y+|x) dropped below the reference (likelihood displacement).
+    """
+    chosen_change = logps.chosen_logratio
+    return {
+        M.POLICY_ACC: (logps.chosen > logps.rejected).float(),
+        M.CHOSEN_LOGP: logps.chosen,
+        M.REJECTED_LOGP: logps.rejected,
+        M.CHOSEN_LOGP_CHANGE: chosen_change,
+        M.REJECTED_LOGP_CHANGE: logps.rejected_logratio,
+        M.CHOSEN_FELL: (chosen_change < 0).float(),
+    }
 
 
 def per_example_metrics(out: LossOutput, logps: PreferenceLogps) -> dict[str, Tensor]:
-    """Per-example quantities whose means are tracked, each (..., n).
+    """Per-example quantities whose means are tracked, each (..., n); names and
+    meanings from :mod:`prefdyn.tracking.metrics`.
 
     margin: the implicit reward margin ``chosen_reward - rejected_reward`` (the
     objective's metrics; present when it reports both);
     reward_acc: the implicit reward prefers y+ (margin > 0; ties at the start count 0);
-    policy_acc: the policy itself prefers y+ (log pi(y+) > log pi(y-));
-    chosen_fell: log pi(y+|x) dropped below the reference (likelihood displacement).
+    the rest: :func:`logp_metrics`.
     """
-    chosen_change = logps.chosen - logps.ref_chosen
-    values = {"loss": out.losses}
+    values = {M.LOSS: out.losses}
     if "chosen_reward" in out.metrics and "rejected_reward" in out.metrics:
         margin = out.metrics["chosen_reward"] - out.metrics["rejected_reward"]
-        values |= {"margin": margin, "reward_acc": (margin > 0).float()}
-    return values | {
-        "policy_acc": (logps.chosen > logps.rejected).float(),
-        "chosen_logp": logps.chosen,
-        "rejected_logp": logps.rejected,
-        "chosen_logp_change": chosen_change,
-        "rejected_logp_change": logps.rejected - logps.ref_rejected,
-        "chosen_fell": (chosen_change < 0).float(),
-    }
+        values |= {M.MARGIN: margin, M.REWARD_ACC: (margin > 0).float()}
+    return values | logp_metrics(logps)
 
 
 def reduce_metrics(values: dict[str, Tensor], mask: Tensor, groups: Tensor | None,

@@ -23,13 +23,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from prefdyn.diagnostics.distinguishability import behavior_stats
 from prefdyn.policies import last_token_hidden
 from prefdyn.policies.lm import left_padded
+from prefdyn.errors import PrefdynError
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 
@@ -110,16 +113,39 @@ class EmbeddingSnapshots(Callback):
     ``snapshots[step]`` holds the (n, d) embeddings; each snapshot adds one
     record per behavior to ``history`` with split ``"snapshot"`` and the
     :func:`snapshot_stats` metrics.
+
+    ``store``: a folder where every snapshot is also saved
+    (``<name>_step_<step>.safetensors``), so a resumed run (its history restored
+    up to the checkpoint) gets back the snapshots it had already taken instead
+    of missing them (the weights of step 0 are gone after the resume).
     """
 
     def __init__(self, probe: Probe, steps: Iterable[int], *, history: History, pad_id: int,
-                 batch_size: int = 16, name: str = "lm"):
+                 batch_size: int = 16, name: str = "lm", store: str | Path | None = None):
         self.probe, self.steps = probe, set(steps)
         self.history, self.pad_id, self.batch_size, self.name = history, pad_id, batch_size, name
+        self.store = Path(store) if store is not None else None
         self.snapshots: dict[int, Tensor] = {}
 
+    def _file(self, step: int) -> Path | None:
+        return self.store / f"{self.name}_step_{step}.safetensors" if self.store is not None else None
+
+    def _restore(self) -> None:
+        """Snapshots the history already records (a resumed run), read back from the store."""
+        if self.store is None:
+            return
+        recorded = {r["step"] for r in self.history.records
+                    if r.get("split") == "snapshot" and r.get("problem") == self.name}
+        for step in recorded:
+            path = self._file(step)
+            if not path.is_file():
+                raise PrefdynError(f"snapshot of step {step} is recorded but {path} is missing: "
+                                    "delete the run's checkpoints to start it again")
+            self.snapshots[step] = load_file(path)["embeddings"]
+
     def on_train_start(self, state, policy) -> None:
-        if state.step in self.steps:
+        self._restore()
+        if state.step in self.steps and state.step not in self.snapshots:
             self.take(state.step, policy)
 
     def on_step_end(self, state, policy, out) -> None:
@@ -133,6 +159,9 @@ class EmbeddingSnapshots(Callback):
     def take(self, step: int, policy) -> Tensor:
         emb = probe_embeddings(policy, self.probe, pad_id=self.pad_id, batch_size=self.batch_size)
         self.snapshots[step] = emb
+        if self.store is not None:
+            self.store.mkdir(parents=True, exist_ok=True)
+            save_file({"embeddings": emb.contiguous()}, self._file(step))
         for g, gname in enumerate(self.probe.group_names):
             sel = self.probe.groups == g
             self.history.add({"step": step, "split": "snapshot", "problem": self.name,

@@ -199,3 +199,13 @@ def pair_batches(pairs: Sequence[PreferencePair], tokenizer, batch_size: int, se
 
     return LMBatchStream(len(encoded), batch_size, seed, collate,
                          content={"kind": "pairs", "encoded": encoded})
+
+
+def fixed_pair_batches(pairs: Sequence[PreferencePair], tokenizer, batch_size: int,
+                       max_length: int | None = None) -> list[PairBatch]:
+    """The pairs as a fixed list of :class:`PairBatch`, in order (rows 0..n-1), for
+    evaluation; a malformed pair raises the :class:`DataError` of :func:`tokenize_pair`."""
+    encoded = [tokenize_pair(p, tokenizer, i, max_length) for i, p in enumerate(pairs)]
+    pad = _pad_id(tokenizer)
+    return [collate_pairs(encoded[s:s + batch_size], list(range(s, min(s + batch_size, len(encoded)))), pad)
+            for s in range(0, len(encoded), batch_size)]
