@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -46,7 +47,7 @@ def _fmt_rate(units: float, seconds: float | None, unit: str) -> str:
 
 
 def print_table(rows: list[Row], title: str, skipped: dict[str, str]) -> None:
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for col in ("workload", "prefdyn", "anchor", "anchor figure", "speed-up", "limit", "share",
                 "peak MB (prefdyn / anchor)", "noise"):
         table.add_column(col, justify="left" if col in ("workload", "anchor", "limit") else "right")
@@ -62,9 +63,9 @@ def print_table(rows: list[Row], title: str, skipped: dict[str, str]) -> None:
     console.print(table)
     for r in rows:
         if r.note:
-            console.print(f"  {r.workload}: {r.note}")
+            console.print(escape(f"  {r.workload}: {r.note}"))
     for name, why in skipped.items():
-        console.print(f"  [yellow]skipped[/yellow] {name}: {why}")
+        console.print(f"  [yellow]skipped[/yellow] {escape(name)}: {escape(why)}")
 
 
 def write_json(path: Path, rows: list[Row], meta: dict, skipped: dict[str, str]) -> None:
