@@ -107,3 +107,15 @@ def test_no_special_tokens_are_added():
         expected = model.get_decoder()(input_ids=ids).last_hidden_state[0, -1]
     assert torch.allclose(plain[0], expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(with_bos, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("reuse_prefix", [False, True])
+def test_bf16_autocast_stays_close_to_fp32(reuse_prefix):
+    # bf16 keeps 8 mantissa bits (relative rounding 2^-9 ~ 2e-3 per product); a few
+    # layers of the tiny model must stay within a few percent of the fp32 g(x).
+    tok, model = tiny_tokenizer(), tiny_llama()
+    texts = chat_prompts(tok, STATEMENTS)
+    fp32 = extract_embeddings(model, tok, texts, reuse_prefix=reuse_prefix)
+    bf16 = extract_embeddings(model, tok, texts, reuse_prefix=reuse_prefix, autocast=torch.bfloat16)
+    assert bf16.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
+    assert 0 < _rel(bf16, fp32) < 0.03  # different (bf16 was used), yet close

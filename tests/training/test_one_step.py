@@ -7,7 +7,7 @@ import torch
 import prefdyn.training.loop as loop_module
 from prefdyn.losses import get_loss
 from prefdyn.policies.bandit import BanditPolicy, BanditStream
-from prefdyn.training import LastLayerPolicy
+from prefdyn.policies import LastLayerPolicy
 from prefdyn.training.batches import full_batches
 from prefdyn.training.loop import train
 from prefdyn.training.step import training_step

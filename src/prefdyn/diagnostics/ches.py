@@ -132,7 +132,7 @@ def pair_hidden_sums_naive(model, tokenizer, pairs: Sequence[PreferencePair], *,
                            device: str | torch.device | None = None) -> HiddenSums:
     """Reference for :func:`pair_hidden_sums`: one unpadded forward per sequence, no masks.
 
-    Slow on purpose (used by tests and ``benchmarks/bench_ches.py``); the same
+    Slow on purpose (used by tests and the ``ches`` benchmark workload); the same
     positions P-1 .. L-2, read by slicing.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -47,6 +47,7 @@ def extract_embeddings(
     device: str | torch.device | None = None,
     reuse_prefix: bool = True,
     progress: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """g(x) for every text: the lm_head input at its last token. Returns (n, d) float32 on CPU.
 
@@ -57,7 +58,10 @@ def extract_embeddings(
     the result equals the plain computation (no prefix, every text its own suffix)
     up to float round-off.
     ``device`` is where the inputs are built: the model's device (the
-    default); the model itself is never moved.
+    default); the model itself is never moved. ``autocast`` (e.g. ``torch.bfloat16``)
+    runs the matrix products in that dtype under :func:`torch.autocast` (about 3x the
+    fp32 rate on CPUs with avx512_bf16, the usual mode on GPUs) while the fp32 weights,
+    the residual stream, the norms and the returned g(x) stay fp32.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -72,7 +76,8 @@ def extract_embeddings(
     logger.info("extracting %d embeddings (shared prefix: %d tokens)", len(texts), prefix_len)
 
     out = torch.empty(len(texts), hidden_size, dtype=torch.float32)
-    with torch.inference_mode(), _progress_bar(len(texts), progress) as advance:
+    mixed = torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
+    with torch.inference_mode(), mixed, _progress_bar(len(texts), progress) as advance:
         cache = prefix_cache(decoder, token_ids[0][:prefix_len], device) if prefix_len else None
         for batch in _length_sorted_batches([len(ids) for ids in token_ids], batch_size):
             suffixes = [token_ids[i][prefix_len:] for i in batch]

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from prefdyn.losses.types import PreferenceLogps
+from prefdyn.policies._fused_last_layer import Objective, one_pass_logps
 
 
 @dataclass
@@ -108,8 +109,12 @@ class LastLayerPolicy(nn.Module):
     """Trainable unembedding rows ``W: (B, R, d)`` with their start ``W0`` kept as a buffer.
 
     ``yes`` / ``no`` are the row indices of the two answers in ``W`` (0 and 1 for
-    ``rows="answers"``, the token ids for ``rows="all"``).
+    ``rows="answers"``, the token ids for ``rows="all"``). With ``one_pass`` set to the
+    step's objective, a two-row policy computes the weight gradient in the same pass
+    over the embeddings as the log-probs (:mod:`prefdyn.policies._fused_last_layer`).
     """
+
+    one_pass: Objective | None = None
 
     def __init__(self, W_init: Tensor, n_problems: int, *, yes: int = 0, no: int = 1):
         super().__init__()
@@ -137,6 +142,10 @@ class LastLayerPolicy(nn.Module):
 
     def logps(self, data: LastLayerData) -> PreferenceLogps:
         """Chosen/rejected log-probs of the batch against its stored reference."""
+        if self.one_pass is not None and self.W.shape[1] == 2 and torch.is_grad_enabled():
+            return one_pass_logps(self.W, data.embeddings, data.prefers_yes, data.mask, data.other_lse,
+                                  data.ref_chosen, data.ref_rejected, rows=(self.yes, self.no),
+                                  objective=self.one_pass)
         logits = _FixedInputLinear.apply(data.embeddings, self.W)
         lse = self._log_partition(logits, data)
         rows = torch.where(data.prefers_yes[..., None],

@@ -1,4 +1,4 @@
-"""LM DPO speed on the single-token persona task: prefdyn against TRL's DPOTrainer.
+"""LM DPO step on the single-token persona task: prefdyn against TRL's DPOTrainer.
 
 Same model (the embedded SmolLM2-135M-Instruct, fp32, full fine-tuning), same
 data in the same order (chat-templated persona prompts, answers "Yes"/"No"),
@@ -27,8 +27,15 @@ must agree to ~1e-4 at every step (printed); ``--trl-eos keep`` keeps it (TRL's
 default data, a different objective). TRL is an optional benchmark dependency
 (``pip install -e .[bench]``), never imported by prefdyn itself.
 
-    python benchmarks/bench_trl.py --steps 10
-    python benchmarks/bench_trl.py --steps 3 --sides prefdyn-plain,prefdyn-shared
+In the suite (``python -m benchmarks --only lm_step``) prefdyn-shared runs against
+TRL's default; all five sides, with their loss cross-check, stay available alone:
+
+    python -m benchmarks.workloads.trl_sides --steps 10
+    python -m benchmarks.workloads.trl_sides --steps 3 --sides prefdyn-plain,prefdyn-shared
+
+The achieved FLOP rate counts 6 flops (forward and backward) per non-embedding
+parameter per token of the shared-prefix step's minimal work (each batch's common
+prefix once, then every row's suffix), plus the lm_head at each row's answer position.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from pathlib import Path
 SIDES = ("prefdyn-plain", "prefdyn-shared", "trl", "trl-precompute", "trl-keepmem")
 # glibc malloc that never hands memory back (no mmap, no trim): TRL's fastest CPU setting found.
 KEEP_MEMORY = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776"
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "persona"
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "persona"
 TARGET_VS_TRL, TARGET_VS_PRECOMPUTE, TARGET_MEMORY = 8.0, 5.0, 0.60
 
 
@@ -129,8 +137,19 @@ def run_prefdyn(args, share_prefix: bool) -> dict:
     fit_lm(loaded, iter(batches), cfg, mode="full", steps=total, callbacks=[probe],
            max_grad_norm=1.0)
     return {"setup_s": probe.times[0] - t0, "step_times": _diffs(probe.times),
-            "losses": probe.losses, "peak_gb": peak_rss_gb(),
+            "losses": probe.losses, "peak_gb": peak_rss_gb(), "flops_step": step_flops(loaded.model, ids, B),
             "objective": f"log pi(answer|x), answers {answers[0]!r}/{answers[1]!r}, one token"}
+
+
+def step_flops(model, ids: list[list[int]], batch_size: int) -> float:
+    """Mean FLOPs of one full fine-tuning step (see the module docstring)."""
+    from prefdyn.embeddings._prefix import common_prefix_length
+
+    embed = model.get_input_embeddings().weight
+    params = sum(p.numel() for p in model.parameters() if p is not embed)
+    batches = [ids[k:k + batch_size] for k in range(0, len(ids), batch_size)]
+    tokens = [sum(map(len, b)) - common_prefix_length(b) * (len(b) - 1) for b in batches]
+    return 6 * (params * sum(tokens) + embed.numel() * len(ids)) / len(batches)
 
 
 def run_trl(args, precompute: bool) -> dict:
@@ -239,7 +258,7 @@ def worker(args) -> None:
 def run_side(side: str, args) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result_path = f.name
-    cmd = [sys.executable, __file__, "--worker", side, "--result", result_path,
+    cmd = [sys.executable, "-m", "benchmarks.workloads.trl_sides", "--worker", side, "--result", result_path,
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
            "--beta", str(args.beta), "--behavior", args.behavior, "--trl-eos", args.trl_eos,
            "--seed", str(args.seed)] + (["--data", args.data] if args.data else [])
@@ -248,7 +267,8 @@ def run_side(side: str, args) -> dict:
         env["GLIBC_TUNABLES"] = KEEP_MEMORY
     print(f"[{time.strftime('%H:%M:%S')}] {side} ...", flush=True)
     t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=ROOT)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         print(f"    {side} FAILED (exit {proc.returncode}); left out of the table", flush=True)
@@ -270,7 +290,7 @@ def load_average() -> str:
         return "?"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10, help="timed steps, after one warm-up step")
     p.add_argument("--batch-size", type=int, default=16)
@@ -287,6 +307,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
     if args.worker:
         worker(args)

@@ -1,0 +1,1 @@
+"""prefdyn's benchmark suite: ``python -m benchmarks`` (see ``__main__``)."""

@@ -1,0 +1,10 @@
+"""The suite's workloads: ``name -> run(ctx) -> Row`` (each may raise ``Skip``)."""
+
+from benchmarks.workloads import ches, extraction, last_layer, lm_step
+
+WORKLOADS = {
+    "last_layer": last_layer.run,
+    "lm_step": lm_step.run,
+    "extraction": extraction.run,
+    "ches": ches.run,
+}
