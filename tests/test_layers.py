@@ -26,7 +26,7 @@ above everything, so a module inside the package never imports the facade."""
 
 LAYERS: list[set[str]] = [
     {BASE},
-    {"models", "data", "losses", "theory"},
+    {"models", "data", "losses", "theory", "rewards"},
     {"embeddings"},
     {"diagnostics"},
     {"policies"},
