@@ -78,6 +78,21 @@ def _split(name: str, value: Any) -> Any:
     return parts if name == "behaviors" else tuple(parts)
 
 
+def flag_overrides(values: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The ``--config`` path and the flags that were given (``COMMON`` names -> value or
+    None) as a nested partial config: ``{"train": {"lr": 1e-5}, "seed": 3}``."""
+    flags: dict[str, Any] = {}
+    for name, (section, field, _) in COMMON.items():
+        value = _split(name, values.get(name))
+        if value is None or name == "config":
+            continue
+        if section is None:
+            flags[field] = value
+        else:
+            flags.setdefault(section, {})[field] = value
+    return values.get("config"), flags
+
+
 def config_from_flags(common: dict[str, Any], defaults: dict[str, dict[str, Any]] | None = None):
     """The run config from the common options' values (``COMMON`` names -> value or None):
     defaults < --config file < flags."""
