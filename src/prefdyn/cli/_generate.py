@@ -19,8 +19,9 @@ import typer
 from prefdyn.cli._options import COMMON, console, flag_overrides, show_result, user_errors
 from prefdyn.experiments.configure import preset_names, resolve_config
 from prefdyn.experiments.harness import run_spec
-from prefdyn.experiments.registry import specs
+from prefdyn.experiments.registry import get_spec, specs
 from prefdyn.experiments.spec import ExperimentSpec
+from prefdyn.experiments.sweep import run_sweep
 
 GROUP_HELP = {
     "lm": "Im & Li Sec. 5: the experiments with every weight (or LoRA) trained.",
@@ -50,13 +51,33 @@ def _preset_help(spec: ExperimentSpec) -> str:
     return f"Shipped preset: {', '.join(names) or 'none'}{default}; `prefdyn presets` describes them."
 
 
+def _shared_params(preset_help: str) -> list[inspect.Parameter]:
+    """``--preset``, ``--set`` and the common flags, in that order."""
+    params = [
+        inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[Optional[str], typer.Option(help=preset_help)]),
+        inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[Optional[list[str]], typer.Option(
+                              "--set", help="Any config key, e.g. --set train.weight_decay=0.01 (repeatable).")])]
+    return params + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
+                     for name, (_, _, ann) in COMMON.items()]
+
+
+def _with_signature(fn: Callable[..., None], params: list[inspect.Parameter], doc: str) -> Callable[..., None]:
+    fn.__signature__ = inspect.Signature(params)
+    fn.__annotations__ = {p.name: p.annotation for p in params}
+    fn.__doc__ = doc
+    del fn.__wrapped__
+    return fn
+
+
 def experiment_command(spec: ExperimentSpec) -> Callable[..., None]:
     """The CLI verb of ``spec``: resolve the config, run it through the harness, show it."""
     own = list(spec.options)
 
     @user_errors
     def command(**kwargs) -> None:
-        experiment = {f: kwargs.pop(f) for f in own}
+        experiment = {f: kwargs.pop(f"x_{f}") for f in own}
         preset, sets = kwargs.pop("preset"), kwargs.pop("set_") or []
         config_file, flags = flag_overrides(kwargs)
         if experiment:
@@ -68,21 +89,29 @@ def experiment_command(spec: ExperimentSpec) -> Callable[..., None]:
         else:
             show_result(result, out)
 
-    params = [inspect.Parameter(f, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_annotation(spec, f))
-              for f in own]
-    params += [
-        inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None,
-                          annotation=Annotated[Optional[str], typer.Option(help=_preset_help(spec))]),
-        inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None,
-                          annotation=Annotated[Optional[list[str]], typer.Option(
-                              "--set", help="Any config key, e.g. --set train.weight_decay=0.01 (repeatable).")])]
-    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
-               for name, (_, _, ann) in COMMON.items()]
-    command.__signature__ = inspect.Signature(params)
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = spec.help or spec.title
-    del command.__wrapped__
-    return command
+    # x_ prefix: a params field may share a common option's name (theory grid's n vs --n)
+    params = [inspect.Parameter(f"x_{f}", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                annotation=_annotation(spec, f)) for f in own]
+    return _with_signature(command, params + _shared_params(_preset_help(spec)), spec.help or spec.title)
+
+
+@user_errors
+def sweep_command(**kwargs) -> None:
+    experiment, grid = kwargs.pop("experiment"), kwargs.pop("grid")
+    preset, sets = kwargs.pop("preset"), kwargs.pop("set_") or []
+    config_file, flags = flag_overrides(kwargs)
+    result, out = run_sweep(get_spec(experiment), grid, preset=preset, config_file=config_file,
+                            flags=flags, sets=sets, progress=True)
+    show_result(result, out)
+
+
+_with_signature(sweep_command, [
+    inspect.Parameter("experiment", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[str, typer.Argument(
+        help='A registered experiment: "lm misalignment", lm-misalignment or lm_misalignment, ...')]),
+    inspect.Parameter("grid", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[list[str], typer.Argument(
+        help="key=v1,v2,... per swept config key, e.g. train.beta=0.001,0.01,0.1 seed=0,1.")]),
+    *_shared_params("The experiment's shipped preset (see `prefdyn presets`).")],
+    "App. D and more: run EXPERIMENT once per grid point (own folders), one table, plot and report.")
 
 
 def add_experiment_commands(app: typer.Typer) -> None:

@@ -9,12 +9,9 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from prefdyn.cli._generate import add_experiment_commands
+from prefdyn.cli._generate import add_experiment_commands, sweep_command
 from prefdyn.cli._options import console, user_errors
-from prefdyn.cli.displacement import displacement_app
 from prefdyn.cli.filter import filter_command
-from prefdyn.cli.lm import lm_app
-from prefdyn.cli.theory import theory_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Measure, predict and reproduce the learning dynamics of preference alignment.")
@@ -39,9 +36,7 @@ def info() -> None:
 
 app.command("filter")(filter_command)
 add_experiment_commands(app)
-app.add_typer(theory_app, name="theory", help="Theory lab: the theorems checked numerically, and the scaling law.")
-app.add_typer(lm_app, name="lm", help="Im & Li Sec. 5: the experiments with every weight (or LoRA) trained.")
-app.add_typer(displacement_app, name="displacement", help="Likelihood displacement (Razin et al. 2024): tokens, predictors, mitigation.")
+app.command("sweep", context_settings={"allow_extra_args": False})(sweep_command)
 
 
 @app.command()

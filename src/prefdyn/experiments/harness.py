@@ -61,24 +61,34 @@ class Resources:
     def workspace(self, cfg: ExperimentConfig, *, progress: bool = False):
         from prefdyn.experiments.workspace import prepare_workspace
 
-        key = repr((self._model_key(cfg.model), cfg.model.batch_size, cfg.model.reuse_prefix, cfg.data, cfg.task))
+        key = self._workspace_key(cfg)
         if key not in self._workspaces:
             self._workspaces[key] = prepare_workspace(cfg.model, cfg.data, cfg.task, progress=progress,
                                                       loaded=self.model(cfg.model))
         return self._workspaces[key]
 
+    @classmethod
+    def _workspace_key(cls, cfg: ExperimentConfig) -> str:
+        return repr((cls._model_key(cfg.model), cfg.model.batch_size, cfg.model.reuse_prefix, cfg.data, cfg.task))
+
     def add_workspace(self, cfg: ExperimentConfig, ws) -> None:
         """Use ``ws`` for ``cfg`` (a workspace built by the caller, e.g. a test's)."""
-        key = repr((self._model_key(cfg.model), cfg.model.batch_size, cfg.model.reuse_prefix, cfg.data, cfg.task))
-        self._workspaces[key] = ws
+        self._workspaces[self._workspace_key(cfg)] = ws
+
+    def built(self, cfg: ExperimentConfig) -> tuple[Any, Any]:
+        """(workspace, loaded model) for ``cfg`` if already built, else None each (loads nothing)."""
+        return (self._workspaces.get(self._workspace_key(cfg)),
+                self._models.get(self._model_key(cfg.model)))
 
 
 def _footer(ctx: RunContext, spec: ExperimentSpec) -> dict[str, Any]:
     cfg = ctx.cfg
     footer: dict[str, Any] = {}
-    loaded = ctx.resources._models.get(Resources._model_key(cfg.model)) if spec.needs_model else None
-    if loaded is not None:
-        footer["model"] = f"{loaded.name} ({loaded.fingerprint[:12]})"
+    ws, loaded = ctx.resources.built(cfg)
+    source = ws if ws is not None else loaded
+    if source is not None:
+        name, fingerprint = (ws.model_name, ws.model_fingerprint) if ws is not None else (loaded.name, loaded.fingerprint)
+        footer["model"] = f"{name} ({fingerprint[:12]})"
         footer["data"] = cfg.data.path or "prefdyn bundled demo data (written for prefdyn)"
     footer.update(ctx.footer)
     mode = "last_layer" if spec.last_layer else "full"
@@ -102,6 +112,7 @@ def run_spec(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resource
         return run_suite(spec, cfg, resources=resources, progress=progress, out=out)
     set_seed(cfg.seed)
     resources = resources or Resources()
+    cfg = spec.prepare(cfg) if spec.prepare else cfg
     out = Path(out) if out is not None else Path(cfg.out) / spec.folder_for(cfg)
     device = resolve_device(cfg.model.device) if spec.needs_model else "cpu"
     with RunDir(out, seed=cfg.seed, device=device) as run:
@@ -115,11 +126,11 @@ def run_spec(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resource
             raise
         result.write(run)
         subtitle = ctx.subtitle
-        if subtitle is None and spec.needs_model:
-            ws = resources._workspaces.get(repr((Resources._model_key(cfg.model), cfg.model.batch_size,
-                                                 cfg.model.reuse_prefix, cfg.data, cfg.task)))
-            loaded = resources.model(cfg.model)
-            subtitle = f"{loaded.name}, {len(ws.names)} behaviors" if ws is not None else loaded.name
+        ws, loaded = resources.built(ctx.cfg)
+        if subtitle is None and ws is not None:
+            subtitle = f"{ws.model_name}, {len(ws.names)} behaviors"
+        elif subtitle is None and loaded is not None:
+            subtitle = loaded.name
         report = Report(f"prefdyn — {result.title}", subtitle=subtitle or "")
         result.add_to(report)
         report.footer(_footer(ctx, spec))

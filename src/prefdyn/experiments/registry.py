@@ -2,20 +2,23 @@
 
 The CLI verbs, ``prefdyn presets`` and ``prefdyn sweep`` are generated from
 :data:`REGISTRY`; an experiment module registers its own spec with
-:func:`prefdyn.experiments.spec.register` and is listed in ``_MODULES``.
+:func:`prefdyn.experiments.spec.register`. Every public module of this package is
+imported here, so a new experiment is one new file and nothing else.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+
+import prefdyn.experiments as _package
 
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, REGISTRY, ExperimentSpec, register
 
-_MODULES = ("diagnostics", "distinguishability", "priority", "misalignment")
-
-for _module in _MODULES:
-    importlib.import_module(f"prefdyn.experiments.{_module}")
+for _module in pkgutil.iter_modules(_package.__path__):
+    if not _module.name.startswith("_") and _module.name != "registry":
+        importlib.import_module(f"prefdyn.experiments.{_module.name}")
 
 DEMO = register(ExperimentSpec(
     name="demo", title="learning dynamics of preference alignment",

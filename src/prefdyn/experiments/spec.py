@@ -67,6 +67,9 @@ class ExperimentSpec:
     last_layer: bool = False
     needs_model: bool = True
     attribution: str = ""
+    prepare: Callable[[ExperimentConfig], ExperimentConfig] | None = None
+    """Settings that follow from the resolved config (e.g. a per-source default), applied
+    before config.yaml is written so that it records what ran."""
     parts: tuple[tuple[str, str, dict[str, Any]], ...] = ()
     """Suite only: (folder, spec name, params overrides) run in order into one report."""
 
@@ -131,6 +134,13 @@ def on_workspace(fn: Callable[..., ExperimentResult]) -> Callable[[RunContext], 
 
     run.__doc__ = fn.__doc__
     return run
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is a training mode of the LM experiments (full or lora)."""
+    if mode not in ("full", "lora"):
+        raise PrefdynError(f"--mode (experiment.mode) must be full or lora, got {mode!r}")
+    return mode
 
 
 PERSONA_ATTRIBUTION = (
