@@ -26,7 +26,7 @@ from prefdyn.data.persona import list_behaviors, load_persona_dir
 from prefdyn.data.records import PreferencePair
 from prefdyn.data.tasks import BehaviorData, TaskConfig, build_behaviors
 from prefdyn.errors import DataError
-from prefdyn.experiments.spec import Option
+from prefdyn.experiments.spec import ExperimentSpec, Option, check_mode, register
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import collate_pairs, pair_batches, tokenize_pair
 from prefdyn.training.lm_policy import LMPolicy
@@ -259,6 +259,33 @@ DISPLACEMENT_OPTIONS = {
     "max_tokens": Option("Longest prompt+response kept, in tokens."),
     "mode": Option("lora or full."),
 }
+
+
+@dataclass
+class PairSourceParams:
+    """What the predictors and mitigation params share: where the pairs come from, the token
+    cap and the training mode."""
+
+    source: str = "hh"
+    pairs_file: str = HH_DEFAULT
+    max_tokens: int | None = 64
+    mode: str = "lora"
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+
+    def source_kwargs(self, cfg) -> dict[str, Any]:
+        """The pair-source fields of :class:`SourceConfig` / :class:`MitigationConfig`."""
+        return {"hh_path": self.pairs_file, "persona_path": cfg.data.path or PERSONA_DEFAULT,
+                "behaviors": cfg.data.behaviors, "max_tokens": self.max_tokens,
+                "chat_template": cfg.task.chat_template}
+
+
+def displacement_spec(name: str, title: str, help: str, fn: Callable[..., Any], params: type,
+                      options: dict[str, Option]) -> ExperimentSpec:
+    """Register a displacement experiment ``fn(ctx, loaded)`` (``quick`` preset by default)."""
+    return register(ExperimentSpec(name=name, title=title, help=help, run=on_model(fn), params=params,
+                                   default_preset="quick", options=options))
 
 
 def on_model(fn: Callable[..., Any], **kwargs: Any) -> Callable[[Any], Any]:

@@ -37,8 +37,8 @@ from prefdyn.experiments._displacement import (
     train_and_measure,
 )
 from prefdyn.experiments.result import ExperimentResult, fmt
-from prefdyn.experiments._displacement import DISPLACEMENT_OPTIONS, PERSONA_DEFAULT, on_model
-from prefdyn.experiments.spec import ExperimentSpec, Option, RunContext, check_mode, register
+from prefdyn.experiments._displacement import DISPLACEMENT_OPTIONS, PairSourceParams, displacement_spec
+from prefdyn.experiments.spec import Option, RunContext
 from prefdyn.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -169,37 +169,28 @@ def _result(stats, detail, cfg: MitigationConfig, train: TrainConfig, mode: str)
 
 
 @dataclass
-class MitigationParams:
+class MitigationParams(PairSourceParams):
     """The ``experiment:`` params of ``displacement mitigation``: ``source`` hh or persona;
     ``top_percent`` is q, the share of training pairs dropped by CHES (and at random)."""
 
-    source: str = "hh"
-    pairs_file: str = HH_DEFAULT
     n_train: int = 24
     n_eval: int = 12
-    max_tokens: int | None = 64
     top_percent: float = 25.0
-    mode: str = "lora"
-
-    def __post_init__(self) -> None:
-        check_mode(self.mode)
 
 
 def run_mitigation_spec(ctx: RunContext, loaded) -> ExperimentResult:
     """CHES filtering vs random filtering vs an SFT term: which mitigates displacement on the
     same held-out pairs (see :func:`run_mitigation`)?"""
-    p, cfg = ctx.params, ctx.cfg
-    settings = MitigationConfig(source=p.source, hh_path=p.pairs_file, persona_path=cfg.data.path or PERSONA_DEFAULT,
-                                behaviors=cfg.data.behaviors, n_train=p.n_train, n_eval=p.n_eval,
-                                max_tokens=p.max_tokens, top_percent=p.top_percent,
-                                chat_template=cfg.task.chat_template)
+    p = ctx.params
+    settings = MitigationConfig(source=p.source, n_train=p.n_train, n_eval=p.n_eval, top_percent=p.top_percent,
+                                **p.source_kwargs(ctx.cfg))
     return run_mitigation(loaded, settings, ctx.train, sink=ctx.sink, mode=p.mode)
 
 
-SPEC = register(ExperimentSpec(
-    name="displacement mitigation", title="Mitigating likelihood displacement",
-    help="CHES filtering vs random filtering vs an SFT term: which mitigates displacement?",
-    run=on_model(run_mitigation_spec), params=MitigationParams, default_preset="quick",
-    options={"source": Option("hh or persona."), **DISPLACEMENT_OPTIONS,
+SPEC = displacement_spec(
+    "displacement mitigation", "Mitigating likelihood displacement",
+    "CHES filtering vs random filtering vs an SFT term: which mitigates displacement?",
+    run_mitigation_spec, MitigationParams,
+    {"source": Option("hh or persona."), **DISPLACEMENT_OPTIONS,
              "n_train": Option("Training pairs (seeded)."), "n_eval": Option("Held-out evaluation pairs."),
-             "top_percent": Option("q: share of training pairs dropped by CHES (and at random).")}))
+             "top_percent": Option("q: share of training pairs dropped by CHES (and at random).")})

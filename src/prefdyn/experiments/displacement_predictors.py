@@ -24,8 +24,8 @@ from prefdyn.diagnostics.similarity import edit_similarity, last_hidden_inner_pr
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments._displacement import HH_DEFAULT, load_source, train_and_measure
 from prefdyn.experiments.result import ExperimentResult, fmt
-from prefdyn.experiments._displacement import DISPLACEMENT_OPTIONS, PERSONA_DEFAULT, on_model
-from prefdyn.experiments.spec import ExperimentSpec, Option, RunContext, check_mode, register
+from prefdyn.experiments._displacement import DISPLACEMENT_OPTIONS, PairSourceParams, displacement_spec
+from prefdyn.experiments.spec import Option, RunContext
 from prefdyn.reports.plots import plot_scatter_rank, spearman, subplots_grid
 from prefdyn.training.config import TrainConfig
 
@@ -154,33 +154,25 @@ def _result(rows, per_source, figures, described, train: TrainConfig, mode: str)
 
 
 @dataclass
-class PredictorsParams:
+class PredictorsParams(PairSourceParams):
     """The ``experiment:`` params of ``displacement predictors``: ``source`` hh, persona or both."""
 
     source: str = "both"
-    pairs_file: str = HH_DEFAULT
     n_pairs: int = 32
-    max_tokens: int | None = 64
-    mode: str = "lora"
-
-    def __post_init__(self) -> None:
-        check_mode(self.mode)
 
 
 def run_predictors_spec(ctx: RunContext, loaded) -> ExperimentResult:
     """Which score predicts displacement? Spearman of CHES and baselines with the chosen
     log-prob change after DPO, per source (see :func:`run_predictors`)."""
-    p, cfg = ctx.params, ctx.cfg
-    settings = SourceConfig(sources=("hh", "persona") if p.source == "both" else (p.source,),
-                            hh_path=p.pairs_file, persona_path=cfg.data.path or PERSONA_DEFAULT,
-                            behaviors=cfg.data.behaviors, n=p.n_pairs, max_tokens=p.max_tokens,
-                            chat_template=cfg.task.chat_template)
+    p = ctx.params
+    settings = SourceConfig(sources=("hh", "persona") if p.source == "both" else (p.source,), n=p.n_pairs,
+                            **p.source_kwargs(ctx.cfg))
     return run_predictors(loaded, settings, ctx.train, sink=ctx.sink, mode=p.mode)
 
 
-SPEC = register(ExperimentSpec(
-    name="displacement predictors", title="Which score predicts likelihood displacement",
-    help="Which score predicts displacement? Spearman of CHES and baselines with the chosen log-prob change.",
-    run=on_model(run_predictors_spec), params=PredictorsParams, default_preset="quick",
-    options={"source": Option("hh, persona or both."), **DISPLACEMENT_OPTIONS,
-             "n_pairs": Option("Pairs per source (seeded).")}))
+SPEC = displacement_spec(
+    "displacement predictors", "Which score predicts likelihood displacement",
+    "Which score predicts displacement? Spearman of CHES and baselines with the chosen log-prob change.",
+    run_predictors_spec, PredictorsParams,
+    {"source": Option("hh, persona or both."), **DISPLACEMENT_OPTIONS,
+             "n_pairs": Option("Pairs per source (seeded).")})

@@ -27,8 +27,8 @@ from prefdyn.diagnostics.token_geometry import displacement_scores, token_pair_g
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments._displacement import Synonyms, load_synonyms
 from prefdyn.experiments.result import ExperimentResult, fmt
-from prefdyn.experiments._displacement import on_model
-from prefdyn.experiments.spec import ExperimentSpec, Option, RunContext, register
+from prefdyn.experiments._displacement import displacement_spec
+from prefdyn.experiments.spec import Option, RunContext
 from prefdyn.models.tokens import answer_token_ids, unembedding
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.displacement import lm_answer_logprobs
@@ -255,12 +255,12 @@ def run_tokens_spec(ctx: RunContext, loaded) -> ExperimentResult:
     return run_token_table(loaded, settings, ctx.train, sink=ctx.sink)
 
 
-SPEC = register(ExperimentSpec(
-    name="displacement tokens", title="Likelihood displacement of single tokens",
-    help="Single prompt, single-token answers: pi(y+), pi(y-) before/after DPO and where the mass went.",
-    run=on_model(run_tokens_spec), params=TokensParams, default_preset="quick",
-    options={"pairs": Option('Answer pairs "y+:y-", comma-separated; each one token.'),
+SPEC = displacement_spec(
+    "displacement tokens", "Likelihood displacement of single tokens",
+    "Single prompt, single-token answers: pi(y+), pi(y-) before/after DPO and where the mass went.",
+    run_tokens_spec, TokensParams,
+    {"pairs": Option('Answer pairs "y+:y-", comma-separated; each one token.'),
              "statement": Option("The persona statement of the one prompt."),
              "synonyms": Option("YAML/JSON file: word -> list of synonyms (default: prefdyn's small list)."),
              "top_k": Option("Gainers shown per pair, and k of overlap@k."),
-             "loss_target": Option("Stop once the DPO loss is below this (else --steps).")}))
+             "loss_target": Option("Stop once the DPO loss is below this (else --steps).")})

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments.lm_common import (
-    LAST,
     LM_OPTIONS,
     LMExperimentPreset,
     LMParams,
+    lm_spec,
     lm_task,
     on_lm_workspace,
     train_lm,
 )
 from prefdyn.experiments.lm_distinguishability import pick_behaviors
-from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, Option, RunContext, register
+from prefdyn.experiments.spec import Option, RunContext
 from prefdyn.experiments.result import ExperimentResult
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_curves
@@ -144,10 +144,7 @@ def run_distribution_spec(ctx: RunContext) -> ExperimentResult:
     return on_lm_workspace(run_distribution_change, projections=ctx.params.projections)(ctx)
 
 
-SPEC = register(ExperimentSpec(
-    name="lm distribution", title="Embedding distributions before and after DPO",
-    help="Fig. 8: D and concentration of the embeddings before vs after DPO; PCA and UMAP views.",
-    run=run_distribution_spec, params=DistributionParams,
-    options={**LM_OPTIONS, "projections": Option("Comma-separated 2-D views: pca, umap (umap needs umap-learn).")},
-    folder=lambda cfg: "distribution_change", default_out="runs/lm", default_preset="quick",
-    attribution=PERSONA_ATTRIBUTION))
+SPEC = lm_spec("lm distribution", "Embedding distributions before and after DPO",
+               "Fig. 8: D and concentration of the embeddings before vs after DPO; PCA and UMAP views.",
+               run_distribution_spec, "distribution_change", params=DistributionParams,
+               options={**LM_OPTIONS, "projections": Option("Comma-separated 2-D views: pca, umap (umap needs umap-learn).")})

@@ -38,7 +38,7 @@ from torch import Tensor
 from prefdyn.data.tasks import BehaviorData, mix_behaviors
 from prefdyn.data.tasks import flip as flip_behavior
 from prefdyn.errors import PrefdynError
-from prefdyn.experiments.spec import Option, RunContext
+from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, Option, RunContext, register
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.losses import get_loss
 from prefdyn.models import LoadedModel
@@ -58,6 +58,7 @@ __all__ = [
     "LMParams",
     "LMTask",
     "LMTraining",
+    "lm_spec",
     "lm_task",
     "on_lm_workspace",
     "spread_by_D",
@@ -108,6 +109,16 @@ LM_OPTIONS = {
     "n_behaviors": Option("Behaviors picked, spread over D, when --behaviors is not given."),
     "eval_rows": Option("Rows per behavior and split evaluated every eval_every steps."),
 }
+
+
+def lm_spec(name: str, title: str, help: str, run: Callable[[RunContext], Any],
+            folder: str | Callable[[Any], str], **kwargs: Any) -> ExperimentSpec:
+    """Register an LM experiment's spec: :class:`LMParams` and its flags, ``runs/lm``, the
+    ``quick`` preset and the persona attribution unless ``kwargs`` say otherwise."""
+    fields = {"params": LMParams, "options": LM_OPTIONS, "default_out": "runs/lm", "default_preset": "quick",
+              "attribution": PERSONA_ATTRIBUTION, **kwargs,
+              "folder": folder if callable(folder) else lambda cfg: folder}
+    return register(ExperimentSpec(name=name, title=title, help=help, run=run, **fields))
 
 
 def on_lm_workspace(fn: Callable[..., Any], **kwargs: Any) -> Callable[[RunContext], Any]:

@@ -15,15 +15,13 @@ import numpy as np
 
 from prefdyn.diagnostics.distinguishability import behavior_stats
 from prefdyn.experiments.lm_common import (
-    LM_OPTIONS,
     LMExperimentPreset,
-    LMParams,
+    lm_spec,
     lm_task,
     on_lm_workspace,
     spread_by_D,
     train_lm,
 )
-from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, register
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_curves, plot_scatter_rank, spearman
@@ -171,9 +169,6 @@ def run_lm_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None, l
     return res
 
 
-SPEC = register(ExperimentSpec(
-    name="lm distinguishability", title="Distinguishability and speed under fine-tuning",
-    help="Fig. 6: behaviors of increasing D, each fine-tuned alone; does D order the speed?",
-    run=on_lm_workspace(run_lm_distinguishability), params=LMParams, options=LM_OPTIONS,
-    folder=lambda cfg: "lm_distinguishability", default_out="runs/lm", default_preset="quick",
-    attribution=PERSONA_ATTRIBUTION))
+SPEC = lm_spec("lm distinguishability", "Distinguishability and speed under fine-tuning",
+               "Fig. 6: behaviors of increasing D, each fine-tuned alone; does D order the speed?",
+               on_lm_workspace(run_lm_distinguishability), "lm_distinguishability")

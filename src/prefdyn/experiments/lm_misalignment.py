@@ -25,17 +25,15 @@ import numpy as np
 
 from prefdyn.experiments.hh_rlhf import release, trained_loaded
 from prefdyn.experiments.lm_common import (
-    LM_OPTIONS,
     LMExperimentPreset,
-    LMParams,
     LMTraining,
+    lm_spec,
     lm_task,
     on_lm_workspace,
     spread_by_D,
     train_lm,
 )
 from prefdyn.experiments.misalignment import FLIP_ACCURACY, _Tagged, steps_to_reach
-from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, register
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.models import LoadedModel
@@ -206,10 +204,7 @@ def _verdict(s: dict, names: list[str]) -> str:
     return " ".join(parts)
 
 
-SPEC = register(ExperimentSpec(
-    name="lm misalignment", title="Misalignment: flipped labels from the base vs the aligned model",
-    help="Fig. 9: align, then train on flipped labels from the base vs the aligned model "
-         "(--mode full|lora; the preset's by_mode.lora section gives LoRA its lr unless --lr is given).",
-    run=on_lm_workspace(run_lm_misalignment), params=LMParams, options=LM_OPTIONS,
-    folder=lambda cfg: f"misalignment_{cfg.experiment.mode}", default_out="runs/lm",
-    default_preset="quick", attribution=PERSONA_ATTRIBUTION))
+SPEC = lm_spec("lm misalignment", "Misalignment: flipped labels from the base vs the aligned model",
+               "Fig. 9: align, then train on flipped labels from the base vs the aligned model (--mode "
+               "full|lora; the preset's by_mode.lora section gives LoRA its lr unless --lr is given).",
+               on_lm_workspace(run_lm_misalignment), lambda cfg: f"misalignment_{cfg.experiment.mode}")

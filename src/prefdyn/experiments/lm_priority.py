@@ -15,15 +15,13 @@ import torch
 
 from prefdyn.diagnostics import priority_gap_matrix, priority_levels
 from prefdyn.experiments.lm_common import (
-    LM_OPTIONS,
     LMExperimentPreset,
-    LMParams,
+    lm_spec,
     lm_task,
     on_lm_workspace,
     train_lm,
 )
 from prefdyn.experiments.priority import highest_gap_pair, loss_auc
-from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, register
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_curves, plot_grid
@@ -130,9 +128,6 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
     return res
 
 
-SPEC = register(ExperimentSpec(
-    name="lm priority", title="Priority under fine-tuning",
-    help="Fig. 7: the highest- and the lowest-priority-gap pair, each trained jointly.",
-    run=on_lm_workspace(run_lm_priority), params=LMParams, options=LM_OPTIONS,
-    folder=lambda cfg: "lm_priority", default_out="runs/lm", default_preset="quick",
-    attribution=PERSONA_ATTRIBUTION))
+SPEC = lm_spec("lm priority", "Priority under fine-tuning",
+               "Fig. 7: the highest- and the lowest-priority-gap pair, each trained jointly.",
+               on_lm_workspace(run_lm_priority), "lm_priority")

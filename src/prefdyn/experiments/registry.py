@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-
-import prefdyn.experiments as _package
+from pathlib import Path
 
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, REGISTRY, ExperimentSpec, register
 
-for _module in pkgutil.iter_modules(_package.__path__):
+for _module in pkgutil.iter_modules([str(Path(__file__).parent)]):
     if not _module.name.startswith("_") and _module.name != "registry":
         importlib.import_module(f"prefdyn.experiments.{_module.name}")
 
