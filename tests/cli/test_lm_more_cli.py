@@ -1,4 +1,4 @@
-"""``prefdyn lm misalignment | hh-rlhf | beta-sweep`` end to end on a tiny model."""
+"""``prefdyn lm misalignment | hh-rlhf`` and ``prefdyn sweep`` end to end on a tiny model."""
 
 import json
 
@@ -52,13 +52,15 @@ def test_lm_hh_rlhf(common, tmp_path):
     pairs = _pairs_file(tmp_path / "pairs.jsonl")
     r = invoke("lm", "hh-rlhf", "--pairs", pairs, *common, "--n-train", "8", "--n-test", "4",
                "--align-steps", "2", "--flip-steps", "2", "--batch-size", "4", "--max-tokens", "200",
-               "--out", tmp_path / "hh")
+               "--out", tmp_path)
     assert r.exit_code == 0, r.output
-    summary = json.loads((tmp_path / "hh" / "summary.json").read_text())
+    out = tmp_path / "hh_rlhf"
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["n_train"] == 8 and summary["preset"]["align_steps"] == 2
-    config = yaml.safe_load((tmp_path / "hh" / "config.yaml").read_text())
-    assert config["config"]["pairs"] == str(pairs) and config["config"]["mode"] == "lora"
-    assert (tmp_path / "hh" / "hh_logp_diff_test.png").is_file()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["experiment"]["pairs"] == str(pairs) and config["experiment"]["mode"] == "lora"
+    assert config["preset"] == "quick" and config["train"]["batch_size"] == 4
+    assert (out / "hh_logp_diff_test.png").is_file()
 
 
 def test_lm_hh_rlhf_needs_pairs():
@@ -66,19 +68,27 @@ def test_lm_hh_rlhf_needs_pairs():
     assert r.exit_code == 2 and "--pairs" in r.output
 
 
-def test_lm_beta_sweep_last_layer(common, tmp_path):
-    r = invoke("lm", "beta-sweep", "misalignment", "--betas", "0.1,1", *common, "--n", "12",
+def test_sweep_two_points_through_the_harness(common, tmp_path):
+    r = invoke("sweep", "misalignment", "train.beta=0.1,1", *common, "--n", "12", "--lr", "0.5",
                "--steps", "5", "--behaviors", "kindness,patience", "--out", tmp_path)
     assert r.exit_code == 0, r.output
-    out = tmp_path / "beta_sweep_misalignment"
+    out = tmp_path / "sweep_misalignment"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["betas"] == [0.1, 1.0]
-    assert (out / "beta_0.1" / "report.html").is_file() and (out / "beta_1" / "report.html").is_file()
-    assert (out / "report.html").is_file()
+    assert summary["points"] == [{"train.beta": "0.1"}, {"train.beta": "1"}]
+    for sub in ("beta_0.1", "beta_1"):
+        point = json.loads((out / sub / "summary.json").read_text())
+        assert point["lr"] == 0.5 and (out / sub / "report.html").is_file()
+    assert [json.loads((out / s / "summary.json").read_text())["beta"] for s in ("beta_0.1", "beta_1")] == [0.1, 1.0]
+    assert (out / "report.html").is_file() and (out / "sweep_misalignment.png").is_file()
 
 
-def test_lm_beta_sweep_errors():
-    r = invoke("lm", "beta-sweep", "nope", "--betas", "0.1")
+def test_sweep_errors():
+    r = invoke("sweep", "nope", "train.beta=0.1")
     assert r.exit_code == 2 and "unknown experiment" in r.output
-    r = invoke("lm", "beta-sweep", "misalignment", "--betas", "0.1,-2")
-    assert r.exit_code == 2 and "beta must be > 0" in r.output
+    r = invoke("sweep", "misalignment", "train.beta=0.1,fast", "--lr", "0.1")
+    assert r.exit_code == 2 and "expected float" in r.output
+    r = invoke("sweep", "misalignment", "train.bta=0.1")
+    assert r.exit_code == 2 and "unknown key train.bta" in r.output
+    # last layer at the curvature step size: every beta gives the same curves
+    r = invoke("sweep", "distinguishability", "train.beta=0.01,0.1")
+    assert r.exit_code == 2 and "lr*beta^2" in r.output

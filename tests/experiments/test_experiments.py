@@ -4,9 +4,8 @@ import math
 import pytest
 import torch
 
-from prefdyn.experiments import (ExperimentConfig, run_diagnostics,
-                                 run_distinguishability, run_experiment, run_misalignment,
-                                 run_priority)
+from prefdyn.experiments import (ExperimentConfig, Resources, get_spec, run_diagnostics,
+                                 run_distinguishability, run_misalignment, run_priority, run_spec)
 from prefdyn.experiments.priority import highest_gap_pair
 from prefdyn.training import TrainConfig
 
@@ -60,9 +59,16 @@ def test_diagnostics_rank_every_behavior(tiny_workspace):
     assert res.summary["lr"] > 0
 
 
+def _run(name, cfg, ws):
+    """``name`` through the harness on the test's workspace."""
+    resources = Resources()
+    resources.add_workspace(cfg, ws)
+    return run_spec(get_spec(name), cfg, resources=resources)
+
+
 def test_run_folder_has_everything(tiny_workspace, tmp_path):
     cfg = ExperimentConfig(train=CFG, out=str(tmp_path))
-    res, out = run_experiment("distinguishability", cfg, ws=tiny_workspace, progress=False)
+    res, out = _run("distinguishability", cfg, tiny_workspace)
     for name in ("config.yaml", "environment.json", "metrics.jsonl", "summary.json", "report.html",
                  "fig3_loss_by_distinguishability.png"):
         assert (out / name).is_file(), name
@@ -92,7 +98,7 @@ def test_nan_keeps_metrics_and_names_the_step(tiny_workspace, tmp_path):
     from prefdyn.errors import TrainingError
     cfg = ExperimentConfig(train=TrainConfig(steps=50, lr=float("inf")), out=str(tmp_path))
     with pytest.raises(TrainingError, match=r"step \d+"):
-        run_experiment("distinguishability", cfg, ws=tiny_workspace, progress=False)
+        _run("distinguishability", cfg, tiny_workspace)
     out = tmp_path / "distinguishability"
     assert json.loads((out / "summary.json").read_text())["failed_at_step"] >= 1
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["step"] == 0

@@ -8,12 +8,12 @@ import torch
 
 from prefdyn.data import PreferencePair, load_pairs
 from prefdyn.errors import DataError, PrefdynError
+from prefdyn.experiments.configure import resolve_config
+from prefdyn.experiments.registry import get_spec
 from prefdyn.experiments.hh_rlhf import (
-    HH_PRESETS,
     HHPreset,
     fallback_stats,
     flip_pairs,
-    hh_preset,
     run_hh_rlhf,
     select_pairs,
 )
@@ -64,10 +64,12 @@ def test_select_pairs_is_seeded_disjoint_and_respects_the_cap():
 
 
 def test_presets_validate_and_override():
-    assert hh_preset("quick", lr=1e-3).lr == 1e-3
-    assert hh_preset("paper").window == 100 and HH_PRESETS["paper"].beta == 0.1
+    spec = get_spec("lm hh-rlhf")
+    assert resolve_config(spec, preset="quick", flags={"train": {"lr": 1e-3}}).train.lr == 1e-3
+    paper = resolve_config(spec, preset="paper")
+    assert paper.experiment.window == 100 and paper.train.beta == 0.1 and paper.experiment.mode == "lora"
     with pytest.raises(PrefdynError, match="unknown preset"):
-        hh_preset("fast")
+        resolve_config(spec, preset="fast")
     with pytest.raises(PrefdynError, match="batch_size"):
         HHPreset(batch_size=0)
 

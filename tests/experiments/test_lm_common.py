@@ -3,36 +3,31 @@ import dataclasses
 import pytest
 import torch
 
-from prefdyn.cli._config import build_config
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments.lm_common import (
     LAST,
-    LMExperimentPreset,
-    get_preset,
+    LMParams,
     lm_task,
     spread_by_D,
     train_lm,
 )
+from prefdyn.experiments.configure import resolve_config
 from prefdyn.experiments.lm_distinguishability import base_D
+from prefdyn.experiments.registry import get_spec
+from prefdyn.training import TrainConfig
 from tests._tiny import tiny_loaded
 
-TINY = LMExperimentPreset(steps=4, batch_size=4, lr=1e-2, eval_every=2, eval_rows=4,
-                          probe_rows=6, snapshot_steps=(0, LAST))
+TINY = LMParams(eval_rows=4, probe_rows=6, snapshot_steps=(0, LAST))
+TRAIN = TrainConfig(steps=4, batch_size=4, lr=1e-2, eval_every=2, optimizer="adamw")
 
 
-def test_presets_registry_and_config_defaults():
-    quick = get_preset("lm_distinguishability", "quick")
-    assert quick.mode == "full" and quick.beta == 0.1
-    with pytest.raises(PrefdynError, match="choose from"):
-        get_preset("lm_distinguishability", "fast")
-    with pytest.raises(PrefdynError, match="no presets"):
-        get_preset("nope", "quick")
+def test_lm_params_and_quick_preset():
     with pytest.raises(PrefdynError, match="mode"):
-        LMExperimentPreset(mode="half")
-    cfg = build_config(None, {"train": {"steps": 7}}, {}, quick.config_defaults())
+        LMParams(mode="half")
+    cfg = resolve_config(get_spec("lm distinguishability"), flags={"train": {"steps": 7}})
     assert cfg.train.steps == 7  # a flag beats the preset
-    assert cfg.train.lr == quick.lr and cfg.train.optimizer == "adamw"
-    assert cfg.task.n_per_behavior == quick.n_per_behavior
+    assert cfg.preset == "quick" and cfg.train.lr == 5e-5 and cfg.train.optimizer == "adamw"
+    assert cfg.task.n_per_behavior == 40 and cfg.experiment == LMParams(n_behaviors=3, snapshot_steps=())
 
 
 def test_task_rows_groups_and_eval_batches(tiny_workspace):
@@ -70,7 +65,7 @@ def test_train_lm_keeps_the_base_and_records_everything(tiny_workspace):
     loaded = tiny_loaded()
     base = [p.clone() for p in loaded.model.parameters()]
     task = lm_task(ws, loaded, [0, 1], name="pair")
-    tr = train_lm(loaded, task, TINY.train_config(), TINY, name="pair")
+    tr = train_lm(loaded, task, TRAIN, TINY, name="pair")
     assert all(torch.equal(a, b) for a, b in zip(base, loaded.model.parameters()))
     trained = list(tr.run.policy.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(base, trained))
@@ -86,5 +81,5 @@ def test_train_lm_keeps_the_base_and_records_everything(tiny_workspace):
         D0 = behavior_stats(emb[sel], task.data.prefers_yes[probe_rows][sel]).D
         assert tr.snapshots.stats(0)[name]["D"] == pytest.approx(D0, rel=1e-3)
     lora = dataclasses.replace(TINY, mode="lora", snapshot_steps=())
-    tr_lora = train_lm(loaded, task, lora.train_config(), lora, name="pair")
+    tr_lora = train_lm(loaded, task, TRAIN, lora, name="pair")
     assert tr_lora.snapshots is None and tr_lora.run.policy.lora

@@ -5,21 +5,22 @@ import pytest
 
 from prefdyn.diagnostics import priority_gap_matrix
 from prefdyn.experiments.distribution_change import run_distribution_change
-from prefdyn.experiments.lm_common import LAST, LMExperimentPreset
+from prefdyn.experiments.lm_common import LAST, LMParams
 from prefdyn.experiments.lm_distinguishability import base_D, run_lm_distinguishability
 from prefdyn.experiments.lm_priority import lowest_gap_pair, run_lm_priority
 from prefdyn.experiments.priority import highest_gap_pair
 from prefdyn.tracking import class_mean_difference
+from prefdyn.training import TrainConfig
 from tests._tiny import tiny_loaded
 
-TINY = LMExperimentPreset(steps=4, batch_size=4, lr=1e-2, eval_every=2, eval_rows=4,
-                          probe_rows=8, n_behaviors=3, snapshot_steps=(0, LAST))
+TINY = LMParams(eval_rows=4, probe_rows=8, n_behaviors=3, snapshot_steps=(0, LAST))
+TRAIN = TrainConfig(steps=4, batch_size=4, lr=1e-2, eval_every=2, optimizer="adamw")
 
 
 def test_lm_distinguishability(tiny_workspace):
     # every train row evaluated, a moderate lr: the measured loss decrease is not sampling noise
-    preset = dataclasses.replace(TINY, lr=3e-3, eval_rows=None)
-    res = run_lm_distinguishability(tiny_workspace, preset.train_config(), loaded=tiny_loaded(),
+    preset = dataclasses.replace(TINY, eval_rows=None)
+    res = run_lm_distinguishability(tiny_workspace, dataclasses.replace(TRAIN, lr=3e-3), loaded=tiny_loaded(),
                                     preset=preset)
     s = res.summary
     assert len(s["behaviors"]) == 3
@@ -45,7 +46,7 @@ def test_lowest_gap_pair_is_the_smallest_off_diagonal_gap(tiny_workspace):
 
 
 def test_lm_priority_two_pairs(tiny_workspace):
-    res = run_lm_priority(tiny_workspace, TINY.train_config(), loaded=tiny_loaded(), preset=TINY)
+    res = run_lm_priority(tiny_workspace, TRAIN, loaded=tiny_loaded(), preset=TINY)
     pairs = res.summary["pairs"]
     assert set(pairs) == {"high gap", "low gap"}
     assert pairs["high gap"]["projection_gap"] > pairs["low gap"]["projection_gap"]
@@ -56,7 +57,7 @@ def test_lm_priority_two_pairs(tiny_workspace):
 
 def test_distribution_change_before_is_the_base_model(tiny_workspace):
     ws = tiny_workspace
-    res = run_distribution_change(ws, TINY.train_config(), loaded=tiny_loaded(), preset=TINY,
+    res = run_distribution_change(ws, TRAIN, loaded=tiny_loaded(), preset=TINY,
                                   which=[0, 1], projections=("pca",))
     ch = res.summary["change"]
     assert set(ch) == set(ws.names[:2])

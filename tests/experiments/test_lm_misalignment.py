@@ -4,12 +4,15 @@ import pytest
 import torch
 
 from prefdyn.errors import PrefdynError
-from prefdyn.experiments.lm_common import LAST, LMExperimentPreset
-from prefdyn.experiments.lm_misalignment import misalignment_preset, run_lm_misalignment
+from prefdyn.experiments.configure import resolve_config
+from prefdyn.experiments.lm_common import LAST, LMParams
+from prefdyn.experiments.lm_misalignment import run_lm_misalignment
+from prefdyn.experiments.registry import get_spec
+from prefdyn.training import TrainConfig
 from tests._tiny import tiny_loaded
 
-PRESET = {"steps": 4, "batch_size": 4, "beta": 0.5, "n_per_behavior": 20, "n_behaviors": 2,
-          "eval_every": 2, "eval_rows": 8, "probe_rows": 8, "snapshot_steps": (0, LAST)}
+PRESET = {"n_behaviors": 2, "eval_rows": 8, "probe_rows": 8, "snapshot_steps": (0, LAST)}
+TRAIN = {"steps": 4, "batch_size": 4, "beta": 0.5, "eval_every": 2, "optimizer": "adamw"}
 
 
 class Sink:
@@ -25,9 +28,9 @@ def test_lm_misalignment_on_a_tiny_model(tiny_workspace, mode, lr):
     # tiny_loaded() is deterministic: the same model the workspace was built from.
     loaded = tiny_loaded()
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    preset = LMExperimentPreset(mode=mode, lr=lr, **PRESET)
+    preset = LMParams(mode=mode, **PRESET)
     sink = Sink()
-    res = run_lm_misalignment(tiny_workspace, preset.train_config(seed=0), loaded=loaded,
+    res = run_lm_misalignment(tiny_workspace, TrainConfig(lr=lr, **TRAIN), loaded=loaded,
                               preset=preset, sink=sink, which=[0, 1])
     s = res.summary
     names = tiny_workspace.names[:2]
@@ -60,8 +63,8 @@ def test_lm_misalignment_on_a_tiny_model(tiny_workspace, mode, lr):
 
 
 def test_lm_misalignment_with_one_behavior(tiny_workspace):
-    preset = LMExperimentPreset(mode="full", lr=1e-2, **{**PRESET, "steps": 2})
-    res = run_lm_misalignment(tiny_workspace, preset.train_config(seed=0), loaded=tiny_loaded(),
+    preset = LMParams(mode="full", **PRESET)
+    res = run_lm_misalignment(tiny_workspace, TrainConfig(lr=1e-2, **{**TRAIN, "steps": 2}), loaded=tiny_loaded(),
                               preset=preset, which=[2])
     name = tiny_workspace.names[2]
     assert res.summary["behaviors"] == [name] and set(res.summary["speedup"]) == {name}
@@ -70,8 +73,14 @@ def test_lm_misalignment_with_one_behavior(tiny_workspace):
 
 
 def test_presets_per_mode():
-    assert misalignment_preset("quick", "full").mode == "full"
-    assert misalignment_preset("paper", "lora").mode == "lora"
-    assert misalignment_preset("paper", "full").beta == 0.1
+    spec = get_spec("lm misalignment")
+    full = resolve_config(spec, preset="quick")
+    assert full.experiment.mode == "full" and full.train.lr == 5e-5
+    lora = resolve_config(spec, preset="quick", flags={"experiment": {"mode": "lora"}})
+    assert lora.experiment.mode == "lora" and lora.train.lr == 5e-4  # the preset's by_mode.lora
+    # an explicit --lr on a LoRA run is kept, even when it equals the full preset's value
+    explicit = resolve_config(spec, preset="quick", flags={"train": {"lr": 5e-5}, "experiment": {"mode": "lora"}})
+    assert explicit.train.lr == 5e-5
+    assert resolve_config(spec, preset="paper").train.beta == 0.1
     with pytest.raises(PrefdynError, match="unknown preset"):
-        misalignment_preset("slow", "full")
+        resolve_config(spec, preset="slow")

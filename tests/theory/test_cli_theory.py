@@ -9,13 +9,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from prefdyn.cli.theory import theory_app
+from prefdyn.cli.app import app
 
 RUN_FILES = {"config.yaml", "environment.json", "metrics.jsonl", "summary.json", "report.html"}
 
 
 def _invoke(*args: str):
-    result = CliRunner().invoke(theory_app, list(args))
+    result = CliRunner().invoke(app, ["theory", *args])
     assert result.exit_code == 0, (result.output, result.exception)
     return result
 
@@ -26,7 +26,7 @@ def _check_run(folder, experiment: str) -> dict:
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["experiment"] == experiment
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    assert config["seed"] == 3 and "experiment" in config["config"]
+    assert config["seed"] == 3 and config["preset"] == "default" and "train" in config
     assert "<img" in (folder / "report.html").read_text()
     return summary
 
@@ -54,26 +54,20 @@ def test_scaling_synthetic_command(tmp_path):
     summary = _check_run(tmp_path / "theory_scaling_synthetic", "theory_scaling")
     assert summary["Ks"] == [1, 2, 4] and summary["Qs"] == [4, 16] and len(summary["cells"]) == 6
     config = yaml.safe_load((tmp_path / "theory_scaling_synthetic" / "config.yaml").read_text())
-    assert config["config"]["experiment"]["train"]["lr_safety"] == 0.1  # the synthetic default
-    assert config["config"]["theory"]["ks"] == [1, 2, 4]
+    assert config["train"]["lr_safety"] == 0.1  # the synthetic default
+    assert config["experiment"]["ks"] == [1, 2, 4] and config["experiment"]["source"] == "synthetic"
 
 
 @pytest.mark.parametrize("args", [["grid", "--alphas", "3"], ["grid", "--ds", "a,b"],
                                   ["scaling", "--source", "web"], ["scaling", "--ks", "0"]])
 def test_bad_input_is_one_red_line(args, tmp_path):
-    result = CliRunner().invoke(theory_app, [*args, "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["theory", *args, "--out", str(tmp_path)])
     assert result.exit_code == 2 and "error" in result.output
 
 
 def test_through_the_main_entry_point(tmp_path):
-    """By subprocess: ``prefdyn theory`` once the lead has mounted it, else the main app with the
-    sub-app mounted the way cli/app.py will (``app.add_typer(theory_app, name="theory")``)."""
-    from prefdyn.cli.app import app
-    if any(g.name == "theory" for g in app.registered_groups):
-        cmd = [shutil.which("prefdyn") or "prefdyn"]
-    else:
-        cmd = [sys.executable, "-c", "from prefdyn.cli.app import app; from prefdyn.cli.theory import theory_app; "
-               "app.add_typer(theory_app, name='theory'); app()"]
+    """By subprocess, the installed ``prefdyn`` script (or ``python -m prefdyn``)."""
+    cmd = [shutil.which("prefdyn")] if shutil.which("prefdyn") else [sys.executable, "-m", "prefdyn"]
     done = subprocess.run([*cmd, "theory", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "grid" in done.stdout and "scaling" in done.stdout
     done = subprocess.run([*cmd, "theory", "grid", "--ds", "8", "--deltas", "0.3", "--alphas", "2", "--samples", "64",
@@ -97,5 +91,5 @@ def test_scaling_persona_command_on_demo_data(tmp_path):
     summary = _check_run(tmp_path / "theory_scaling_persona", "theory_scaling")
     assert summary["Ks"] == [1, 2, 4, 8]  # the demo data has 8 behaviors
     config = yaml.safe_load((tmp_path / "theory_scaling_persona" / "config.yaml").read_text())
-    assert config["config"]["experiment"]["train"]["lr_safety"] == 1.0
+    assert config["train"]["lr_safety"] == 1.0
     assert summary["cluster_structure"]["within_centered"] > summary["cluster_structure"]["between_centered"]

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import functools
-import inspect
-import typing
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 
-from prefdyn.cli._config import build_config
 from prefdyn.errors import PrefdynError
 from prefdyn.losses import PreferenceLogps, available_losses
 
@@ -78,44 +75,16 @@ def _split(name: str, value: Any) -> Any:
     return parts if name == "behaviors" else tuple(parts)
 
 
-def config_from_flags(common: dict[str, Any], defaults: dict[str, dict[str, Any]] | None = None):
-    """The run config from the common options' values (``COMMON`` names -> value or None):
-    defaults < --config file < flags."""
-    overrides: dict[str, dict[str, Any]] = {}
-    top: dict[str, Any] = {}
+def flag_overrides(values: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The ``--config`` path and the flags that were given (``COMMON`` names -> value or
+    None) as a nested partial config: ``{"train": {"lr": 1e-5}, "seed": 3}``."""
+    flags: dict[str, Any] = {}
     for name, (section, field, _) in COMMON.items():
+        value = _split(name, values.get(name))
+        if value is None or name == "config":
+            continue
         if section is None:
-            top[field] = common[name]
+            flags[field] = value
         else:
-            overrides.setdefault(section, {})[field] = _split(name, common[name])
-    return build_config(top.pop("config"), overrides, top, defaults)
-
-
-def check_mode(mode: str) -> None:
-    if mode not in ("full", "lora"):
-        raise PrefdynError(f"--mode must be full or lora, got {mode!r}")
-
-
-def with_experiment_options(defaults: dict[str, dict[str, Any]] | None = None):
-    """Decorate ``fn(cfg, **own_options)``: adds the common options to its CLI signature
-    and builds ``cfg`` (defaults < --config file < flags) before calling it."""
-
-    def decorate(fn):
-        hints = typing.get_type_hints(fn, include_extras=True)
-        own = [p.replace(annotation=hints[p.name])
-               for p in inspect.signature(fn).parameters.values() if p.name != "cfg"]
-
-        @functools.wraps(fn)
-        @user_errors
-        def wrapper(**kwargs):
-            cfg = config_from_flags({k: kwargs.pop(k) for k in COMMON}, defaults)
-            return fn(cfg, **kwargs)
-
-        params = own + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                          annotation=ann) for name, (_, _, ann) in COMMON.items()]
-        wrapper.__signature__ = inspect.Signature(params)
-        wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        del wrapper.__wrapped__
-        return wrapper
-
-    return decorate
+            flags.setdefault(section, {})[field] = value
+    return values.get("config"), flags

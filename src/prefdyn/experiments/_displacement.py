@@ -5,7 +5,7 @@ Likelihood Displacement in Direct Preference Optimization" (2024). Used by
 :mod:`displacement_tokens`, :mod:`displacement_predictors` and
 :mod:`displacement_mitigation`: synonym groups, persona pairs with multi-token
 responses, per-pair log-prob changes of a trained policy, a fresh model copy per
-run, the DPO+SFT loss, and the run folder writer.
+run, the DPO+SFT loss, and the report footer of their specs.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from prefdyn.data.tasks import BehaviorData, TaskConfig, build_behaviors
 from prefdyn.errors import DataError
 from prefdyn.policies.lm import LMPolicy
 from prefdyn.experiments._resume import ResumableRun, run_identity
-from prefdyn.reports import Report
 from prefdyn.tracking import metrics as M
 from prefdyn.tracking.evaluate import PairScores, pair_metrics, score_pairs
-from prefdyn.tracking.run_dir import RunDir
+from prefdyn.experiments.spec import ExperimentSpec, Option, check_mode, register
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import pair_batches, tokenize_pair
 from prefdyn.training.lm_data import fixed_pair_batches
@@ -236,17 +235,51 @@ def load_source(source: str, tokenizer, *, hh_path: str, persona_path: str | Non
                    f"{eos!r} (single-token responses would give CHES = 0 identically)")
 
 
-# ---------------------------------------------------------------- run dirs ---
+# ------------------------------------------------------------------- specs ---
 
-def write_run(out: Path, config: Any, seed: int, device: str, compute: Callable[[RunDir], Any],
-              footer: dict[str, Any]):
-    """One experiment in the run folder ``out`` (config.yaml, environment.json, metrics.jsonl,
-    PNGs, summary.json, report.html); ``compute(run)`` returns ``(result, subtitle)``."""
-    with RunDir(out, config=config, seed=seed, device=device) as run:
-        result, subtitle = compute(run)
-        result.write(run)
-        report = Report(f"prefdyn — {result.title}", subtitle=subtitle)
-        result.add_to(report)
-        report.footer({**footer, "seed": seed, "paper": RAZIN_CITATION})
-        report.write(run.file("report.html"))
-    return result
+DISPLACEMENT_OPTIONS = {
+    "pairs_file": Option("HH-RLHF pairs (JSONL .gz); bad records are skipped."),
+    "max_tokens": Option("Longest prompt+response kept, in tokens."),
+    "mode": Option("lora or full."),
+}
+
+
+@dataclass
+class PairSourceParams:
+    """What the predictors and mitigation params share: where the pairs come from, the token
+    cap and the training mode."""
+
+    source: str = "hh"
+    pairs_file: str = HH_DEFAULT
+    max_tokens: int | None = 64
+    mode: str = "lora"
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+
+    def source_kwargs(self, cfg) -> dict[str, Any]:
+        """The pair-source fields of :class:`SourceConfig` / :class:`MitigationConfig`."""
+        return {"hh_path": self.pairs_file, "persona_path": cfg.data.path or PERSONA_DEFAULT,
+                "behaviors": cfg.data.behaviors, "max_tokens": self.max_tokens,
+                "chat_template": cfg.task.chat_template}
+
+
+def displacement_spec(name: str, title: str, help: str, fn: Callable[..., Any], params: type,
+                      options: dict[str, Option]) -> ExperimentSpec:
+    """Register a displacement experiment ``fn(ctx, loaded)`` (``quick`` preset by default)."""
+    return register(ExperimentSpec(name=name, title=title, help=help, run=on_model(fn), params=params,
+                                   default_preset="quick", options=options))
+
+
+def on_model(fn: Callable[..., Any], **kwargs: Any) -> Callable[[Any], Any]:
+    """The report's subtitle and footer every displacement run shares, around
+    ``fn(ctx, loaded)`` (the model loaded once by the harness)."""
+
+    def run(ctx):
+        loaded = ctx.model()
+        ctx.subtitle = f"{loaded.name} ({loaded.fingerprint[:12]})"
+        ctx.footer["paper"] = RAZIN_CITATION
+        return fn(ctx, loaded, **kwargs)
+
+    run.__doc__ = fn.__doc__
+    return run

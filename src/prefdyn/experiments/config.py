@@ -1,8 +1,15 @@
-"""Experiment configuration: which model, which data, how to train, where to write."""
+"""Experiment configuration: which model, which data, how to train, where to write.
+
+:class:`ExperimentConfig` is the shape of ``run.yaml``, of every shipped preset and of the
+``config.yaml`` a run folder holds: sections ``model``, ``data``, ``task``, ``train``, the
+experiment's own params under ``experiment`` (one dataclass per experiment, see
+:mod:`prefdyn.experiments.spec`), plus ``seed``, ``out`` and the ``preset`` it started from.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prefdyn.data.tasks import TaskConfig
 from prefdyn.errors import PrefdynError
@@ -45,3 +52,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     out: str = "runs"
+    experiment: Any = None
+    """The experiment's own params (its spec's ``params`` dataclass), None if it has none."""
+    preset: str | None = None
+    """The shipped preset the config started from (recorded in config.yaml)."""

@@ -7,6 +7,7 @@ import torch
 from prefdyn.experiments.distinguishability import diagnose_workspace
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
+from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, on_workspace, register
 from prefdyn.losses import get_loss
 from prefdyn.policies.last_layer import LastLayerPolicy
 from prefdyn.reports import plot_bars, plot_heatmap, plot_projection_2d, subplots_grid
@@ -31,6 +32,8 @@ def pca_2d(x: torch.Tensor) -> torch.Tensor:
 
 
 def run_diagnostics(ws: Workspace, train: TrainConfig, *, sink=None) -> ExperimentResult:
+    """Before training: D, priority levels, the step size training would use and the
+    explained ranking of which behaviors Theorem 4.1 and Eq. 5 predict to learn first."""
     lr, info = curvature_lr(ws, train)
     diag = diagnose_workspace(ws, train, lr)
     names = ws.names
@@ -67,3 +70,9 @@ def run_diagnostics(ws: Workspace, train: TrainConfig, *, sink=None) -> Experime
     res.tables.append(("Diagnostics, fastest predicted learner first", table))
     res.notes.append("\n\n".join(diag.explain()))
     return res
+
+
+SPEC = register(ExperimentSpec(
+    name="diagnose", title="Before training: what the data predicts",
+    help="Before training: distinguishability, priority and Theorem 4.1's bound, ranked and explained.", run=on_workspace(run_diagnostics),
+    folder=lambda cfg: "diagnostics", last_layer=True, attribution=PERSONA_ATTRIBUTION))

@@ -39,6 +39,8 @@ from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.reports import plot_grouped_bar_panels
 from prefdyn.tracking import metrics as M
 from prefdyn.tracking.metrics import describe
+from prefdyn.experiments._displacement import DISPLACEMENT_OPTIONS, PairSourceParams, displacement_spec
+from prefdyn.experiments.spec import Option, RunContext
 from prefdyn.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -155,3 +157,31 @@ def _result(stats, detail, cfg: MitigationConfig, train: TrainConfig, mode: str)
     res.add_figure("mitigation", _figure(stats), f"mean {M.CHOSEN_LOGP_CHANGE} and {M.CHOSEN_FELL} "
                    "(share displaced) per run")
     return res
+
+
+@dataclass
+class MitigationParams(PairSourceParams):
+    """The ``experiment:`` params of ``displacement mitigation``: ``source`` hh or persona;
+    ``top_percent`` is q, the share of training pairs dropped by CHES (and at random)."""
+
+    n_train: int = 24
+    n_eval: int = 12
+    top_percent: float = 25.0
+
+
+def run_mitigation_spec(ctx: RunContext, loaded) -> ExperimentResult:
+    """CHES filtering vs random filtering vs an SFT term: which mitigates displacement on the
+    same held-out pairs (see :func:`run_mitigation`)?"""
+    p = ctx.params
+    settings = MitigationConfig(source=p.source, n_train=p.n_train, n_eval=p.n_eval, top_percent=p.top_percent,
+                                **p.source_kwargs(ctx.cfg))
+    return run_mitigation(loaded, settings, ctx.train, sink=ctx.sink, mode=p.mode)
+
+
+SPEC = displacement_spec(
+    "displacement mitigation", "Mitigating likelihood displacement",
+    "CHES filtering vs random filtering vs an SFT term: which mitigates displacement?",
+    run_mitigation_spec, MitigationParams,
+    {"source": Option("hh or persona."), **DISPLACEMENT_OPTIONS,
+             "n_train": Option("Training pairs (seeded)."), "n_eval": Option("Held-out evaluation pairs."),
+             "top_percent": Option("q: share of training pairs dropped by CHES (and at random).")})

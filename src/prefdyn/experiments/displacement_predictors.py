@@ -29,6 +29,8 @@ from prefdyn.experiments._displacement import (
     train_and_measure,
 )
 from prefdyn.experiments.result import ExperimentResult, fmt
+from prefdyn.experiments._displacement import DISPLACEMENT_OPTIONS, PairSourceParams, displacement_spec
+from prefdyn.experiments.spec import Option, RunContext
 from prefdyn.reports.plots import plot_scatter_rank, spearman, subplots_grid
 from prefdyn.tracking import metrics as M
 from prefdyn.tracking.evaluate import pair_metrics
@@ -155,3 +157,28 @@ def _result(rows, per_source, figures, described, train: TrainConfig, mode: str)
     for source, fig in figures:
         res.add_figure(f"scatter_{source}", fig, f"{source}: Δ log π(y+|x) against each score")
     return res
+
+
+@dataclass
+class PredictorsParams(PairSourceParams):
+    """The ``experiment:`` params of ``displacement predictors``: ``source`` hh, persona or both."""
+
+    source: str = "both"
+    n_pairs: int = 32
+
+
+def run_predictors_spec(ctx: RunContext, loaded) -> ExperimentResult:
+    """Which score predicts displacement? Spearman of CHES and baselines with the chosen
+    log-prob change after DPO, per source (see :func:`run_predictors`)."""
+    p = ctx.params
+    settings = SourceConfig(sources=("hh", "persona") if p.source == "both" else (p.source,), n=p.n_pairs,
+                            **p.source_kwargs(ctx.cfg))
+    return run_predictors(loaded, settings, ctx.train, sink=ctx.sink, mode=p.mode)
+
+
+SPEC = displacement_spec(
+    "displacement predictors", "Which score predicts likelihood displacement",
+    "Which score predicts displacement? Spearman of CHES and baselines with the chosen log-prob change.",
+    run_predictors_spec, PredictorsParams,
+    {"source": Option("hh, persona or both."), **DISPLACEMENT_OPTIONS,
+             "n_pairs": Option("Pairs per source (seeded).")})

@@ -27,6 +27,8 @@ from prefdyn.diagnostics.token_geometry import displacement_scores, token_pair_g
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments._displacement import Synonyms, load_synonyms
 from prefdyn.experiments.result import ExperimentResult, fmt
+from prefdyn.experiments._displacement import displacement_spec
+from prefdyn.experiments.spec import Option, RunContext
 from prefdyn.models.tokens import answer_token_ids, unembedding
 from prefdyn.policies.lm import LMPolicy
 from prefdyn.reports import plot_grouped_bars
@@ -221,3 +223,35 @@ def _result(rows, gainer_rows, per_pair, cfg: TokensConfig, train: TrainConfig, 
                          "at the end of this run" + (f" (it dipped below its start during training for "
                                                      f"{', '.join(dipped)})." if dipped else "."))
     return res
+
+
+@dataclass
+class TokensParams:
+    """The ``experiment:`` params of ``displacement tokens`` (see :class:`TokensConfig`)."""
+
+    pairs: str = "Yes:No,No:Never,Sure:Yes"
+    statement: str | None = None
+    synonyms: str | None = None
+    top_k: int = 10
+    loss_target: float | None = None
+
+
+def run_tokens_spec(ctx: RunContext, loaded) -> ExperimentResult:
+    """Razin et al. 2024, Table 1: one prompt, single-token answers; pi(y+), pi(y-) before and
+    after DPO and which tokens gained the mass (see :func:`run_token_table`)."""
+    p = ctx.params
+    settings = TokensConfig(statement=p.statement or DEFAULT_STATEMENT, pairs=parse_answer_pairs(p.pairs),
+                            loss_target=p.loss_target, top_k=p.top_k, synonyms=p.synonyms,
+                            chat_template=ctx.cfg.task.chat_template, template=ctx.cfg.task.template)
+    return run_token_table(loaded, settings, ctx.train, sink=ctx.sink)
+
+
+SPEC = displacement_spec(
+    "displacement tokens", "Likelihood displacement of single tokens",
+    "Single prompt, single-token answers: pi(y+), pi(y-) before/after DPO and where the mass went.",
+    run_tokens_spec, TokensParams,
+    {"pairs": Option('Answer pairs "y+:y-", comma-separated; each one token.'),
+             "statement": Option("The persona statement of the one prompt."),
+             "synonyms": Option("YAML/JSON file: word -> list of synonyms (default: prefdyn's small list)."),
+             "top_k": Option("Gainers shown per pair, and k of overlap@k."),
+             "loss_target": Option("Stop once the DPO loss is below this (else --steps).")})

@@ -12,6 +12,7 @@ import numpy as np
 from prefdyn.diagnostics import diagnose
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
+from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, on_workspace, register
 from prefdyn.reports import plot_bars, plot_curves, plot_scatter_rank, spearman
 from prefdyn.theory.bounds import theorem41_bound
 from prefdyn.tracking import metrics as M
@@ -31,6 +32,9 @@ def diagnose_workspace(ws: Workspace, train: TrainConfig, lr: float):
 
 
 def run_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None) -> ExperimentResult:
+    """Fig. 3-4: every behavior trained alone on the last layer from the same start. Tests
+    Theorem 4.1's claim that larger D learns faster (Spearman of D with loss decrease and
+    weight-change rate) and that ||dW|| stays under 6 beta eta t D."""
     names = ws.names
     has_test = all(len(b.test_idx) > 0 for b in ws.behaviors)
     run = ws.fit(ws.problems(split="train"), train, names=names,
@@ -105,3 +109,9 @@ def run_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None) -> E
             "centred, concentrated (alpha-subexponential) embeddings, while real last hidden "
             "states share one large mean direction, which the constant 6 does not see.")
     return res
+
+
+SPEC = register(ExperimentSpec(
+    name="distinguishability", title="Distinguishability sets how fast DPO learns",
+    help="Fig. 3-4: each behavior trained alone; does D order the speed? Theorem 4.1's bound drawn.",
+    run=on_workspace(run_distinguishability), last_layer=True, attribution=PERSONA_ATTRIBUTION))

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments.lm_common import (
-    LAST,
+    LM_OPTIONS,
     LMExperimentPreset,
+    LMParams,
+    lm_spec,
     lm_task,
-    register_presets,
+    on_lm_workspace,
     train_lm,
 )
 from prefdyn.experiments.lm_distinguishability import pick_behaviors
+from prefdyn.experiments.spec import Option, RunContext
 from prefdyn.experiments.result import ExperimentResult
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_curves
@@ -33,18 +37,6 @@ from prefdyn.training import TrainConfig
 
 log = logging.getLogger(__name__)
 
-register_presets(
-    "distribution_change",
-    # One joint run of 3 behaviors, 30 steps of 8 rows on 2 CPU cores; lr 5e-5 guessed.
-    quick=LMExperimentPreset(mode="full", steps=30, batch_size=8, lr=5e-5, n_per_behavior=40,
-                             n_behaviors=3, eval_every=10, eval_rows=16, probe_rows=40,
-                             snapshot_steps=(0, LAST)),
-    # Paper: DPO, beta 0.1 on Llama-2-7B; the rest is guessed. Intermediate snapshots show the path.
-    paper=LMExperimentPreset(mode="full", steps=300, batch_size=16, lr=1e-5, n_per_behavior=1000,
-                             n_behaviors=4, eval_every=25, eval_rows=None, probe_rows=200,
-                             snapshot_steps=(0, 50, 100, 200, LAST)),
-)
-
 METRICS = ("D", "scale_free_D", "spread", "spread_ratio")
 
 
@@ -52,6 +44,9 @@ def run_distribution_change(ws: Workspace, train: TrainConfig, *, sink=None, loa
                             preset: LMExperimentPreset, which: list[int] | None = None,
                             projections: tuple[str, ...] = ("pca", "umap"),
                             max_pictures: int = 2) -> ExperimentResult:
+    """Fig. 8: behaviors ``which`` fine-tuned jointly; tests that DPO makes the two classes of
+    each behavior more distinguishable and more concentrated (D, scale-free D, spread of a
+    fixed probe before vs after), with PCA/UMAP pictures of both snapshots."""
     if not preset.snapshot_steps:
         raise PrefdynError("distribution_change needs snapshot steps (e.g. (0, -1)) in its preset")
     which = pick_behaviors(ws, preset) if which is None else which
@@ -129,3 +124,28 @@ def run_distribution_change(ws: Workspace, train: TrainConfig, *, sink=None, loa
         "rescale all hidden states, so spread / D and D / sqrt(tr Sigma) (scale-free D) are the "
         "scale-free readings. The probe includes training rows unless probe_split is 'test'.")
     return res
+
+
+@dataclass(frozen=True)
+class DistributionParams(LMParams):
+    """LM params plus the 2-D views drawn of the probe embeddings (pca, umap)."""
+
+    projections: tuple[str, ...] = ("pca", "umap")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [p for p in self.projections if p not in ("pca", "umap")]
+        if unknown:
+            raise PrefdynError(f"--projections: unknown view(s) {unknown}; use pca and/or umap")
+
+
+def run_distribution_spec(ctx: RunContext) -> ExperimentResult:
+    """Fig. 8: the chosen behaviors trained jointly; D, scale-free D and class spread of a fixed
+    probe before vs after DPO, with PCA/UMAP pictures (see :func:`run_distribution_change`)."""
+    return on_lm_workspace(run_distribution_change, projections=ctx.params.projections)(ctx)
+
+
+SPEC = lm_spec("lm distribution", "Embedding distributions before and after DPO",
+               "Fig. 8: D and concentration of the embeddings before vs after DPO; PCA and UMAP views.",
+               run_distribution_spec, "distribution_change", params=DistributionParams,
+               options={**LM_OPTIONS, "projections": Option("Comma-separated 2-D views: pca, umap (umap needs umap-learn).")})

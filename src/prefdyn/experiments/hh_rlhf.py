@@ -22,28 +22,25 @@ import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from prefdyn._runtime import resolve_device, set_seed
 from prefdyn.data import load_pairs
 from prefdyn.data.records import PreferencePair
-from prefdyn.errors import DataError, PrefdynError, TrainingError
+from prefdyn.errors import DataError, PrefdynError
 from prefdyn.experiments._resume import ResumableRun, run_identity
-from prefdyn.experiments.config import ModelConfig
 from prefdyn.experiments.misalignment import _Tagged
 from prefdyn.experiments.result import ExperimentResult, fmt
+from prefdyn.experiments.spec import ExperimentSpec, Option, RunContext, register
 from prefdyn.losses import get_loss
-from prefdyn.models import LoadedModel, load_model
-from prefdyn.reports import Report, plot_pair_curves
+from prefdyn.models import LoadedModel
+from prefdyn.reports import plot_pair_curves
 from prefdyn.reports import plot_fallback_curves
 from prefdyn.tracking import metrics as M
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker
-from prefdyn.tracking.run_dir import RunDir
 from prefdyn.tracking.speedup import decrease, misalignment_speedup
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_data import pair_batches, tokenize_pair
@@ -63,7 +60,8 @@ log-prob difference is undone."""
 
 @dataclass
 class HHPreset:
-    """Settings of the HH-RLHF experiment.
+    """Settings of the HH-RLHF experiment (built from the resolved config by :func:`run_hh_spec`;
+    the named presets are YAML files under ``experiments/presets/lm-hh-rlhf/``).
 
     Paper (Im & Li 2024, App. C): LoRA r=8, alpha=32, dropout 0.05 on q_proj/v_proj
     (the :func:`~prefdyn.policies.lm.apply_lora` defaults), DPO with beta 0.1,
@@ -92,28 +90,6 @@ class HHPreset:
             raise PrefdynError(f"hh-rlhf preset: max_tokens must be >= 2, got {self.max_tokens}")
         if self.lr <= 0 or self.beta <= 0:
             raise PrefdynError("hh-rlhf preset: lr and beta must be > 0")
-
-
-HH_PRESETS: dict[str, HHPreset] = {
-    # For 2 CPU cores with SmolLM2-135M: pairs of at most 64 tokens, 65 steps in all;
-    # the paper's 100-step window scaled down 4x to 25 steps (= flip_steps).
-    "quick": HHPreset(n_train=32, n_test=16, max_tokens=64, batch_size=4, align_steps=40,
-                      flip_steps=25, eval_every=5, lr=5e-4, beta=0.1, window=25),
-    # For a GPU: the paper's 100-step window inside a 300-step misalignment run. Only the
-    # harmless-base *test* split is at hand, so 2000 of its 2303 pairs train and 256 are
-    # held out (no cap beyond the model's context); batch 32, lr and step counts guessed.
-    "paper": HHPreset(n_train=2000, n_test=256, max_tokens=None, batch_size=32,
-                      align_steps=500, flip_steps=300, eval_every=10, lr=5e-4, beta=0.1,
-                      window=100),
-}
-
-
-def hh_preset(name: str, **overrides) -> HHPreset:
-    """A named preset with some fields replaced (``None`` values are ignored)."""
-    if name not in HH_PRESETS:
-        raise PrefdynError(f"unknown preset {name!r}: use one of {sorted(HH_PRESETS)}")
-    return dataclasses.replace(HH_PRESETS[name], **{k: v for k, v in overrides.items()
-                                                   if v is not None})
 
 
 def flip_pairs(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
@@ -367,32 +343,55 @@ def _verdict(st: dict, what: str, window: int) -> str:
             "the base model's starting value.")
 
 
-def run_hh_experiment(pairs_path: str | Path, preset: HHPreset, *, model: ModelConfig | None = None,
-                      mode: Literal["full", "lora"] = "lora", seed: int = 0, loss: str = "dpo",
-                      out: str | Path = "runs/hh_rlhf", loaded: LoadedModel | None = None
-                      ) -> tuple[ExperimentResult, Path]:
-    """:func:`run_hh_rlhf` in its own run folder (config, metrics, plots, summary, report)."""
-    model = model or ModelConfig()
-    set_seed(seed)
-    out = Path(out)
-    config = {"pairs": str(pairs_path), "mode": mode, "loss": loss, "model": model,
-              "preset": preset}
-    device = resolve_device(model.device)
-    with RunDir(out, config=config, seed=seed, device=device) as run:
-        pairs = load_pairs(pairs_path, on_error="skip")
-        if loaded is None:
-            loaded = load_model(model.name, cache_dir=model.cache_dir, device=device,
-                                trust_remote_code=model.trust_remote_code)
-        try:
-            result = run_hh_rlhf(loaded, pairs, preset, seed=seed, mode=mode, loss=loss, sink=run)
-        except TrainingError as e:
-            run.write_summary({"experiment": "hh_rlhf", "error": str(e), "failed_at_step": e.step})
-            raise
-        result.write(run)
-        report = Report(f"prefdyn — {result.title}", subtitle=f"{loaded.name}, {mode}")
-        result.add_to(report)
-        report.footer({"model": f"{loaded.name} ({loaded.fingerprint[:12]})", "data": str(pairs_path),
-                       "seed": seed, "beta": preset.beta, "lr": preset.lr,
-                       "attribution": HH_ATTRIBUTION})
-        report.write(run.file("report.html"))
-    return result, out
+@dataclass
+class HHParams:
+    """The ``experiment:`` params of ``lm hh-rlhf``; lr, beta, batch size and eval_every are
+    ``train``'s. ``pairs``: the HH-RLHF file (.jsonl or .jsonl.gz)."""
+
+    pairs: str | None = None
+    mode: Literal["full", "lora"] = "lora"
+    n_train: int = 32
+    n_test: int = 16
+    max_tokens: int | None = 64
+    align_steps: int = 40
+    flip_steps: int = 25
+    window: int = 25
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "lora"):
+            raise PrefdynError(f"--mode (experiment.mode) must be full or lora, got {self.mode!r}")
+
+
+def run_hh_spec(ctx: RunContext) -> ExperimentResult:
+    """Fig. 15-16 (App. C): LoRA DPO on HH-RLHF, then flipped preferences from the base vs the
+    aligned model; tests whether the held-out log-prob difference falls back near the base's
+    within the window (see :func:`run_hh_rlhf`)."""
+    p, train = ctx.params, ctx.train
+    if p.pairs is None:
+        raise PrefdynError("give the preference pairs with --pairs PATH "
+                           "(e.g. ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz)")
+    if train.lr is None:
+        raise PrefdynError("lm hh-rlhf needs a learning rate: --lr or train.lr")
+    settings = HHPreset(n_train=p.n_train, n_test=p.n_test, max_tokens=p.max_tokens,
+                        batch_size=train.batch_size or 4, align_steps=p.align_steps, flip_steps=p.flip_steps,
+                        eval_every=train.eval_every, lr=train.lr, beta=train.beta, window=p.window)
+    loaded = ctx.model()
+    ctx.subtitle, ctx.footer["data"] = f"{loaded.name}, {p.mode}", p.pairs
+    return run_hh_rlhf(loaded, load_pairs(p.pairs, on_error="skip"), settings, seed=ctx.cfg.seed,
+                       mode=p.mode, loss=train.loss, sink=ctx.sink)
+
+
+SPEC = register(ExperimentSpec(
+    name="lm hh-rlhf", title="HH-RLHF: misaligning the aligned vs the base model",
+    help="Fig. 15-16 (App. C): LoRA DPO on HH-RLHF, then flipped preferences from the base vs the "
+         "aligned model; does the held-out log-prob difference fall back near the base's?",
+    run=run_hh_spec, params=HHParams, folder=lambda cfg: "hh_rlhf", default_out="runs/lm",
+    default_preset="quick", attribution=HH_ATTRIBUTION,
+    options={"pairs": Option("HH-RLHF pairs (.jsonl or .jsonl.gz), e.g. ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz."),
+             "mode": Option("lora (the paper's App. C) or full."),
+             "n_train": Option("Training pairs (seeded subsample)."),
+             "n_test": Option("Held-out pairs."),
+             "max_tokens": Option("Keep pairs whose prompt+response fits this many tokens."),
+             "align_steps": Option("Steps on the true preferences."),
+             "flip_steps": Option("Steps on the flipped preferences."),
+             "window": Option("Steps within which the difference should fall back.")}))

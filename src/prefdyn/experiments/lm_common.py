@@ -5,20 +5,18 @@ model (or LoRA adapters) with :func:`prefdyn.training.lm_runner.fit_lm`, so
 they need the model itself, the persona rows as LM batches, whole-split
 evaluation and embedding snapshots. This module gives:
 
-* :class:`LMExperimentPreset` and a registry (``quick`` for 2 CPU cores,
-  ``paper`` for the seed's settings), :func:`get_preset`, :func:`register_presets`;
+* :class:`LMParams` (= :class:`LMExperimentPreset`), the ``experiment:`` params every
+  LM spec shares, and :func:`on_lm_workspace`, its ``run(ctx)`` adapter;
 * :class:`LMTask`, behaviors of a :class:`Workspace` as one mixture with a
   per-row behavior group, its training batches, fixed evaluation batches and
   its probe (:func:`lm_task`);
 * :func:`train_lm`, one call of ``fit_lm`` with the evaluation tracker and the
   snapshot callback attached, and :meth:`LoadedModel.copy` (``fit_lm`` trains the
-  model it is given in place);
-* :func:`run_lm_experiment`, the run folder / report wrapper (the model is
-  loaded once and passed to the experiment as ``loaded``).
+  model it is given in place).
 
 An LM experiment is ``fn(ws, train, *, sink, loaded, preset, **kwargs)``:
 ``train`` (a :class:`TrainConfig`) is authoritative for the optimisation
-(steps, lr, beta, batch size, loss, eval_every, seed), the preset for what
+(steps, lr, beta, batch size, loss, eval_every, seed), the params for what
 ``TrainConfig`` has no field for (mode, eval rows, snapshot steps, how many
 behaviors to pick).
 """
@@ -29,7 +27,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
@@ -41,6 +39,7 @@ from prefdyn.data.tasks import BehaviorData, mix_behaviors
 from prefdyn.data.tasks import flip as flip_behavior
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments._resume import ResumableRun, run_identity
+from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, Option, RunContext, register
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.losses import get_loss
 from prefdyn.models import LoadedModel
@@ -56,48 +55,34 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LAST",
-    "LM_PRESETS",
     "LMExperimentPreset",
+    "LMParams",
     "LMTask",
     "LMTraining",
-    "get_preset",
+    "lm_spec",
     "lm_task",
-    "register_presets",
-    "run_lm_experiment",
+    "on_lm_workspace",
     "spread_by_D",
     "train_lm",
 ]
 
 
-# ------------------------------------------------------------------ presets ---
+# ------------------------------------------------------------------- params ---
 
 @dataclass(frozen=True)
 class LMExperimentPreset:
-    """Settings of one LM experiment.
+    """The ``experiment:`` params of an LM experiment (the rest is in ``train``/``task``).
 
-    Fields mirrored into the config (``config_defaults``; flags and YAML override
-    them): steps, batch_size, lr, beta, loss, eval_every, log_every (train),
-    n_per_behavior, test_fraction (task), behaviors (data). The rest is read
-    from the preset only: ``mode`` (full | lora), ``n_behaviors`` (how many to
-    pick by D when no behaviors are named), ``eval_rows`` (rows per behavior
-    and split evaluated every ``eval_every`` steps; None = all),
-    ``probe_rows`` (rows per behavior in the snapshot probe, drawn from
-    ``probe_split``: train, test or all rows) and
-    ``snapshot_steps`` (0 = before training, :data:`LAST` = the end).
+    ``mode`` (full | lora), ``n_behaviors`` (how many to pick by D when no behaviors are
+    named), ``eval_rows`` (rows per behavior and split evaluated every ``eval_every``
+    steps; None = all), ``probe_rows`` (rows per behavior in the snapshot probe, drawn
+    from ``probe_split``: train, test or all rows) and ``snapshot_steps`` (0 = before
+    training, :data:`LAST` = the end). Named presets are YAML files under
+    ``experiments/presets/lm-*/``.
     """
 
     mode: Literal["full", "lora"] = "full"
-    steps: int = 30
-    batch_size: int = 8
-    lr: float = 1e-5
-    beta: float = 0.1
-    loss: str = "dpo"
-    n_per_behavior: int | None = 40
-    test_fraction: float = 0.2
-    behaviors: tuple[str, ...] | None = None
     n_behaviors: int = 3
-    eval_every: int = 5
-    log_every: int = 1
     eval_rows: int | None = 16
     probe_rows: int | None = 40
     probe_split: Literal["train", "test", "all"] = "all"
@@ -105,46 +90,48 @@ class LMExperimentPreset:
 
     def __post_init__(self) -> None:
         if self.mode not in ("full", "lora"):
-            raise PrefdynError(f"preset mode must be 'full' or 'lora', got {self.mode!r}")
-        for name in ("steps", "batch_size", "n_behaviors", "eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise PrefdynError(f"preset {name} must be >= 1, got {getattr(self, name)}")
+            raise PrefdynError(f"--mode (experiment.mode) must be full or lora, got {self.mode!r}")
+        if self.n_behaviors < 1:
+            raise PrefdynError(f"experiment.n_behaviors must be >= 1, got {self.n_behaviors}")
         for name in ("eval_rows", "probe_rows"):
             value = getattr(self, name)
             if value is not None and value < 2:
-                raise PrefdynError(f"preset {name} must be >= 2 or None, got {value}")
-
-    def config_defaults(self) -> dict[str, dict[str, Any]]:
-        """The sections of an ExperimentConfig this preset sets (``build_config`` defaults)."""
-        return {
-            "train": {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,
-                      "beta": self.beta, "loss": self.loss, "optimizer": "adamw",
-                      "eval_every": self.eval_every, "log_every": self.log_every},
-            "task": {"n_per_behavior": self.n_per_behavior, "test_fraction": self.test_fraction},
-            "data": {"behaviors": list(self.behaviors) if self.behaviors else None},
-        }
-
-    def train_config(self, seed: int = 0) -> TrainConfig:
-        """The preset's optimisation settings as a :class:`TrainConfig`."""
-        return TrainConfig(seed=seed, **self.config_defaults()["train"])
+                raise PrefdynError(f"experiment.{name} must be >= 2 or None, got {value}")
 
 
-LM_PRESETS: dict[str, dict[str, LMExperimentPreset]] = {}
+LMParams = LMExperimentPreset
+"""The name the specs use; ``LMExperimentPreset`` is kept for the experiment bodies."""
+
+DEFAULT_BATCH = 8
+"""Rows per step when ``train.batch_size`` is None."""
+
+LM_OPTIONS = {
+    "mode": Option("full (every weight) or lora (default: the preset's)."),
+    "n_behaviors": Option("Behaviors picked, spread over D, when --behaviors is not given."),
+    "eval_rows": Option("Rows per behavior and split evaluated every eval_every steps."),
+}
 
 
-def register_presets(experiment: str, **presets: LMExperimentPreset) -> None:
-    """Add (or replace) named presets of ``experiment``, e.g. ``quick=..., paper=...``."""
-    LM_PRESETS.setdefault(experiment, {}).update(presets)
+def lm_spec(name: str, title: str, help: str, run: Callable[[RunContext], Any],
+            folder: str | Callable[[Any], str], **kwargs: Any) -> ExperimentSpec:
+    """Register an LM experiment's spec: :class:`LMParams` and its flags, ``runs/lm``, the
+    ``quick`` preset and the persona attribution unless ``kwargs`` say otherwise."""
+    fields = {"params": LMParams, "options": LM_OPTIONS, "default_out": "runs/lm", "default_preset": "quick",
+              "attribution": PERSONA_ATTRIBUTION, **kwargs,
+              "folder": folder if callable(folder) else lambda cfg: folder}
+    return register(ExperimentSpec(name=name, title=title, help=help, run=run, **fields))
 
 
-def get_preset(experiment: str, name: str) -> LMExperimentPreset:
-    """The preset ``name`` of ``experiment``; a :class:`PrefdynError` lists the known ones."""
-    if experiment not in LM_PRESETS:
-        raise PrefdynError(f"no presets for LM experiment {experiment!r}; known: {sorted(LM_PRESETS)}")
-    presets = LM_PRESETS[experiment]
-    if name not in presets:
-        raise PrefdynError(f"unknown preset {name!r} for {experiment}; choose from {sorted(presets)}")
-    return presets[name]
+def on_lm_workspace(fn: Callable[..., Any], **kwargs: Any) -> Callable[[RunContext], Any]:
+    """``run(ctx)`` for an LM experiment ``fn(ws, train, *, sink, loaded, preset, **kwargs)``:
+    the model is loaded once and the workspace built from it."""
+
+    def run(ctx: RunContext):
+        return fn(ctx.workspace(), ctx.train, sink=ctx.sink, loaded=ctx.model(), preset=ctx.params,
+                  **kwargs)
+
+    run.__doc__ = fn.__doc__
+    return run
 
 
 # --------------------------------------------------------------------- task ---
@@ -274,7 +261,7 @@ def train_lm(loaded: LoadedModel, task: LMTask, train: TrainConfig, preset: LMEx
     ``fit_lm``.
     """
     model = loaded.copy() if copy_model else loaded
-    batch_size = train.batch_size or preset.batch_size
+    batch_size = train.batch_size or DEFAULT_BATCH
     batches = task.train_batches(batch_size, train.seed)
     resumable = ResumableRun(sink, name, run_identity(model, batches, train, preset.mode))
     history = resumable.history()
@@ -300,25 +287,3 @@ def train_lm(loaded: LoadedModel, task: LMTask, train: TrainConfig, preset: LMEx
                  steps=train.steps, callbacks=[*cbs, *callbacks, *resumable.callbacks()], sink=sink,
                  name=name, **{**resumable.fit_kwargs(train.steps, train.eval_every), **fit_kwargs})
     return LMTraining(run, history, snaps, task, time.perf_counter() - start)
-
-
-# ------------------------------------------------------------------- runner ---
-
-def run_lm_experiment(name: str, cfg, preset: LMExperimentPreset, *, loaded: LoadedModel | None = None,
-                      progress: bool = False, out=None, **kwargs):
-    """``run_experiment(name, ...)`` for an LM experiment: the model is loaded once, the
-    workspace built from it, and both passed on (``loaded=``, ``preset=``).
-    Returns (ExperimentResult, run folder)."""
-    from prefdyn._runtime import resolve_device, set_seed
-    from prefdyn.experiments.runner import run_experiment
-    from prefdyn.experiments.workspace import prepare_workspace
-    from prefdyn.models import load_model
-
-    set_seed(cfg.seed)
-    if loaded is None:
-        loaded = load_model(cfg.model.name, cache_dir=cfg.model.cache_dir,
-                            device=resolve_device(cfg.model.device),
-                            trust_remote_code=cfg.model.trust_remote_code)
-    ws = prepare_workspace(cfg.model, cfg.data, cfg.task, progress=progress, loaded=loaded)
-    return run_experiment(name, cfg, progress=progress, ws=ws, out=out, loaded=loaded,
-                          preset=preset, **kwargs)

@@ -16,8 +16,9 @@ import numpy as np
 from prefdyn.diagnostics.distinguishability import behavior_stats
 from prefdyn.experiments.lm_common import (
     LMExperimentPreset,
+    lm_spec,
     lm_task,
-    register_presets,
+    on_lm_workspace,
     spread_by_D,
     train_lm,
 )
@@ -26,19 +27,6 @@ from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_curves, plot_scatter_rank, spearman
 from prefdyn.tracking import metrics as M
 from prefdyn.training import TrainConfig
-
-register_presets(
-    "lm_distinguishability",
-    # Measured on 2 CPU cores (see the README); lr 5e-5 (guessed) instead of the paper's
-    # 1e-5 so that 24 steps move the loss visibly.
-    quick=LMExperimentPreset(mode="full", steps=24, batch_size=8, lr=5e-5, n_per_behavior=40,
-                             n_behaviors=3, eval_every=4, eval_rows=16, snapshot_steps=()),
-    # Im & Li train Llama-2-7B with DPO, beta 0.1 (paper); lr 1e-5 AdamW, batch 16, 1000
-    # rows per behavior, 8 behaviors and ~3 epochs are guessed (not stated in Sec. 5).
-    paper=LMExperimentPreset(mode="full", steps=150, batch_size=16, lr=1e-5, n_per_behavior=1000,
-                             n_behaviors=8, eval_every=10, eval_rows=None, snapshot_steps=()),
-)
-
 
 def pick_behaviors(ws: Workspace, preset: LMExperimentPreset) -> list[int]:
     """Every behavior of ``ws`` if there are at most ``preset.n_behaviors``, else that many
@@ -94,6 +82,9 @@ def _first_last(curve: np.ndarray) -> float:
 def run_lm_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
                               preset: LMExperimentPreset, which: list[int] | None = None
                               ) -> ExperimentResult:
+    """Fig. 6: behaviors of increasing D each fine-tuned alone (``preset.mode``) from the base
+    model. Tests that D still orders the speed when every weight trains; reports per-behavior
+    loss curves, Spearman(D, loss decrease) with its exact p, and each layer's drift."""
     which = pick_behaviors(ws, preset) if which is None else which
     names = [ws.names[i] for i in which]
     D = {ws.names[i]: base_D(ws, i) for i in which}
@@ -177,3 +168,8 @@ def run_lm_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None, l
         "behaviors is suggestive at best (p-values say how much). Use --preset paper (GPU) "
         "for more behaviors, rows and steps.")
     return res
+
+
+SPEC = lm_spec("lm distinguishability", "Distinguishability and speed under fine-tuning",
+               "Fig. 6: behaviors of increasing D, each fine-tuned alone; does D order the speed?",
+               on_lm_workspace(run_lm_distinguishability), "lm_distinguishability")

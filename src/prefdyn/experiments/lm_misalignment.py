@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Literal
 
 import numpy as np
 
 from prefdyn.experiments.hh_rlhf import release, trained_loaded
 from prefdyn.experiments.lm_common import (
-    LAST,
     LMExperimentPreset,
     LMTraining,
-    get_preset,
+    lm_spec,
     lm_task,
-    register_presets,
+    on_lm_workspace,
     spread_by_D,
     train_lm,
 )
@@ -45,32 +43,6 @@ from prefdyn.tracking.speedup import speedups
 from prefdyn.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-# Quick: 2 behaviors spread over D, 32 train / 8 test rows each, 20 steps per phase at
-# batch 8 (60 steps in all) for 2 CPU cores with SmolLM2-135M; lr 5e-5 (guessed, as in
-# the other quick presets) so that 20 steps move the model. Paper: Im & Li fine-tune with
-# DPO, beta 0.1 (paper); lr 1e-5 AdamW, batch 32, 3 epochs of 800 rows (~75 steps) and 4
-# behaviors are our guesses for GPU users.
-_FULL = {
-    "quick": LMExperimentPreset(mode="full", steps=20, batch_size=8, lr=5e-5, beta=0.1,
-                                n_per_behavior=40, n_behaviors=2, eval_every=5, eval_rows=16,
-                                probe_rows=16, snapshot_steps=(0, LAST)),
-    "paper": LMExperimentPreset(mode="full", steps=75, batch_size=32, lr=1e-5, beta=0.1,
-                                n_per_behavior=1000, n_behaviors=4, eval_every=5, eval_rows=100,
-                                probe_rows=100, snapshot_steps=(0, LAST)),
-}
-register_presets("lm_misalignment", **_FULL)
-# LoRA (Im & Li App. C setting: r=8, alpha=32, dropout 0.05 on q,v): adapters need a larger
-# step size than full fine-tuning; 5e-4 is our guess (the paper's LoRA lr is not stated here).
-# Otherwise the same settings.
-register_presets("lm_misalignment_lora",
-                 **{name: dataclasses.replace(p, mode="lora", lr=5e-4) for name, p in _FULL.items()})
-
-
-def misalignment_preset(name: str, mode: Literal["full", "lora"] = "full") -> LMExperimentPreset:
-    """The ``quick``/``paper`` preset of this experiment for ``mode``."""
-    return get_preset("lm_misalignment" if mode == "full" else "lm_misalignment_lora", name)
-
 
 def _curves(training: LMTraining, metric: str, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per-behavior curves; with one behavior there are no group records, only the run's."""
@@ -222,13 +194,7 @@ def _verdict(s: dict, names: list[str]) -> str:
     return " ".join(parts)
 
 
-def for_mode(train: TrainConfig, preset: LMExperimentPreset) -> TrainConfig:
-    """``--mode lora`` on a full-mode preset: take the LoRA preset's lr, unless the lr was
-    changed from the full preset's (LoRA adapters need a larger step size)."""
-    if preset.mode != "lora":
-        return train
-    from prefdyn.experiments.lm_common import LM_PRESETS
-    for name, full in LM_PRESETS["lm_misalignment"].items():
-        if dataclasses.replace(preset, mode="full", lr=full.lr) == full and train.lr == full.lr:
-            return dataclasses.replace(train, lr=LM_PRESETS["lm_misalignment_lora"][name].lr)
-    return train
+SPEC = lm_spec("lm misalignment", "Misalignment: flipped labels from the base vs the aligned model",
+               "Fig. 9: align, then train on flipped labels from the base vs the aligned model (--mode "
+               "full|lora; the preset's by_mode.lora section gives LoRA its lr unless --lr is given).",
+               on_lm_workspace(run_lm_misalignment), lambda cfg: f"misalignment_{cfg.experiment.mode}")

@@ -16,8 +16,9 @@ import torch
 from prefdyn.diagnostics import priority_gap_matrix, priority_levels
 from prefdyn.experiments.lm_common import (
     LMExperimentPreset,
+    lm_spec,
     lm_task,
-    register_presets,
+    on_lm_workspace,
     train_lm,
 )
 from prefdyn.experiments.priority import highest_gap_pair, loss_auc
@@ -27,17 +28,6 @@ from prefdyn.reports import plot_curves, plot_grid
 from prefdyn.tracking import class_mean_difference
 from prefdyn.tracking import metrics as M
 from prefdyn.training import TrainConfig
-
-register_presets(
-    "lm_priority",
-    # 2 pairs x 24 steps of 8 rows on 2 CPU cores; lr 5e-5 is guessed (see lm_distinguishability).
-    quick=LMExperimentPreset(mode="full", steps=24, batch_size=8, lr=5e-5, n_per_behavior=40,
-                             eval_every=4, eval_rows=16, snapshot_steps=()),
-    # Paper: DPO, beta 0.1 on Llama-2-7B; lr, batch, rows and steps are guessed.
-    paper=LMExperimentPreset(mode="full", steps=150, batch_size=16, lr=1e-5, n_per_behavior=1000,
-                             eval_every=10, eval_rows=None, snapshot_steps=()),
-)
-
 
 def lowest_gap_pair(ws: Workspace) -> list[int]:
     """The two behaviors whose pairwise projection gap |D_i P_i - D_j P_j| is smallest."""
@@ -60,6 +50,9 @@ def pair_priority(ws: Workspace, pair: list[int]) -> dict[str, dict[str, float]]
 def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
                     preset: LMExperimentPreset, pairs: list[list[int]] | None = None
                     ) -> ExperimentResult:
+    """Fig. 7: the highest- and lowest-priority-gap pairs (or ``pairs``), each fine-tuned
+    jointly. Tests that the higher D_i P_i is learned first under full/LoRA training; reports
+    per-behavior loss curves, loss AUC and the verdict per pair."""
     if pairs is None:
         hi, lo = highest_gap_pair(ws), lowest_gap_pair(ws)
         pairs = [hi] if sorted(hi) == sorted(lo) else [hi, lo]
@@ -134,3 +127,8 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
                      "learned sooner). With a few dozen steps on a 135M model the separation is "
                      "small and noisy; read the p-free verdicts as indications, not proof.")
     return res
+
+
+SPEC = lm_spec("lm priority", "Priority under fine-tuning",
+               "Fig. 7: the highest- and the lowest-priority-gap pair, each trained jointly.",
+               on_lm_workspace(run_lm_priority), "lm_priority")

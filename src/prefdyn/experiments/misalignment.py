@@ -28,6 +28,7 @@ import numpy as np
 
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
+from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, on_workspace, register
 from prefdyn.reports import plot_pair_curves
 from prefdyn.tracking import metrics as M
 from prefdyn.tracking.speedup import speedups
@@ -50,6 +51,9 @@ SPEEDUP_TEXT = ("Speed-up = drop of the flipped-label DPO loss on the training r
 
 def run_misalignment(ws: Workspace, train: TrainConfig, *, which: list[int] | None = None,
                      sink=None) -> ExperimentResult:
+    """Fig. 9, last layer: align, then train on flipped labels from the base and from the
+    aligned W_U. Reports the loss-drop speed-up (exactly 1 with reference = start, by
+    invariance) and, with the base model as reference, steps until the flip."""
     which = list(range(len(ws.names))) if which is None else which
     names = [ws.names[i] for i in which]
     aligned = ws.fit(ws.problems(which), train, names=names)
@@ -133,3 +137,9 @@ class _Tagged:
 
     def log(self, record: dict) -> None:
         self.sink.log({"run": self.tag, **record})
+
+
+SPEC = register(ExperimentSpec(
+    name="misalignment", title="Misalignment: flipped labels from the base vs the aligned model",
+    help="Fig. 9 (last layer): flipped labels trained from the base vs the aligned unembedding.",
+    run=on_workspace(run_misalignment), last_layer=True, attribution=PERSONA_ATTRIBUTION))

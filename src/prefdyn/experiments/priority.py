@@ -8,12 +8,16 @@ D_i P_i, predicts which behavior's loss falls first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from prefdyn.diagnostics import priority_gap_matrix, priority_levels
+from prefdyn.errors import PrefdynError
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
+from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, Option, RunContext, register
 from prefdyn.reports import plot_bars, plot_curves, plot_heatmap, plot_scatter_rank, spearman
 from prefdyn.tracking import class_mean_difference
 from prefdyn.training import TrainConfig
@@ -26,6 +30,9 @@ def loss_auc(curve: np.ndarray) -> float:
 
 def run_priority(ws: Workspace, train: TrainConfig, *, which: list[int] | None = None,
                  sink=None) -> ExperimentResult:
+    """Fig. 5: behaviors ``which`` (default all) mixed and trained jointly on the last layer.
+    Tests Eq. 5's claim that the projection D_i P_i orders who is learned first; reports
+    per-behavior loss curves, priority levels, loss AUC and (for a pair) the verdict."""
     which = list(range(len(ws.names))) if which is None else which
     names = [ws.names[i] for i in which]
     data = ws.mixture(which)
@@ -101,3 +108,36 @@ def highest_gap_pair(ws: Workspace) -> list[int]:
     gaps = priority_gap_matrix(class_mean_difference(per).double(), per.mask.sum(1).double())
     i, j = np.unravel_index(int(torch.argmax(gaps.proj_gap)), gaps.proj_gap.shape)
     return [int(i), int(j)]
+
+
+@dataclass
+class PriorityParams:
+    """``pair``: train only this pair, ``"a,b"`` or ``"auto"`` (the largest priority gap);
+    None: every behavior jointly."""
+
+    pair: str | None = None
+
+
+def run_priority_spec(ctx: RunContext) -> ExperimentResult:
+    """Fig. 5 of Im & Li: the behaviors (or one pair) trained jointly on the last layer; does
+    the priority level predict which is learned first? Reports loss curves per behavior,
+    priority levels, loss AUC and the verdict."""
+    ws = ctx.workspace()
+    pair = ctx.params.pair
+    which = None
+    if pair == "auto":
+        which = highest_gap_pair(ws)
+    elif pair:
+        names = pair.split(",")
+        missing = [n for n in names if n not in ws.names]
+        if len(names) != 2 or missing:
+            raise PrefdynError(f"--pair needs two of {ws.names}, got {pair!r}")
+        which = [ws.names.index(n) for n in names]
+    return run_priority(ws, ctx.train, which=which, sink=ctx.sink)
+
+
+SPEC = register(ExperimentSpec(
+    name="priority", title="Joint training prioritizes some behaviors",
+    help="Fig. 5: behaviors trained jointly; does the priority level predict who is learned first?", run=run_priority_spec,
+    params=PriorityParams, last_layer=True, attribution=PERSONA_ATTRIBUTION,
+    options={"pair": Option('Train only this pair: "a,b", or "auto" for the largest priority gap.')}))
