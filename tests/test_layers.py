@@ -41,18 +41,6 @@ LAYERS: list[set[str]] = [
 
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 
-# TEMPORARY: the two module cycles that another branch of issue 10 removes: cli/app.py <->
-# cli/lm.py, and experiments/runner.py <-> the lm_* experiments (runner imports them and
-# distribution_change; they reach runner back through lm_common). Delete this constant once
-# that branch is merged; the test fails as soon as one is gone, so it cannot go stale.
-KNOWN_MODULE_CYCLES_BEING_REMOVED: set[frozenset[str]] = {
-    frozenset({"prefdyn.cli.app", "prefdyn.cli.lm"}),
-    frozenset({"prefdyn.experiments.runner", "prefdyn.experiments.lm_common",
-               "prefdyn.experiments.lm_distinguishability", "prefdyn.experiments.lm_misalignment",
-               "prefdyn.experiments.lm_priority", "prefdyn.experiments.distribution_change"}),
-}
-
-
 def module_name(path: Path, root: Path = ROOT) -> str:
     """``prefdyn.a.b`` of ``root/a/b.py``; a package is its ``__init__``."""
     parts = [root.name, *path.relative_to(root).with_suffix("").parts]
@@ -193,13 +181,8 @@ def test_no_cycle_between_sub_packages():
 
 def test_no_cycle_between_the_modules_of_a_sub_package():
     graph = import_graph()
-    cycles = module_cycles(graph)
-    new = [_describe(c, graph, lambda m: m) for c in cycles
-           if frozenset(c) not in KNOWN_MODULE_CYCLES_BEING_REMOVED]
-    assert not new, "\n".join(new)
-    gone = KNOWN_MODULE_CYCLES_BEING_REMOVED - {frozenset(c) for c in cycles}
-    assert not gone, (f"{sorted(sorted(c) for c in gone)} no longer a cycle: remove it from "
-                      "KNOWN_MODULE_CYCLES_BEING_REMOVED")
+    assert not (cycles := module_cycles(graph)), "\n".join(
+        _describe(c, graph, lambda m: m) for c in cycles)
 
 
 def test_the_checks_catch_a_back_edge_and_cycles(tmp_path):
