@@ -96,9 +96,9 @@ def test_training_run_equals_the_plain_path(optimizer):
     runs = {}
     for one_pass in (True, False):
         run = setup_last_layer(W0, data, cfg, names=["a", "b", "c"])
-        assert run.policy.one_pass is not None  # the runner turns it on
-        if not one_pass:
-            run.policy.one_pass = None
+        assert run.policy.one_pass is None  # opt-in: the runner leaves it off
+        if one_pass:
+            run.policy.one_pass = run.objective
         train(run.policy, run.objective, run.batches, run.optimizer, steps=cfg.steps,
               callbacks=[run.tracker])
         runs[one_pass] = run

@@ -89,7 +89,6 @@ def setup_last_layer(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig
         lr_value, lr_info = default_lr(policy, objective, train_data, optimizer=cfg.optimizer_for("last_layer"),
                                        beta=cfg.beta, safety=cfg.lr_safety)
     log.info("learning rate %.4g (%s)", lr_value, lr_info["rule"])
-    policy.one_pass = objective  # after the step-size rule, which differentiates twice
 
     if cfg.batch_size is None:
         batches = full_batches(train_data)
