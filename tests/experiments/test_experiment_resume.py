@@ -99,6 +99,13 @@ def test_killed_lm_experiment_resumes_to_the_unbroken_summary(tiny_model_dir, tm
     assert _trained(resumed.stdout) == {"align": 0, "flip_from_base": 4, "flip_from_aligned": 6}
     assert [p.name for p in (runs / "align" / "checkpoints").glob("step_*")] == ["step_00000006"]
 
+    # metrics.jsonl reads as the unbroken run's: the same records, none twice
+    def records(root):
+        lines = (root / "misalignment_lora" / "metrics.jsonl").read_text().splitlines()
+        return sorted((r.get("problem"), r.get("split"), r.get("kind"), r.get("step"))
+                      for r in map(json.loads, lines))
+    assert records(out) == records(tmp_path / "unbroken")
+
     want = _numbers(json.loads((tmp_path / "unbroken" / "misalignment_lora" / "summary.json").read_text()))
     got = _numbers(json.loads((out / "misalignment_lora" / "summary.json").read_text()))
     assert got.keys() == want.keys()

@@ -133,6 +133,8 @@ class ResumableRun:
         kept = truncate_metrics(self.folder / "records.jsonl", _checkpoint_step(self.folder))
         history = History(Tee(self.sink, _RecordFile(self.folder / "records.jsonl")))
         history.records = kept
+        for record in kept:  # the experiment's metrics.jsonl reads as an unbroken run's
+            self.sink.log(record)
         return history
 
     def fit_kwargs(self, steps: int, eval_every: int | None = None) -> dict[str, Any]:

@@ -116,6 +116,8 @@ def run_spec(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resource
     out = Path(out) if out is not None else Path(cfg.out) / spec.folder_for(cfg)
     device = resolve_device(cfg.model.device) if spec.needs_model else "cpu"
     with RunDir(out, seed=cfg.seed, device=device) as run:
+        # A re-run (after a crash) logs everything again, restored runs included.
+        run.file("metrics.jsonl").unlink(missing_ok=True)
         write_config(run, cfg)
         ctx = RunContext(cfg, run, resources, progress)
         try:

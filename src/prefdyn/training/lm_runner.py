@@ -161,6 +161,11 @@ def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs) -> Checkpoi
         setup.stream.load_state(folder.checkpoint.batch_state)
         records.history.records = [r for r in _read_records(folder)
                                    if r.get("problem") == outputs.name]
+        if outputs.sink is not None and setup.dist.is_main:
+            # The caller's sink (an experiment's metrics.jsonl) gets the restored records
+            # again, so it reads as the record of an unbroken run.
+            for record in records.history.records:
+                outputs.sink.log(record)
     if not setup.dist.is_main:
         return None
     return CheckpointCallback(folder.checkpoints, outputs.checkpoint_every or setup.steps,
