@@ -8,23 +8,10 @@ import pytest
 import torch
 
 from prefdyn.data import BehaviorData
-from prefdyn.experiments._theory_runs import (
-    concept_problems,
-    persona_problems,
-    run_margin_dynamics,
-)
-from prefdyn.experiments.theory import (
-    ScalingConfig,
-    run_scaling_law,
-    run_theorems_on_embeddings,
-)
+from prefdyn.experiments._theory_runs import concept_problems, persona_problems, run_margin_dynamics
+from prefdyn.experiments.theory import ScalingConfig, run_scaling_law, run_theorems_on_embeddings
 from prefdyn.experiments.workspace import Workspace
-from prefdyn.theory import (
-    concept_law,
-    linear_margin_rates,
-    paper_quantities,
-    two_class_law,
-)
+from prefdyn.theory import concept_law, linear_margin_rates, paper_quantities, two_class_law
 from prefdyn.training import TrainConfig, fit_last_layer
 
 

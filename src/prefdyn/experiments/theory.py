@@ -22,40 +22,16 @@ import torch
 
 from prefdyn.diagnostics.theorems import check_assumptions, theorem42_constants
 from prefdyn.errors import PrefdynError
-from prefdyn.experiments._theory_paper import (
-    STEP_RULES,
-    paper_lr,
-    paper_quantity_rows,
-    paper_regime_headlines,
-    paper_regime_point,
-    paper_regime_text,
-    theorem41_rows,
-    verdict_counts,
-)
-from prefdyn.experiments._theory_runs import (
-    concept_problems,
-    persona_problems,
-    run_margin_dynamics,
-)
+from prefdyn.experiments._theory_paper import (STEP_RULES, paper_lr, paper_quantity_rows, paper_regime_headlines,
+                                               paper_regime_point, paper_regime_text, theorem41_rows, verdict_counts)
+from prefdyn.experiments._theory_runs import concept_problems, persona_problems, run_margin_dynamics
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.policies.last_layer import stack_problems
-from prefdyn.reports import (
-    plot_bars,
-    plot_curves,
-    plot_grid,
-    plot_heatmap,
-    plot_scatter_rank,
-)
+from prefdyn.reports import plot_bars, plot_curves, plot_grid, plot_heatmap, plot_scatter_rank
 from prefdyn.theory.bounds import theorem41_bound, theorem42_bound, theorem43_bound
-from prefdyn.theory.checks import (
-    accuracy_bound,
-    check_theorem41,
-    check_theorem42,
-    cosines,
-    first_step_identity,
-    psi_norm,
-)
+from prefdyn.theory.checks import (accuracy_bound, check_theorem41, check_theorem42, cosines,
+                                   first_step_identity, psi_norm)
 from prefdyn.theory.first_step import a3_reward_factor
 from prefdyn.theory.scaling import cluster_structure, fit_exponent
 from prefdyn.theory.synthetic import concept_law, two_class_law
