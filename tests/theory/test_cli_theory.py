@@ -43,13 +43,14 @@ def test_grid_command(tmp_path):
     assert summary["step_rule"] == "curvature" and summary["theorem41_step_product"][0] > 0.25
     assert summary["theorem41_verdicts"]["holds outside the hypotheses"] == 8
     assert summary["paper_regime"] is None
+    assert "not tested" in (tmp_path / "theory_grid" / "report.html").read_text()
 
 
 def test_grid_paper_step_rule_and_paper_regime_point(tmp_path):
     _invoke("grid", "--ds", "16", "--deltas", "0.2,0.6", "--alphas", "2", "--samples", "200",
             "--test-samples", "100", "--steps", "20", "--step-rule", "paper", "--seed", "3", "--out", str(tmp_path))
     html = (tmp_path / "theory_grid" / "report.html").read_text()
-    assert "Theorem 4.1, hypotheses met" in html and "Theorem 4.2 (paper)" in html
+    assert "holds at 1 / 1" in html and "Theorem 4.2 (paper)" in html
     summary = json.loads((tmp_path / "theory_grid" / "summary.json").read_text())
     assert summary["step_rule"] == "paper"
     # eta = min over the points of 1 / (4 beta'^2 c_n^2): the product is 1/4 at one point, below at the other.

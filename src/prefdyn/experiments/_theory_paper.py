@@ -36,7 +36,7 @@ from prefdyn.theory.theorem42 import (
 from prefdyn.theory.theorem43 import theorem43_guarantee, yes_no_accuracy
 
 __all__ = ["STEP_RULES", "paper_lr", "paper_quantity_rows", "paper_regime_headlines", "paper_regime_point",
-           "paper_regime_text", "theorem41_rows", "verdict_counts"]
+           "paper_regime_text", "theorem41_headline", "theorem41_rows", "verdict_counts"]
 
 STEP_RULES = ("curvature", "paper")
 """``curvature``: prefdyn's ``lr_safety / lambda_max(H)`` (outside Theorem 4.1: ``beta'^2 eta c_n^2``
@@ -65,6 +65,18 @@ def verdict_counts(verdicts: list[str]) -> dict[str, int]:
     """How many points fall in each :class:`BoundVerdict` (every class listed, zeros included)."""
     seen = Counter(verdicts)
     return {v.value: seen.get(v.value, 0) for v in BoundVerdict}
+
+
+def theorem41_headline(verdicts: dict[str, int], products: list[float], what: str) -> tuple[str, str, str]:
+    """The headline "Theorem 4.1, hypotheses met": how often the bound holds where the paper's
+    hypotheses are met, or "not tested" (with the step products) where they never are."""
+    met = verdicts[BoundVerdict.HOLDS_HYPOTHESES_MET.value] + verdicts[BoundVerdict.FAILS_HYPOTHESES_MET.value]
+    if met:
+        return ("Theorem 4.1, hypotheses met", f"holds at {verdicts[BoundVerdict.HOLDS_HYPOTHESES_MET.value]} / {met}",
+                f"{what} with beta'^2 eta c_n^2 <= 1/4, Delta <= 1/2, balanced")
+    return ("Theorem 4.1, hypotheses met", "not tested",
+            (f"no {what} meets beta'^2 eta c_n^2 <= 1/4 (here {min(products):.3g} to {max(products):.3g}), "
+             "Delta <= 1/2 and balanced classes together"))
 
 
 def _paper_data(d: int, n: int, D: float, phi0: float, noise: float, generator: torch.Generator):

@@ -23,7 +23,8 @@ import torch
 from prefdyn.diagnostics.theorems import check_assumptions, theorem42_constants
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments._theory_paper import (STEP_RULES, paper_lr, paper_quantity_rows, paper_regime_headlines,
-                                               paper_regime_point, paper_regime_text, theorem41_rows, verdict_counts)
+                                               paper_regime_point, paper_regime_text, theorem41_headline, theorem41_rows,
+                                               verdict_counts)
 from prefdyn.experiments._theory_runs import concept_problems, persona_problems, run_margin_dynamics
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
@@ -277,8 +278,7 @@ def _grid_result(points: list[dict], grid: GridConfig, train: TrainConfig, seed:
             "direction, reward accuracy on test rows), not the paper's Theorems 4.2-4.3; those are tested "
             "at the paper-regime point. " + paper_regime_text(paper)),
         summary=summary,
-        headlines=[("Theorem 4.1, hypotheses met", f"{verdicts['holds, hypotheses met']} / {met41}",
-                    f"holds where beta'^2 eta c_n^2 <= 1/4, Delta <= 1/2, balanced ({len(points)} points)"),
+        headlines=[theorem41_headline(verdicts, products, "grid point"),
                    ("Theorem 4.1 bound, outside the theorem" if rule == "curvature" else "Theorem 4.1 bound holds",
                     f"{share['4.1']:.0%}", f"of {len(points)} grid points, step rule {rule}"),
                    *paper_regime_headlines(paper),
@@ -415,8 +415,7 @@ def run_theorems_on_embeddings(ws: Workspace, train: TrainConfig, *, sink=None) 
             f"for {share['4.2']:.0%} and lemma 4.3 for {share['4.3']:.0%}. The A.3 identity holds to "
             f"{a3.max_abs_error:.1e} in float64 (and to a relative {trainer_err:.1e} through the float32 trainer)."),
         summary=summary,
-        headlines=[("Theorem 4.1, hypotheses met", f"{verdicts['holds, hypotheses met']} / {met}",
-                    f"holds where its hypotheses are met ({len(names)} behaviors)"),
+        headlines=[theorem41_headline(verdicts, products, "behavior"),
                    ("Theorem 4.1 bound, in all", f"{share['4.1']:.0%}", f"of {len(names)} behaviors, mostly "
                     "outside the hypotheses" if met < len(names) else f"of {len(names)} behaviors"),
                    ("Theorem 4.2 v-range non-empty", f"{open_v} / {len(names)}", "behaviors"),
