@@ -115,6 +115,11 @@ def test_real_command_on_demo_data(tmp_path):
     summary = _check_run(tmp_path / "theory_real", "theory_real")
     assert len(summary["behaviors"]) == 8 and summary["a3_max_abs_error"] < 1e-9
     assert set(summary["assumption_share"]) >= {"balanced", "centered", "subexponential_tails"}
+    rows = summary["paper_quantities"]
+    assert [r["behavior"] for r in rows] == summary["behaviors"]
+    assert {"c_n (Tr(Sigma)^1/2)", "beta'^2 eta c_n^2", "Delta", "v-range empty", "4.2 horizon (c_n^2)",
+            "4.2 horizon (c'_n)"} <= set(rows[0])
+    assert sum(summary["theorem41_verdicts"].values()) == 8
 
 
 @pytest.mark.integration
