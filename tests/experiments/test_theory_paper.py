@@ -5,8 +5,13 @@ import math
 import pytest
 import torch
 
-from prefdyn.experiments._theory_paper import (paper_lr, paper_regime_point, theorem41_headline, theorem41_rows,
-                                               verdict_counts)
+from prefdyn.experiments._theory_paper import (
+    paper_lr,
+    paper_regime_point,
+    theorem41_headline,
+    theorem41_rows,
+    verdict_counts,
+)
 
 
 def _two_points():

@@ -73,7 +73,7 @@ def theorem41_headline(verdicts: dict[str, int], products: list[float], what: st
     met = verdicts[BoundVerdict.HOLDS_HYPOTHESES_MET.value] + verdicts[BoundVerdict.FAILS_HYPOTHESES_MET.value]
     if met:
         return ("Theorem 4.1, hypotheses met", f"holds at {verdicts[BoundVerdict.HOLDS_HYPOTHESES_MET.value]} / {met}",
-                f"{what} with beta'^2 eta c_n^2 <= 1/4, Delta <= 1/2, balanced")
+                f"{what}s with beta'^2 eta c_n^2 <= 1/4, Delta <= 1/2, balanced")
     return ("Theorem 4.1, hypotheses met", "not tested",
             (f"no {what} meets beta'^2 eta c_n^2 <= 1/4 (here {min(products):.3g} to {max(products):.3g}), "
              "Delta <= 1/2 and balanced classes together"))
