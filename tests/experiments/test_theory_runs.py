@@ -11,7 +11,7 @@ from prefdyn.data import BehaviorData
 from prefdyn.experiments._theory_runs import concept_problems, persona_problems, run_margin_dynamics
 from prefdyn.experiments.theory import ScalingConfig, run_scaling_law, run_theorems_on_embeddings
 from prefdyn.experiments.workspace import Workspace
-from prefdyn.theory import concept_law, linear_margin_rates, two_class_law
+from prefdyn.theory import concept_law, linear_margin_rates, paper_quantities, two_class_law
 from prefdyn.training import TrainConfig, fit_last_layer
 
 
@@ -100,3 +100,16 @@ def test_theorem_checks_on_a_workspace():
     assert s["assumption_share"]["centered"] == 0.0  # the common mean of norm 5 >> D
     assert set(s["share_holds"]) == {"4.1", "4.2", "4.3"}
     assert len(s["per_behavior"]) == 3
+    # The paper's quantities per behavior, checked against theory.paper_quantities on the training rows.
+    table = dict(res.tables)["The paper's quantities (Theorems 4.1-4.3) per behavior"]
+    assert [r["behavior"] for r in table] == ws.names
+    G = ws.embeddings[0][ws.rows(0, "train")]
+    y = ws.behaviors[0].prefers_yes[ws.rows(0, "train")]
+    q = paper_quantities(G, y, ws.W_answers[0], ws.W_answers[1], beta=0.1, lr=res.summary["lr"])
+    assert table[0]["c_n (Tr(Sigma)^1/2)"] == pytest.approx(q["theorem41"]["c_n"])
+    assert table[0]["beta'^2 eta c_n^2"] == pytest.approx(q["theorem41"]["step_product"])
+    assert table[0]["<= 1/4"] == (table[0]["beta'^2 eta c_n^2"] <= 0.25)
+    assert table[0]["v-range empty"] == q["setting"]["v_range_empty"]
+    assert table[0]["c_n (Tr(Sigma^1/2))"] >= table[0]["c_n (Tr(Sigma)^1/2)"]  # sum sqrt(l) >= sqrt(sum l)
+    assert sum(s["theorem41_verdicts"].values()) == 3
+    assert "centering" not in res.explanation

@@ -32,13 +32,45 @@ def _check_run(folder, experiment: str) -> dict:
 
 
 def test_grid_command(tmp_path):
-    out = _invoke("grid", "--ds", "8,16", "--deltas", "0.2,0.5", "--alphas", "2,1", "--samples", "200",
-                  "--test-samples", "100", "--steps", "20", "--seed", "3", "--out", str(tmp_path)).output
-    assert "Theorem 4.1 holds" in out
+    _invoke("grid", "--ds", "8,16", "--deltas", "0.2,0.5", "--alphas", "2,1", "--samples", "200",
+            "--test-samples", "100", "--steps", "20", "--paper-d", "0", "--seed", "3", "--out", str(tmp_path))
     summary = _check_run(tmp_path / "theory_grid", "theory_grid")
+    assert "Theorem 4.1 bound, outside the theorem" in (tmp_path / "theory_grid" / "report.html").read_text()
     assert summary["points"] == 8 and summary["share_holds"]["4.1"] == 1.0
     assert summary["a3_max_abs_error"] < 1e-12
     assert summary["grid"]["ds"] == [8, 16]
+    # The curvature step breaks beta'^2 eta c_n^2 <= 1/4: every verdict is outside the hypotheses.
+    assert summary["step_rule"] == "curvature" and summary["theorem41_step_product"][0] > 0.25
+    assert summary["theorem41_verdicts"]["holds outside the hypotheses"] == 8
+    assert summary["paper_regime"] is None
+    assert "not tested" in (tmp_path / "theory_grid" / "report.html").read_text()
+
+
+def test_grid_paper_step_rule_and_paper_regime_point(tmp_path):
+    _invoke("grid", "--ds", "16", "--deltas", "0.2,0.6", "--alphas", "2", "--samples", "200",
+            "--test-samples", "100", "--steps", "20", "--step-rule", "paper", "--seed", "3", "--out", str(tmp_path))
+    html = (tmp_path / "theory_grid" / "report.html").read_text()
+    assert "holds at 1 / 1" in html and "Theorem 4.2 (paper)" in html
+    summary = json.loads((tmp_path / "theory_grid" / "summary.json").read_text())
+    assert summary["step_rule"] == "paper"
+    # eta = min over the points of 1 / (4 beta'^2 c_n^2): the product is 1/4 at one point, below at the other.
+    assert summary["theorem41_step_product"][1] == pytest.approx(0.25)
+    # Delta = 0.2 meets every hypothesis, Delta = 0.6 > 1/2 does not: both verdict classes.
+    verdicts = {r["Delta"]: r["4.1 verdict"] for r in summary["per_point"]}
+    assert verdicts == {0.2: "holds, hypotheses met", 0.6: "holds outside the hypotheses"}
+    paper = summary["paper_regime"]  # d = 4096, Delta < 0: the v-range is not empty
+    assert paper["d"] == 4096 and paper["v_range"][0] <= paper["v"] <= paper["v_range"][1]
+    assert all(paper["theorem42"]["conditions"].values())
+    assert paper["theorem42"]["verdict"] == "holds, hypotheses met"
+    assert paper["theorem42"]["final_cosine"] >= paper["theorem42"]["final_bound"]
+    assert paper["theorem43"]["proof_eq36"]["verdict"] == "holds, hypotheses met"
+    assert paper["theorem43"]["printed"]["p"] == 0.0  # vacuous as printed
+    assert paper["step_product"] <= 0.25
+
+
+def test_grid_rejects_an_unknown_step_rule(tmp_path):
+    result = CliRunner().invoke(app, ["theory", "grid", "--step-rule", "adam", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "step_rule" in result.output
 
 
 def test_grid_lr_is_one_eta_for_every_point(tmp_path):
@@ -83,6 +115,11 @@ def test_real_command_on_demo_data(tmp_path):
     summary = _check_run(tmp_path / "theory_real", "theory_real")
     assert len(summary["behaviors"]) == 8 and summary["a3_max_abs_error"] < 1e-9
     assert set(summary["assumption_share"]) >= {"balanced", "centered", "subexponential_tails"}
+    rows = summary["paper_quantities"]
+    assert [r["behavior"] for r in rows] == summary["behaviors"]
+    assert {"c_n (Tr(Sigma)^1/2)", "beta'^2 eta c_n^2", "Delta", "v-range empty", "4.2 horizon (c_n^2)",
+            "4.2 horizon (c'_n)"} <= set(rows[0])
+    assert sum(summary["theorem41_verdicts"].values()) == 8
 
 
 @pytest.mark.integration

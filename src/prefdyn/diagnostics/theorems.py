@@ -1,8 +1,15 @@
 """The theorems' assumptions and constants, measured on one behavior's hidden states.
 
-Im & Li (ICML 2024), Theorems 4.1-4.3, assume two classes with means ``mu+-``
-(``||mu+ - mu-|| = d^Delta``) and alpha-subexponential, concentrated noise in the
-centered, balanced setting. :func:`check_assumptions` tests that on data,
+Im & Li (ICML 2024), Theorems 4.1-4.3, assume two balanced classes ("|D_+| = |D_-|") with means
+``mu+-`` (``||mu+ - mu-|| = d^Delta``) and alpha-subexponential noise; their hypotheses as stated
+(c_v, c_n, ``beta'^2 eta c_n^2 <= 1/4``, ``Delta <= 1/2``) are in :mod:`prefdyn.theory.hypotheses`.
+:func:`check_assumptions` here runs prefdyn's own heuristic checks: of them only ``balanced`` is a
+hypothesis of the paper (and its tolerance ``BALANCE_TOL`` is prefdyn's; the paper asks for equal
+classes). ``centered``, ``enough_samples``, ``concentrated`` and ``subexponential_tails`` and their
+thresholds (``CENTER_RATIO``, ``NOISE_SHARE``, ``SPREAD_RATIO``, ``TAIL_RATIO``) are prefdyn's
+heuristics for when its own lemmas (:func:`prefdyn.theory.bounds.theorem42_bound`,
+:func:`prefdyn.theory.bounds.theorem43_bound`) are informative; no theorem of the paper depends on
+them. :func:`check_assumptions` tests them on data,
 :func:`estimate_theorem41_constants` measures how tight Theorem 4.1's constant is,
 :func:`theorem42_constants` gives what :func:`prefdyn.theory.bounds.theorem42_bound`
 needs. They read the class statistics of :mod:`.distinguishability`; the bounds and
@@ -27,23 +34,23 @@ __all__ = ["Assumption", "AssumptionReport", "check_assumptions", "estimate_theo
            "theorem42_constants"]
 
 BALANCE_TOL = 0.1
-"""Balanced classes: the share preferring Yes within 0.5 +- this. With unbalanced classes the
+"""prefdyn's tolerance on the paper's one hypothesis here, "|D_+| = |D_-|". Balanced classes: the share preferring Yes within 0.5 +- this. With unbalanced classes the
 first step ``m`` picks up ``(n+ - n-)/n`` times the common mean, which ``D`` does not see."""
 
 CENTER_RATIO = 1.0
-"""Centered: the common mean ``||(mu+ + mu-)/2||`` at most this many ``D``. A larger one moves
+"""prefdyn's heuristic, not a hypothesis of the paper. Centered: the common mean ``||(mu+ + mu-)/2||`` at most this many ``D``. A larger one moves
 the class means off the boundary through the origin (Theorem 4.3's margin)."""
 
 NOISE_SHARE = 0.5
-"""Enough samples: ``tr(Sigma) (1/n+ + 1/n-) <= NOISE_SHARE * D^2``, i.e. sampling noise adds at
+"""prefdyn's heuristic, not a hypothesis of the paper. Enough samples: ``tr(Sigma) (1/n+ + 1/n-) <= NOISE_SHARE * D^2``, i.e. sampling noise adds at
 most half of ``D^2`` to ``||mu_hat+ - mu_hat-||^2`` (and to the first step ``m``)."""
 
 SPREAD_RATIO = 0.25
-"""Concentrated classes: variance along ``b`` at most ``SPREAD_RATIO * D^2`` (a standard deviation
-of at most ``D/2``, the class means' distance to the boundary); beyond, Theorem 4.3 says little."""
+"""prefdyn's heuristic, not a hypothesis of the paper. Concentrated classes: variance along ``b`` at most ``SPREAD_RATIO * D^2`` (a standard deviation
+of at most ``D/2``, the class means' distance to the boundary); beyond, prefdyn's lemma 4.3 says little."""
 
 TAIL_RATIO = 1.5
-"""alpha-subexponential tails: the empirical tail quantile of the standardized residuals at most
+"""prefdyn's heuristic (the paper assumes alpha-subexponential noise but sets no test). Tails: the empirical tail quantile of the standardized residuals at most
 this many times the one of the fitted generalized normal (a few wild outliers break it)."""
 
 
@@ -81,10 +88,11 @@ class AssumptionReport:
 
 
 def check_assumptions(embeddings: Tensor, prefers_yes: Tensor) -> AssumptionReport:
-    """Do one behavior's hidden states ``(n, d)`` satisfy Theorems 4.1-4.3's assumptions?
+    """prefdyn's heuristic checks on one behavior's hidden states ``(n, d)``.
 
-    The theorems assume two classes with means ``mu+-`` (``||mu+ - mu-|| = d^Delta``) and
-    alpha-subexponential, concentrated noise, in the centered, balanced setting. Checks:
+    Only ``balanced`` is a hypothesis of the paper (Sec. 4.1, "|D_+| = |D_-|", here within
+    ``BALANCE_TOL``); the others are prefdyn's conditions for its own lemmas to be informative.
+    Theorem 4.1's hypotheses as stated: :func:`prefdyn.theory.check_theorem41_hypotheses`. Checks:
     ``balanced`` (share preferring Yes), ``centered`` (``||mu0|| / D``), ``enough_samples``
     (``tr(Sigma)(1/n+ + 1/n-) / D^2``), ``concentrated`` (variance along ``b`` over ``D^2``)
     and ``subexponential_tails`` (fitted-tail quantile ratio, with ``alpha_hat`` from
@@ -105,15 +113,15 @@ def check_assumptions(embeddings: Tensor, prefers_yes: Tensor) -> AssumptionRepo
 
     checks = [
         check("balanced", abs(share - 0.5), BALANCE_TOL, abs(share - 0.5) <= BALANCE_TOL,
-              "|share preferring Yes - 1/2|", "4.1, A.3"),
+              "|share preferring Yes - 1/2|", "the paper's setup (Sec. 4.1), 4.1-4.3, A.3"),
         check("centered", center, CENTER_RATIO, center <= CENTER_RATIO, "||(mu+ + mu-)/2|| / D",
-              "4.1 (unbalanced), 4.3"),
+              "prefdyn's lemma 4.3 (heuristic)"),
         check("enough_samples", noise, NOISE_SHARE, noise <= NOISE_SHARE,
-              "tr(Sigma)(1/n+ + 1/n-) / D^2", "4.1, 4.2"),
+              "tr(Sigma)(1/n+ + 1/n-) / D^2", "prefdyn's lemma 4.2 (heuristic)"),
         check("concentrated", stats.along_ratio, SPREAD_RATIO, stats.along_ratio <= SPREAD_RATIO,
-              "variance along b / D^2", "4.3"),
+              "variance along b / D^2", "prefdyn's lemma 4.3 (heuristic)"),
         check("subexponential_tails", tail, TAIL_RATIO, tail <= TAIL_RATIO,
-              f"tail quantile / fitted GN(alpha_hat={alpha_hat:.2f})", "4.3"),
+              f"tail quantile / fitted GN(alpha_hat={alpha_hat:.2f})", "prefdyn's lemma 4.3 (heuristic)"),
     ]
     return AssumptionReport(checks, alpha_hat, stats)
 

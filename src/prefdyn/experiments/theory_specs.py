@@ -111,7 +111,10 @@ GRID = register(ExperimentSpec(
              "n_test": Option("Held-out samples per grid point.", flag="test_samples"),
              "sigma": Option("Noise scale of both classes."),
              "common_mean": Option("Norm of a mean shared by both classes (0: centered)."),
-             "pos_share": Option("Share of samples preferring Yes.")}))
+             "pos_share": Option("Share of samples preferring Yes."),
+             "step_rule": Option("Step size without --lr: curvature (lr_safety / lambda_max(H), outside Theorem "
+                                 "4.1's hypotheses) or paper (beta'^2 eta c_n^2 = 1/4)."),
+             "paper_d": Option("Width of the extra point inside Theorems 4.2-4.3's conditions (0: none).")}))
 REAL = register(ExperimentSpec(
     name="theory real", title="Theorems 4.1-4.3 on real hidden states",
     help="The same checks on real hidden states of persona behaviors: which assumptions hold there?",

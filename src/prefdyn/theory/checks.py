@@ -1,4 +1,9 @@
-"""Theorems 4.1-4.3 and Appendix A.3 of Im & Li (ICML 2024), checked on data.
+"""Theorem 4.1, prefdyn's lemmas 4.2-4.3 and Appendix A.3 of Im & Li (ICML 2024), checked on data.
+
+:func:`check_theorem42` and :func:`accuracy_bound` check prefdyn's own lemmas (the update
+direction; reward accuracy on test rows), not the paper's Theorems 4.2-4.3, which are in
+:mod:`prefdyn.theory.theorem42` and :mod:`prefdyn.theory.theorem43`; :func:`tail_ratio` feeds
+prefdyn's heuristic ``TAIL_RATIO`` check, not a hypothesis the paper tests.
 
 Pure math on tensors: the tail estimates the bounds need (:func:`psi_norm`,
 :func:`estimate_alpha`, :func:`tail_ratio`), the comparison of measured training
