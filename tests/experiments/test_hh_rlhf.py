@@ -67,7 +67,7 @@ def test_presets_validate_and_override():
     spec = get_spec("lm hh-rlhf")
     assert resolve_config(spec, preset="quick", flags={"train": {"lr": 1e-3}}).train.lr == 1e-3
     paper = resolve_config(spec, preset="paper")
-    assert paper.experiment.window == 100 and paper.train.beta == 0.1 and paper.experiment.mode == "lora"
+    assert paper.experiment.window == 100 and paper.train.beta == 0.01 and paper.experiment.mode == "lora"
     with pytest.raises(PrefdynError, match="unknown preset"):
         resolve_config(spec, preset="fast")
     with pytest.raises(PrefdynError, match="batch_size"):

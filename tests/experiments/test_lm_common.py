@@ -27,7 +27,7 @@ def test_lm_params_and_quick_preset():
     cfg = resolve_config(get_spec("lm distinguishability"), flags={"train": {"steps": 7}})
     assert cfg.train.steps == 7  # a flag beats the preset
     assert cfg.preset == "quick" and cfg.train.lr == 5e-5 and cfg.train.optimizer == "adamw"
-    assert cfg.task.n_per_behavior == 40 and cfg.experiment == LMParams(n_behaviors=3, snapshot_steps=())
+    assert cfg.task.n_per_behavior == 60 and cfg.experiment == LMParams(n_behaviors=3, snapshot_steps=())
 
 
 def test_task_rows_groups_and_eval_batches(tiny_workspace):

@@ -81,6 +81,6 @@ def test_presets_per_mode():
     # an explicit --lr on a LoRA run is kept, even when it equals the full preset's value
     explicit = resolve_config(spec, preset="quick", flags={"train": {"lr": 5e-5}, "experiment": {"mode": "lora"}})
     assert explicit.train.lr == 5e-5
-    assert resolve_config(spec, preset="paper").train.beta == 0.1
+    assert resolve_config(spec, preset="paper").train.beta == 0.01  # Im & Li Sec. 5
     with pytest.raises(PrefdynError, match="unknown preset"):
         resolve_config(spec, preset="slow")

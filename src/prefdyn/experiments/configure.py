@@ -186,6 +186,9 @@ def _merge(layers: Sequence[Layer], mode: str | None) -> tuple[dict[str, dict], 
                 for f, v in value.items():
                     sections.setdefault(key, {})[f] = v
                     origin[f"{key}.{f}"] = w
+                if key == "train" and "steps" in value and "epochs" not in value:
+                    # A later --steps beats an earlier layer's epochs (which would override it).
+                    sections["train"].pop("epochs", None)
     return sections, top, origin
 
 

@@ -29,6 +29,7 @@ from prefdyn._runtime import resolve_device, set_seed
 from prefdyn.errors import TrainingError
 from prefdyn.experiments.config import ExperimentConfig, ModelConfig
 from prefdyn.experiments.configure import to_yaml_dict
+from prefdyn.experiments.paper_setting import paper_setting_warnings
 from prefdyn.experiments.result import ExperimentResult
 from prefdyn.experiments.spec import ExperimentSpec, RunContext
 from prefdyn.reports import Report
@@ -126,6 +127,9 @@ def run_spec(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resource
             # metrics.jsonl already holds every step before the failure.
             run.write_summary({"experiment": spec.name, "error": str(e), "failed_at_step": e.step})
             raise
+        for warning in paper_setting_warnings(spec.name, cfg):
+            log.warning(warning)
+            result.warnings.append(warning)
         result.write(run)
         subtitle = ctx.subtitle
         ws, loaded = resources.built(ctx.cfg)

@@ -63,10 +63,11 @@ class HHPreset:
     """Settings of the HH-RLHF experiment (built from the resolved config by :func:`run_hh_spec`;
     the named presets are YAML files under ``experiments/presets/lm-hh-rlhf/``).
 
-    Paper (Im & Li 2024, App. C): LoRA r=8, alpha=32, dropout 0.05 on q_proj/v_proj
-    (the :func:`~prefdyn.policies.lm.apply_lora` defaults), DPO with beta 0.1,
-    the "first 100 steps" window. Guessed (not stated in what we have of the paper):
-    lr, batch size, step counts, the held-out size and the token cap.
+    Im & Li 2024, App. C: "All training for this experiment was conducted with LoRA [...]
+    applied to the query and value weights [...] with the AdamW optimizer. The learning rate
+    is 1e-5 and β = 0.01. The LoRA configuration was with r = 8 and α = 32 and 0.05 dropout."
+    (``lora_*``; the paper preset sets lr and beta) and "[...] for 1 epoch", and the "first
+    100 steps" window. Not stated (prefdyn's choice): batch size, pair counts, the token cap.
     """
 
     n_train: int = 32
@@ -80,6 +81,9 @@ class HHPreset:
     beta: float = 0.1
     window: int = 25
     """Steps within which the paper says the difference falls back (scaled in quick)."""
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_test", "batch_size", "align_steps", "flip_steps",
@@ -163,7 +167,8 @@ def fit_with_probe(loaded: LoadedModel, train_pairs, probe_splits, tokenizer, cf
     probe = LMEvalTracker(get_loss(cfg.loss, beta=cfg.beta), probe_splits, history=probe_history,
                           every=preset.eval_every, name=tag)
     log.info("hh-rlhf %s: %d steps on %d pairs", tag, steps, len(train_pairs))
-    run = fit_lm(loaded, batches, cfg, mode=mode, steps=steps,
+    lora = {"r": preset.lora_r, "alpha": preset.lora_alpha, "dropout": preset.lora_dropout}
+    run = fit_lm(loaded, batches, cfg, mode=mode, steps=steps, lora_kwargs=lora if mode == "lora" else None,
                  callbacks=[probe, *resumable.callbacks()], sink=tagged, name=tag,
                  **resumable.fit_kwargs(steps, preset.eval_every))
     return run, probe_history
@@ -356,6 +361,9 @@ class HHParams:
     align_steps: int = 40
     flip_steps: int = 25
     window: int = 25
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
 
     def __post_init__(self) -> None:
         if self.mode not in ("full", "lora"):
@@ -372,9 +380,14 @@ def run_hh_spec(ctx: RunContext) -> ExperimentResult:
                            "(e.g. ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz)")
     if train.lr is None:
         raise PrefdynError("lm hh-rlhf needs a learning rate: --lr or train.lr")
+    batch = train.batch_size or 4
+    # train.epochs (App. C: "for 1 epoch") sets both phases from the training pairs.
+    align, flip = ((p.align_steps, p.flip_steps) if train.epochs is None
+                   else (train.epochs * -(-p.n_train // batch),) * 2)
     settings = HHPreset(n_train=p.n_train, n_test=p.n_test, max_tokens=p.max_tokens,
-                        batch_size=train.batch_size or 4, align_steps=p.align_steps, flip_steps=p.flip_steps,
-                        eval_every=train.eval_every, lr=train.lr, beta=train.beta, window=p.window)
+                        batch_size=batch, align_steps=align, flip_steps=flip,
+                        eval_every=train.eval_every, lr=train.lr, beta=train.beta, window=p.window,
+                        lora_r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout)
     loaded = ctx.model()
     ctx.subtitle, ctx.footer["data"] = f"{loaded.name}, {p.mode}", p.pairs
     return run_hh_rlhf(loaded, load_pairs(p.pairs, on_error="skip"), settings, seed=ctx.cfg.seed,
@@ -394,4 +407,6 @@ SPEC = register(ExperimentSpec(
              "max_tokens": Option("Keep pairs whose prompt+response fits this many tokens."),
              "align_steps": Option("Steps on the true preferences."),
              "flip_steps": Option("Steps on the flipped preferences."),
-             "window": Option("Steps within which the difference should fall back.")}))
+             "window": Option("Steps within which the difference should fall back."),
+             "lora_r": Option("LoRA rank (App. C: 8)."), "lora_alpha": Option("LoRA alpha (App. C: 32)."),
+             "lora_dropout": Option("LoRA dropout (App. C: 0.05).")}))

@@ -63,6 +63,7 @@ __all__ = [
     "lm_task",
     "on_lm_workspace",
     "spread_by_D",
+    "run_steps",
     "train_lm",
 ]
 
@@ -245,6 +246,17 @@ class LMTraining:
     snapshots: EmbeddingSnapshots | None
     task: LMTask
     seconds: float = 0.0
+    steps: int = 0
+    """Optimizer steps run: ``train.epochs`` epochs of the task's train rows when set, else
+    ``train.steps`` (:func:`run_steps`)."""
+
+
+def run_steps(train: TrainConfig, batches: Any) -> int:
+    """Steps of one run: ``train.epochs * ceil(train rows / batch)`` when ``train.epochs`` is
+    set (Im & Li Sec. 5: "We train for 1 epoch"), else ``train.steps``."""
+    if train.epochs is None:
+        return train.steps
+    return train.epochs * batches.steps_per_epoch
 
 
 def train_lm(loaded: LoadedModel, task: LMTask, train: TrainConfig, preset: LMExperimentPreset,
@@ -263,6 +275,7 @@ def train_lm(loaded: LoadedModel, task: LMTask, train: TrainConfig, preset: LMEx
     model = loaded.copy() if copy_model else loaded
     batch_size = train.batch_size or DEFAULT_BATCH
     batches = task.train_batches(batch_size, train.seed)
+    steps = run_steps(train, batches)
     resumable = ResumableRun(sink, name, run_identity(model, batches, train, preset.mode))
     history = resumable.history()
     splits = {"train_eval": task.eval_batches("train", limit=preset.eval_rows)}
@@ -280,10 +293,10 @@ def train_lm(loaded: LoadedModel, task: LMTask, train: TrainConfig, preset: LMEx
         snaps = EmbeddingSnapshots(task.probe(preset.probe_split, preset.probe_rows), preset.snapshot_steps,
                                    history=history, pad_id=pad, name=name, store=resumable.folder)
         cbs.append(snaps)
-    log.info("LM %s run %r: %d steps, batch %d, %d behaviors", preset.mode, name, train.steps,
+    log.info("LM %s run %r: %d steps, batch %d, %d behaviors", preset.mode, name, steps,
              batch_size, len(task.group_names))
     start = time.perf_counter()
     run = fit_lm(model, batches, train, mode=preset.mode,
-                 steps=train.steps, callbacks=[*cbs, *callbacks, *resumable.callbacks()], sink=sink,
-                 name=name, **{**resumable.fit_kwargs(train.steps, train.eval_every), **fit_kwargs})
-    return LMTraining(run, history, snaps, task, time.perf_counter() - start)
+                 steps=steps, callbacks=[*cbs, *callbacks, *resumable.callbacks()], sink=sink,
+                 name=name, **{**resumable.fit_kwargs(steps, train.eval_every), **fit_kwargs})
+    return LMTraining(run, history, snaps, task, time.perf_counter() - start, steps)

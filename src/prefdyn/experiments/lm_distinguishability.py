@@ -63,6 +63,27 @@ def exact_spearman_p(x, y) -> float:
     return float(np.mean(hits))
 
 
+def p_text(p: float) -> str:
+    """A p-value as every place of the result prints it (headline, table, plot: ``.2g``)."""
+    return "n/a" if not np.isfinite(p) else f"{p:.2g}"
+
+
+def yes_no(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("yes" if flag else "no")
+
+
+def rank_test(D: dict[str, float], decrease: dict[str, float]) -> dict:
+    """Spearman(D, loss decrease) over the behaviors in ``decrease``, its exact permutation p
+    and whether the decrease is monotone in D (None with fewer than 2 behaviors)."""
+    names = list(decrease)
+    xs, ys = [D[n] for n in names], [decrease[n] for n in names]
+    rho = spearman(xs, ys)[0] if names else float("nan")
+    by_D = sorted(names, key=lambda n: D[n])
+    ordered = (bool(all(decrease[a] <= decrease[b] for a, b in pairwise(by_D)))
+               if len(names) >= 2 else None)
+    return {"n": len(names), "rho": rho, "p": exact_spearman_p(xs, ys), "ordered": ordered}
+
+
 def final_drift(run) -> dict[str, float]:
     """Relative drift ||W_l(t) - W_l(0)|| / ||W_l(0)|| of each decoder block at the last
     logged step (recorded by fit_lm's tracker), keyed ``layer_XX``."""
@@ -88,7 +109,7 @@ def run_lm_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None, l
     which = pick_behaviors(ws, preset) if which is None else which
     names = [ws.names[i] for i in which]
     D = {ws.names[i]: base_D(ws, i) for i in which}
-    loss, test_loss, acc, fell, seconds, drift = {}, {}, {}, {}, {}, {}
+    loss, test_loss, acc, fell, seconds, drift, runs_steps = {}, {}, {}, {}, {}, {}, {}
     steps = test_steps = np.array([])
     for i, name in zip(which, names):
         tr = train_lm(loaded, lm_task(ws, loaded, [i], name=name), train, preset, sink=sink,
@@ -101,43 +122,55 @@ def run_lm_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None, l
         acc[name] = tr.history.last(M.REWARD_ACC, split="train_eval")[name]
         fell[name] = tr.history.last(M.CHOSEN_FELL, split="train_eval")[name]
         seconds[name] = tr.seconds
+        runs_steps[name] = tr.steps
         drift[name] = final_drift(tr.run)
 
     decrease = {n: _first_last(loss[n]) for n in names}
     test_decrease = {n: _first_last(test_loss[n]) for n in test_loss}
-    rho, _ = spearman([D[n] for n in names], [decrease[n] for n in names])
-    p = exact_spearman_p([D[n] for n in names], [decrease[n] for n in names])
-    rho_test = (spearman([D[n] for n in test_decrease], list(test_decrease.values()))[0]
-                if test_decrease else float("nan"))
-    p_test = exact_spearman_p([D[n] for n in test_decrease], list(test_decrease.values()))
-    by_D = sorted(names, key=lambda n: D[n])
-    ordered = bool(all(decrease[a] <= decrease[b] for a, b in pairwise(by_D)))
+    train_corr = rank_test(D, decrease)
+    test_corr = rank_test(D, test_decrease)
+    rho, p = train_corr["rho"], train_corr["p"]
+    steps_run = max(runs_steps.values(), default=train.steps)
 
     summary = {"behaviors": names, "mode": preset.mode, "lr": train.lr, "beta": train.beta,
-               "steps": train.steps, "batch_size": train.batch_size, "D": D,
+               "steps": steps_run, "steps_per_behavior": runs_steps, "epochs": train.epochs,
+               "batch_size": train.batch_size, "D": D,
                "loss_decrease": decrease, "test_loss_decrease": test_decrease,
                "spearman_D_loss_decrease": rho, "spearman_D_loss_decrease_p": p,
-               "spearman_D_test_loss_decrease": rho_test, "spearman_D_test_loss_decrease_p": p_test,
-               "D_orders_speed": ordered, "final_reward_acc": acc, f"final_{M.CHOSEN_FELL}": fell,
+               "spearman_D_test_loss_decrease": test_corr["rho"],
+               "spearman_D_test_loss_decrease_p": test_corr["p"],
+               "D_orders_speed": train_corr["ordered"], "D_orders_test_speed": test_corr["ordered"],
+               "final_reward_acc": acc, f"final_{M.CHOSEN_FELL}": fell,
                "final_layer_drift": drift, "seconds_per_run": seconds, "preset": preset}
-    verdict = (f"Spearman(D, train-loss decrease) = {fmt(rho)} over {len(names)} behaviors "
-               f"(test: {fmt(rho_test)}); the decrease is "
-               f"{'' if ordered else 'NOT '}monotone in D.")
+    verdict = (f"on the train rows, Spearman(D, loss decrease) = {fmt(rho)} (exact p = {p_text(p)}) "
+               f"over {len(names)} behaviors and the decrease is "
+               f"{'' if train_corr['ordered'] else 'NOT '}monotone in D; on the test rows, "
+               f"Spearman = {fmt(test_corr['rho'])} (exact p = {p_text(test_corr['p'])}) and the "
+               f"decrease is {'' if test_corr['ordered'] else 'NOT '}monotone in D.")
+    length = (f"{train.epochs} epoch(s) of {train.batch_size} rows a step" if train.epochs
+              else f"{steps_run} steps of {train.batch_size} rows")
     res = ExperimentResult(
         name="lm_distinguishability",
         title=f"Distinguishability and speed, {preset.mode} fine-tuning",
         explanation=(
             f"Each behavior ({', '.join(names)}) is trained alone with DPO, updating "
             f"{'every weight' if preset.mode == 'full' else 'LoRA adapters'} of the model from the "
-            f"same base (AdamW, lr {train.lr:g}, beta {train.beta:g}, {train.steps} steps of "
-            f"{train.batch_size} rows). D is measured on the base model's last hidden states "
-            "before training. Im & Li (Sec. 5, Fig. 6) find that behaviors with larger D are "
-            f"learned faster even when all parameters train.\n\nMeasured: {verdict}"),
+            f"same base (AdamW, lr {train.lr:g}, beta {train.beta:g}, {length}). D is measured on "
+            "the base model's last hidden states before training. Im & Li (Sec. 5, Fig. 6) find "
+            "that behaviors with larger D are learned faster even when all parameters train; "
+            "their Fig. 6 shows train and test loss.\n\nMeasured: " + verdict),
         summary=summary,
-        headlines=[("Spearman(D, loss decrease)", fmt(rho),
-                    f"{preset.mode} FT, {len(names)} behaviors, exact p = {p:.2g}"),
-                   ("D orders the speed", "yes" if ordered else "no",
-                    "loss decrease monotone in D (train rows)")])
+        headlines=[("Spearman(D, train-loss decrease)", fmt(rho),
+                    f"train rows, {preset.mode} FT, {len(names)} behaviors, exact p = {p_text(p)}"),
+                   ("Spearman(D, test-loss decrease)", fmt(test_corr["rho"]),
+                    f"test rows, {len(test_decrease)} behaviors, exact p = {p_text(test_corr['p'])}"),
+                   ("D orders the speed", f"train: {yes_no(train_corr['ordered'])}, "
+                    f"test: {yes_no(test_corr['ordered'])}",
+                    "loss decrease monotone in D, on train rows and on test rows")])
+    res.tables.append(("Does D order the speed? Train rows and test rows", [
+        {"rows": rows, "behaviors": c["n"], "Spearman(D, loss decrease)": c["rho"],
+         "exact permutation p": p_text(c["p"]), "monotone in D": yes_no(c["ordered"])}
+        for rows, c in (("train", train_corr), ("test", test_corr))]))
     res.add_figure("fig6_loss_by_distinguishability", plot_curves(
         steps, loss, color_values=D, ylabel="DPO loss",
         title=f"{preset.mode} fine-tuning: loss, coloured by D",
@@ -146,9 +179,10 @@ def run_lm_distinguishability(ws: Workspace, train: TrainConfig, *, sink=None, l
         "trained alone; colour = D of the base model (Fig. 6).")
     res.add_figure("scatter_D_loss_decrease_lm", plot_scatter_rank(
         [D[n] for n in names], [decrease[n] for n in names], names,
-        xlabel="D = ||mu+ - mu-|| (base model)", ylabel=f"train-loss decrease, {train.steps} steps",
-        title="Distinguishability vs learning (all weights)"),
-        "Each point is a behavior; the rank correlation tests the prediction.")
+        xlabel="D = ||mu+ - mu-|| (base model)", ylabel=f"train-loss decrease, {steps_run} steps",
+        title="Distinguishability vs learning (all weights), train rows", p=p, p_label="exact"),
+        "Each point is a behavior (train rows); the rank correlation tests the prediction, with "
+        "the exact permutation p of the headline.")
     if all(drift.values()):
         layers = sorted(next(iter(drift.values())))
         res.add_figure("layer_drift_by_distinguishability", plot_curves(

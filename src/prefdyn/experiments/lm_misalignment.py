@@ -70,7 +70,8 @@ def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedMode
     def tagged(tag):
         return _Tagged(sink, tag) if sink is not None else None
 
-    align_cfg = dataclasses.replace(train, steps=align_steps or train.steps)
+    # An explicit align_steps replaces train's steps and epochs for the alignment phase.
+    align_cfg = dataclasses.replace(train, steps=align_steps, epochs=None) if align_steps else train
     aligned = train_lm(loaded, task, align_cfg, preset, sink=tagged("align"), name="align")
     aligned_loaded = trained_loaded(loaded, aligned.run)
     release(aligned.run)
@@ -102,7 +103,8 @@ def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedMode
     faster = sum(v > 1 for v in finite)
     summary = {
         "mode": mode, "behaviors": names, "lr": aligned.run.lr, "beta": train.beta,
-        "steps": train.steps, "align_steps": align_cfg.steps, "batch_size": train.batch_size,
+        "steps": from_base.steps, "align_steps": aligned.steps, "epochs": train.epochs,
+        "batch_size": train.batch_size,
         "aligned_policy_acc": {n: float(align_acc[n][-1]) for n in names},
         M.SPEEDUP: speedup, M.MEAN_SPEEDUP: mean_speedup, "test_speedup": test_speedup,
         "steps_to_flip_from_base": flip_base, "steps_to_flip_from_aligned": flip_al,
@@ -118,8 +120,8 @@ def run_lm_misalignment(ws: Workspace, train: TrainConfig, *, loaded: LoadedMode
         title=f"Misalignment ({mode}): flipped labels from the base vs the aligned model",
         explanation=(
             f"{len(names)} behaviors ({', '.join(names)}) are aligned with {mode} DPO "
-            f"({align_cfg.steps} steps, AdamW lr {aligned.run.lr:g}, beta {train.beta}), then "
-            f"trained {train.steps} steps on flipped labels from the base model and from the "
+            f"({aligned.steps} steps, AdamW lr {aligned.run.lr:g}, beta {train.beta}), then "
+            f"trained {from_base.steps} steps on flipped labels from the base model and from the "
             "aligned model, each with its own start as the reference (the paper's protocol). "
             f"{SPEEDUP_TEXT}\n\n"
             "Unlike prefdyn's last-layer version (speed-up exactly 1 by construction), the hidden "

@@ -57,13 +57,14 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
         hi, lo = highest_gap_pair(ws), lowest_gap_pair(ws)
         pairs = [hi] if sorted(hi) == sorted(lo) else [hi, lo]
     labels = ["high gap", "low gap"][:len(pairs)] if len(pairs) <= 2 else [f"pair {k}" for k in range(len(pairs))]
-    rows, panels, summary_pairs = [], [], {}
+    rows, panels, summary_pairs, run_steps = [], [], {}, train.steps
     for label, pair in zip(labels, pairs):
         names = [ws.names[i] for i in pair]
         prio = pair_priority(ws, pair)
         run_name = "+".join(names)
         tr = train_lm(loaded, lm_task(ws, loaded, pair, name=run_name), train, preset, sink=sink,
                       name=run_name, snapshots=False)
+        run_steps = tr.steps  # with train.epochs, one epoch of this pair's rows
         steps, loss = tr.history.curves(M.LOSS, split="train_eval", by="group")
         _, test = tr.history.curves(M.LOSS, split="test", by="group")
         auc = {n: loss_auc(loss[n]) for n in names}
@@ -112,12 +113,13 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
         explanation=(
             "Each pair is mixed and trained jointly with DPO, updating "
             f"{'every weight' if preset.mode == 'full' else 'LoRA adapters'} (AdamW, lr "
-            f"{train.lr:g}, beta {train.beta:g}, {train.steps} steps of {train.batch_size} rows). "
+            f"{train.lr:g}, beta {train.beta:g}, {run_steps} steps of {train.batch_size} rows). "
             "Priority levels P_i = cos(b_bar, b_i) (Im & Li, Eq. 5) are measured on the base "
             "model's hidden states; Fig. 7 of the paper shows the higher-priority behavior of a "
             "high-gap pair learned first under full fine-tuning.\n\n" + " ".join(text)),
         summary={"pairs": summary_pairs, "mode": preset.mode, "lr": train.lr, "beta": train.beta,
-                 "steps": train.steps, "batch_size": train.batch_size, "preset": preset},
+                 "steps": run_steps, "epochs": train.epochs, "batch_size": train.batch_size,
+                 "preset": preset},
         headlines=headlines)
     res.add_figure("fig7_priority_pairs", plot_grid(panels, ncols=2, panel_size=(5.6, 3.8)),
                    "Per-behavior DPO loss inside each joint run (solid train rows, dashed test "

@@ -17,6 +17,7 @@ from torch import Tensor
 from prefdyn._runtime import resolve_device
 from prefdyn.data import BehaviorData, TaskConfig, build_behaviors, load_demo, load_persona_dir
 from prefdyn.embeddings import cached_embeddings
+from prefdyn.errors import DataError
 from prefdyn.experiments.config import DataConfig, ModelConfig
 from prefdyn.models import LoadedModel, answer_token_ids, load_model, unembedding
 from prefdyn.policies.last_layer import LastLayerData, stack_problems
@@ -104,6 +105,11 @@ class Workspace:
 def load_items(data: DataConfig):
     """Persona items by behavior: the bundled demo set or a folder of persona files."""
     if data.path is None:
+        demo = set(load_demo().keys()) if data.behaviors else set()
+        missing = [b for b in data.behaviors or [] if b not in demo]
+        if missing:
+            raise DataError(f"the bundled demo data has no file for {', '.join(missing)}; give the "
+                            "persona folder with --data (e.g. --data ../shared/data/persona)")
         return load_demo(data.behaviors)
     return load_persona_dir(data.path, data.behaviors)
 

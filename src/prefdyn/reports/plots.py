@@ -309,13 +309,20 @@ def plot_pair_curves(steps: Steps, curves_a: Mapping[str, ArrayLike],
 def plot_scatter_rank(x: ArrayLike, y: ArrayLike, labels: Sequence[str] | None = None, *,
                       xlabel: str = "", ylabel: str = "", title: str = "",
                       figsize: tuple[float, float] | None = None,
-                      ax: Axes | None = None) -> Figure:
-    """Scatter with labelled points, a least-squares line and Spearman's rho in the title."""
+                      ax: Axes | None = None, p: float | None = None,
+                      p_label: str = "") -> Figure:
+    """Scatter with labelled points, a least-squares line and Spearman's rho in the title.
+
+    ``p``: the p-value to print, from the caller's test (e.g. an exact permutation p for a
+    few points, where scipy's t approximation says p < 0.001 for n = 3), so that the plot
+    shows the same test as the headline; ``p_label`` names it ("exact"). Default: scipy's."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be 1-D and the same length, got {x.shape} and {y.shape}")
-    rho, p = spearman(x, y)
-    stat = (f"Spearman ρ = {rho:.2f}, {_format_p(p)}, n = {len(x)}" if np.isfinite(rho)
+    rho, scipy_p = spearman(x, y)
+    p = scipy_p if p is None else p
+    p_text = f"{p_label} {_format_p(p)}".strip()
+    stat = (f"Spearman ρ = {rho:.2f}, {p_text}, n = {len(x)}" if np.isfinite(rho)
             else f"Spearman ρ = n/a, n = {len(x)}")
     with style():
         fig, ax = _new_axes(ax, figsize or (5.6, 4.0))
