@@ -1,7 +1,6 @@
 """The paper presets against Im & Li's stated numbers, the quick presets' one-epoch bound, the
 not-the-paper's-setting warning and one p-value per quantity in lm distinguishability."""
 
-import dataclasses
 import math
 
 import pytest

@@ -66,7 +66,7 @@ def run_distribution_change(ws: Workspace, train: TrainConfig, *, sink=None, loa
     final_loss = tr.history.last(M.LOSS, split="train_eval", by="group")
 
     summary = {"behaviors": names, "mode": preset.mode, "lr": train.lr, "beta": train.beta,
-               "steps": train.steps, "batch_size": train.batch_size,
+               "steps": tr.steps, "batch_size": train.batch_size,
                "snapshot_steps": sorted(snaps.snapshots), "probe_rows": len(snaps.probe),
                "probe_split": preset.probe_split, "change": change,
                "D_grew": D_grew, "scale_free_D_grew": sfD_grew, "more_concentrated": tighter,
@@ -84,7 +84,7 @@ def run_distribution_change(ws: Workspace, train: TrainConfig, *, sink=None, loa
         explanation=(
             f"The behaviors {', '.join(names)} are trained jointly with DPO "
             f"({'every weight' if preset.mode == 'full' else 'LoRA adapters'}, AdamW, lr "
-            f"{train.lr:g}, beta {train.beta:g}, {train.steps} steps of {train.batch_size} rows). "
+            f"{train.lr:g}, beta {train.beta:g}, {tr.steps} steps of {train.batch_size} rows). "
             f"The last hidden state g(x) of {len(snaps.probe)} fixed probe prompts "
             f"({preset.probe_split} rows) is taken at steps {sorted(snaps.snapshots)}. Im & Li "
             "(Fig. 8) find that DPO makes each behavior's two classes more distinguishable and "
