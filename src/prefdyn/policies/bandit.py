@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from prefdyn.data.tasks import BehaviorData
 from prefdyn.errors import PrefdynError
+from prefdyn.policies._rows import ShuffledRows
 from prefdyn.losses.bandit import BanditLogps
 from prefdyn.losses.policy_gradient import RolloutLogps
 from prefdyn.models.tokens import answer_token_ids
@@ -41,7 +42,7 @@ class BanditBatch:
         return len(self.rows)
 
 
-class BanditStream:
+class BanditStream(ShuffledRows):
     """Endless shuffled batches of bandit prompts, epoch by epoch, resumable
     (``state()`` / ``load_state()``). ``prompt_ids``: token ids of each prompt (already
     templated); ``targets``: the rewarded answer token of each (reward ``hit``, every
@@ -60,17 +61,11 @@ class BanditStream:
             raise PrefdynError(f"batch_size must be >= 1, got {batch_size}")
         self.prompt_ids = [list(p) for p in prompt_ids]
         self.table = target_token_rewards(torch.tensor(list(targets)), vocab_size, hit=hit, miss=miss)
-        self.pad_id, self.batch_size, self.seed = pad_id, min(batch_size, len(prompt_ids)), seed
-        self.generator = torch.Generator().manual_seed(seed)
-        self._restart(0, 0)
+        self.pad_id, self.batch_size = pad_id, min(batch_size, len(prompt_ids))
+        super().__init__(len(self.prompt_ids), self.batch_size, seed)
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
-
-    def _restart(self, epoch: int, position: int) -> None:
-        self.epoch, self.position = epoch, position
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        self.order = torch.randperm(len(self), generator=gen).tolist()
 
     def collate(self, rows: Sequence[int], sample_seed: int = 0) -> BanditBatch:
         width = max(len(self.prompt_ids[r]) for r in rows)
@@ -83,24 +78,9 @@ class BanditStream:
         rows_t = torch.tensor(list(rows))
         return BanditBatch(ids, mask, self.table[rows_t], rows_t, sample_seed)
 
-    def __iter__(self):
-        return self
-
     def __next__(self) -> BanditBatch:
-        if self.position >= len(self):
-            self._restart(self.epoch + 1, 0)
-        rows = self.order[self.position:self.position + self.batch_size]
-        self.position += len(rows)
+        rows = self.next_rows()
         return self.collate(rows, int(torch.randint(2**62, (), generator=self.generator)))
-
-    def state(self) -> dict:
-        """JSON-serializable (it goes into a checkpoint's state.json)."""
-        return {"epoch": self.epoch, "position": self.position,
-                "generator": self.generator.get_state().tolist()}
-
-    def load_state(self, state: dict) -> None:
-        self._restart(int(state["epoch"]), int(state["position"]))
-        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
 def persona_bandit_stream(data: BehaviorData, model: nn.Module, tokenizer, *, batch_size: int,

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from prefdyn.errors import PrefdynError
+from prefdyn.policies._rows import ShuffledRows
 from prefdyn.losses.policy_gradient import RolloutLogps
 
 
@@ -69,7 +70,7 @@ def _response_mask(response_ids: Tensor, eos_id: int | None) -> Tensor:
     return ((is_eos.cumsum(-1) - is_eos) == 0).long()
 
 
-class RolloutStream:
+class RolloutStream(ShuffledRows):
     """Endless on-policy batches: ``prompts_per_batch`` prompts (shuffled, epoch by epoch)
     x ``group_size`` samples each. ``reward`` is ``(prompts, responses, references) ->
     (N,)`` (a :func:`prefdyn.rewards.get_reward`); ``references`` one per prompt (or None)."""
@@ -99,24 +100,10 @@ class RolloutStream:
         self.group_size, self.prompts_per_batch = group_size, min(prompts_per_batch, len(prompts))
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = (
             max_new_tokens, temperature, top_k, top_p)
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
-        self._restart(0, 0)
-
-    def _restart(self, epoch: int, position: int) -> None:
-        self.epoch, self.position = epoch, position
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        self.order = torch.randperm(len(self.prompts), generator=gen).tolist()
-
-    def __iter__(self):
-        return self
+        super().__init__(len(self.prompts), self.prompts_per_batch, seed)
 
     def __next__(self) -> RolloutBatch:
-        if self.position >= len(self.prompts):
-            self._restart(self.epoch + 1, 0)
-        rows = self.order[self.position:self.position + self.prompts_per_batch]
-        self.position += len(rows)
-        return self.sample(rows)
+        return self.sample(self.next_rows())
 
     @torch.no_grad()
     def sample(self, rows: Sequence[int]) -> RolloutBatch:
@@ -158,15 +145,6 @@ class RolloutStream:
         groups = torch.arange(len(rows)).repeat_interleave(k)
         return RolloutBatch(out, full_mask, response_mask, L, rewards.to(device), groups.to(device),
                             torch.tensor(list(rows)), texts, ref_logps)
-
-    def state(self) -> dict:
-        """JSON-serializable (it goes into a checkpoint's state.json)."""
-        return {"epoch": self.epoch, "position": self.position,
-                "generator": self.generator.get_state().tolist()}
-
-    def load_state(self, state: dict) -> None:
-        self._restart(int(state["epoch"]), int(state["position"]))
-        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
 class RolloutPolicy:
