@@ -53,7 +53,7 @@ setup() {
   if ! "$PY" - "$here" <<'PYEOF' 2>/dev/null
 import sys, importlib.util, pathlib
 import prefdyn, pytest, typer, transformers, gguf, peft, accelerate, yaml, matplotlib, safetensors, scipy
-assert all(importlib.util.find_spec(m) for m in ("tensorboard", "umap"))
+assert all(importlib.util.find_spec(m) for m in ("tensorboard", "umap", "trl", "datasets"))
 assert pathlib.Path(prefdyn.__file__).resolve().is_relative_to(pathlib.Path(sys.argv[1]) / "src")
 PYEOF
   then
