@@ -2,6 +2,7 @@
 
 from prefdyn.tracking.boundary import BoundaryRecorder
 from prefdyn.tracking.callbacks import Callback, CallbackList
+from prefdyn.tracking.concepts import ConceptTracker, read_concepts, read_pair_logps
 from prefdyn.tracking.displacement import DisplacementMonitor
 from prefdyn.tracking.evaluate import PairScores, answer_logprobs, pair_metrics, score_pairs
 from prefdyn.tracking.history import History
@@ -9,6 +10,6 @@ from prefdyn.tracking.last_layer import LastLayerTracker, class_mean_difference
 from prefdyn.tracking.lm_metrics import LMEvalTracker
 from prefdyn.tracking.run_dir import RunDir, read_metrics
 
-__all__ = ["BoundaryRecorder", "Callback", "CallbackList", "DisplacementMonitor", "History", "PairScores", "answer_logprobs",
+__all__ = ["BoundaryRecorder", "Callback", "CallbackList", "ConceptTracker", "DisplacementMonitor", "History", "PairScores", "answer_logprobs",
            "pair_metrics", "score_pairs", "LastLayerTracker", "LMEvalTracker", "RunDir",
-           "class_mean_difference", "read_metrics"]
+           "class_mean_difference", "read_concepts", "read_metrics", "read_pair_logps"]

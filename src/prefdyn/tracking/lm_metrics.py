@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from prefdyn.tracking.callbacks import Callback
-from prefdyn.tracking.evaluate import Objective, pair_metrics, score_pairs
+from prefdyn.tracking.evaluate import Objective, PairScores, pair_metrics, score_pairs
 from prefdyn.tracking.history import History
 from prefdyn.policies.lm import LMPolicy, reference_logps, to_device
 
@@ -117,6 +117,11 @@ class LMEvalTracker(Callback):
         if self._last_step is not None and state.step != self._last_step and state.error is None:
             self.record(state.step, policy)
 
+    def scored(self, step: int, split: str, scores: PairScores, values: dict[str, Tensor]) -> None:
+        """Called with every split's scores and per-pair metrics as they are measured; a
+        subclass records more of them here (e.g. :class:`~prefdyn.tracking.concepts.ConceptTracker`)
+        without scoring the pairs a second time."""
+
     @torch.no_grad()
     def record(self, step: int, policy: LMPolicy) -> None:
         """Evaluate every split now and add the records to the history."""
@@ -124,6 +129,7 @@ class LMEvalTracker(Callback):
         for split, batches in self.splits.items():
             scores = score_pairs(policy, batches)
             values, rows = pair_metrics(scores, self.objective), scores.rows
+            self.scored(step, split, scores, values)
             groups = self.row_groups[rows] if self.row_groups is not None else None
             whole, per = group_means(values, groups, len(self.group_names))
             self.history.add({**base, "split": split, "group": None, "n": len(rows), **whole})
