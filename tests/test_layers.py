@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"policies"},
     {"tracking"},
     {"training"},
+    {"integrations"},
     {"reports"},
     {"experiments"},
     {"cli"},

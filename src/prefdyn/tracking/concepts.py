@@ -38,10 +38,11 @@ from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker, group_means
 
 __all__ = ["CONCEPTS_FILE", "CONCEPT_METRICS", "PAIR_LOGPS_FILE", "ConceptFiles", "ConceptTracker",
-           "concept_means", "read_concepts", "read_pair_logps"]
+           "DIAGNOSIS_SCHEMA", "concept_means", "read_concepts", "read_diagnosis", "read_pair_logps"]
 
 CONCEPTS_FILE = "concepts.jsonl"
 PAIR_LOGPS_FILE = "pair_logps.json"
+DIAGNOSIS_SCHEMA = "prefdyn.diagnosis/1"
 CONCEPT_METRICS: dict[str, str] = {"loss": M.LOSS, "margin": M.MARGIN, "accuracy": M.REWARD_ACC}
 """Name in ``concepts.jsonl`` -> name in the metric vocabulary."""
 
@@ -163,3 +164,32 @@ def read_pair_logps(folder: str | Path) -> dict[str, np.ndarray]:
     if len({len(v) for v in out.values()}) != 1:
         raise PrefdynError(f"{path}: the lists have different lengths")
     return out
+
+
+def read_diagnosis(path: str | Path) -> dict[str, Any]:
+    """A ``diagnosis.json`` of ``prefdyn diagnose``, checked for what a run and
+    ``prefdyn compare`` read of it: the schema tag, the concepts (assignment and items)
+    and the risky pairs."""
+    path = Path(path)
+    try:
+        diagnosis = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PrefdynError(f"{path}: not a readable diagnosis.json ({e})") from e
+    if diagnosis.get("schema") != DIAGNOSIS_SCHEMA:
+        raise PrefdynError(f"{path}: schema {diagnosis.get('schema')!r}, expected {DIAGNOSIS_SCHEMA!r}")
+    try:
+        concepts, pairs = diagnosis["concepts"], diagnosis["pairs"]
+        assignment, items, risky = concepts["assignment"], concepts["items"], pairs["risky"]
+        ranks = [item["predicted_rank"] for item in items]
+        _ = [item["name"] for item in items]
+    except (KeyError, TypeError) as e:
+        raise PrefdynError(f"{path}: missing field {e} of the diagnosis schema") from e
+    n = diagnosis.get("data", {}).get("n_pairs", len(assignment))
+    if len(assignment) != n or any(not 0 <= a < len(items) for a in assignment):
+        raise PrefdynError(f"{path}: concepts.assignment must give each of the {n} pairs one of "
+                           f"the {len(items)} concepts")
+    if any(not isinstance(r, int) or not 1 <= r <= len(items) for r in ranks):
+        raise PrefdynError(f"{path}: predicted_rank must rank the concepts 1..{len(items)}, got {ranks}")
+    if any(not 0 <= i < n for i in risky):
+        raise PrefdynError(f"{path}: pairs.risky holds indices outside 0..{n - 1}")
+    return diagnosis
