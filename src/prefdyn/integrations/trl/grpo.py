@@ -74,7 +74,9 @@ class RewardSpreadCallback(TrainerCallback):
         @functools.wraps(reward_func)
         def watched(prompts, completions, **kwargs):
             rewards = reward_func(prompts=prompts, completions=completions, **kwargs)
-            self.observe(prompts, rewards, step=getattr(kwargs.get("trainer_state"), "global_step", None),
+            state = kwargs.get("trainer_state")
+            # The rewards feed the next optimizer step, the one TRL logs them under.
+            self.observe(prompts, rewards, step=None if state is None else state.global_step + 1,
                          log_metric=kwargs.get("log_metric"))
             return rewards
 
