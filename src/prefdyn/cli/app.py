@@ -11,6 +11,7 @@ from rich.logging import RichHandler
 
 from prefdyn.cli._generate import add_experiment_commands, sweep_command
 from prefdyn.cli._options import console, user_errors
+from prefdyn.cli.compare import compare_command
 from prefdyn.cli.filter import filter_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -35,6 +36,7 @@ def info() -> None:
 
 
 app.command("filter")(filter_command)
+app.command("compare")(compare_command)
 add_experiment_commands(app)
 app.command("sweep", context_settings={"allow_extra_args": False})(sweep_command)
 
