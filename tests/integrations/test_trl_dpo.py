@@ -73,8 +73,14 @@ def test_concepts_from_a_column_a_list_or_a_diagnosis(tmp_path):
     assert resolve_concepts(None, data)[1] == ["all"]
     with pytest.raises(DataError, match="neither a column"):
         resolve_concepts("topic", data)
+    diagnosis = str(_diagnosis(tmp_path / "d.json", [0, 1, 0], ["x", "y"]))
     with pytest.raises(DataError, match="3 concept assignments for 8 pairs"):
-        resolve_concepts(str(_diagnosis(tmp_path / "d.json", [0, 1, 0], ["x", "y"])), data)
+        resolve_concepts(diagnosis, data)
+    # a subset of a diagnosed data set: each row names its pair
+    subset = data.select(range(2)).add_column("pair", [2, 1])
+    assert resolve_concepts(diagnosis, subset, pair_index=[2, 1])[0].tolist() == [0, 1]
+    with pytest.raises(DataError, match="pair index 5"):
+        resolve_concepts(diagnosis, subset, pair_index=[5, 1])
     # round-robin over the concepts: concept 0 has rows 0 and 3, concept 1 rows 1, 2, 4
     assert probe_indices(3, torch.tensor([0, 1, 1, 0, 1])) == [0, 1, 3]
     assert probe_indices([4, 2], torch.tensor([0, 1, 1, 0, 1])) == [2, 4]
@@ -115,6 +121,16 @@ def test_callback_numbers_equal_prefdyns_own_tracker_on_the_trained_model(full_r
     model_records = [r for r in records if r["split"] == "probe_model"]
     assert len(model_records) == 3 and len(model_records[-1]["top_gain_tokens"]) == 10
     assert json.loads((run / "summary.json").read_text())["step"] == 3
+
+
+def test_compare_reads_the_trl_run_folder(full_run):
+    from prefdyn.experiments.compare import compare_run
+
+    _, _, run = full_run
+    cmp = compare_run(run.parent / "diagnosis.json", run)
+    assert {r["name"]: r["n_probe"] for r in cmp.concepts} == {"odd_len": 3, "even_len": 3}
+    assert cmp.risk["n_probe"] == 6 and cmp.risk["n_fell"] == 0  # no chosen log-prob fell here
+    assert cmp.risk["n_hits"] == 0 and cmp.risk["precision"] == 0.0
 
 
 def test_lora_run_measures_against_disabled_adapters(tmp_path):

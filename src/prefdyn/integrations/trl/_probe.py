@@ -25,15 +25,18 @@ from prefdyn.training.lm_data import collate_pairs
 TRL_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
-def resolve_concepts(concepts: Any, dataset: Any, names: Sequence[str] | None = None
-                     ) -> tuple[Tensor, list[str]]:
-    """(concept of every pair (N,) long, concept names) from ``concepts``:
+def resolve_concepts(concepts: Any, dataset: Any, names: Sequence[str] | None = None, *,
+                     pair_index: Sequence[int] | None = None) -> tuple[Tensor, list[str]]:
+    """(concept of every row of ``dataset`` (N,) long, concept names) from ``concepts``:
 
     * None: one concept, ``"all"``;
     * a path to a ``diagnosis.json`` (``prefdyn diagnose``): its assignment and names;
     * the name of a column of ``dataset`` (a category, a source): one concept per value,
       in sorted order;
-    * a sequence of N ints, named by ``names`` (default ``concept_<i>``).
+    * a sequence of ints, one per pair, named by ``names`` (default ``concept_<i>``).
+
+    A diagnosis or a list is indexed by the rows' pair indices ``pair_index`` (default: the
+    row positions, and then it must cover exactly the data set's rows).
     """
     n = len(dataset)
     if concepts is None:
@@ -53,14 +56,29 @@ def resolve_concepts(concepts: Any, dataset: Any, names: Sequence[str] | None = 
     else:
         assignment = list(concepts)
         names = list(names) if names is not None else [f"concept_{i}" for i in range(max(assignment) + 1)]
-    if len(assignment) != n:
-        raise DataError(f"{len(assignment)} concept assignments for {n} pairs in the trainer's "
-                        "train_dataset: the diagnosis must be of the same data, in the same order")
-    return torch.as_tensor(assignment, dtype=torch.long), names
+    if pair_index is None:
+        if len(assignment) != n:
+            raise DataError(f"{len(assignment)} concept assignments for {n} pairs in the trainer's "
+                            "train_dataset: the diagnosis must be of the same data, in the same order "
+                            "(or name the column of pair indices: index_column)")
+        pair_index = range(n)
+    elif max(pair_index) >= len(assignment):
+        raise DataError(f"pair index {max(pair_index)} but {len(assignment)} concept assignments: "
+                        "the diagnosis must be of the same data")
+    table = torch.as_tensor(assignment, dtype=torch.long)
+    return table[torch.as_tensor(list(pair_index), dtype=torch.long)], names
+
+
+def by_pair(concept_of_row: Tensor, pair_index: Sequence[int]) -> Tensor:
+    """The concepts indexed by pair index (what a batch's ``rows`` hold); pairs that are not
+    rows of the data set get concept 0 (they are never scored)."""
+    table = torch.zeros(max(pair_index) + 1, dtype=torch.long)
+    table[torch.as_tensor(list(pair_index), dtype=torch.long)] = concept_of_row
+    return table
 
 
 def probe_indices(probe: int | Sequence[int], concepts: Tensor) -> list[int]:
-    """The probe pairs: ``probe`` itself when it lists indices; for an int n, n pairs taken
+    """The probe rows: ``probe`` itself when it lists positions; for an int n, n rows taken
     round-robin over the concepts (the first pair of each, then the second, ...), so a
     small probe still covers every concept."""
     if not isinstance(probe, int):
@@ -72,18 +90,21 @@ def probe_indices(probe: int | Sequence[int], concepts: Tensor) -> list[int]:
     return sorted(i for _, _, i in order[:probe])
 
 
-def pair_batches(dataset: Any, indices: Sequence[int], pad_id: int, batch_size: int) -> list[PairBatch]:
-    """The probe pairs of a DPOTrainer's tokenized ``train_dataset`` as fixed
-    :class:`PairBatch`es whose ``rows`` are the pair indices."""
+def pair_batches(dataset: Any, positions: Sequence[int], pad_id: int, batch_size: int,
+                 pair_index: Sequence[int] | None = None) -> list[PairBatch]:
+    """The probe rows (``positions`` in a DPOTrainer's tokenized ``train_dataset``) as fixed
+    :class:`PairBatch`es whose ``rows`` are the pairs' indices (``pair_index`` of each
+    position; default the positions themselves)."""
     missing = [c for c in TRL_COLUMNS if c not in (getattr(dataset, "column_names", None) or [])]
     if missing:
         raise DataError(f"the trainer's train_dataset has no {missing} columns: attach the callback "
                         "to a DPOTrainer after it was built (it tokenizes the data set)")
-    rows = dataset.select(indices)
+    rows = dataset.select(positions)
     encoded = [(p + c, len(p), p + r, len(p))
                for p, c, r in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"])]
-    return [collate_pairs(encoded[s:s + batch_size], indices[s:s + batch_size], pad_id)
-            for s in range(0, len(indices), batch_size)]
+    index = [pair_index[i] for i in positions] if pair_index is not None else list(positions)
+    return [collate_pairs(encoded[s:s + batch_size], index[s:s + batch_size], pad_id)
+            for s in range(0, len(index), batch_size)]
 
 
 def prompt_batch(batches: Sequence[PairBatch], pad_id: int) -> tuple[AnswerBatch, Tensor, Tensor]:

@@ -58,6 +58,7 @@ from prefdyn.tracking.run_dir import RunDir
 from prefdyn.training.lm_runner import LMTracker
 from prefdyn.integrations.trl._probe import (
     MemoryStart,
+    by_pair,
     pair_batches,
     probe_indices,
     prompt_batch,
@@ -114,13 +115,17 @@ class DPODynamicsCallback(TrainerCallback):
             data set, a list of ints (see :func:`~prefdyn.integrations.trl._probe.resolve_concepts`),
             or None for one concept.
         concept_names: names for a list of ints.
-        probe: the probe pairs: their indices, or how many (taken round-robin over the concepts).
+        probe: the probe pairs: their positions in the data set, or how many (taken round-robin
+            over the concepts).
         every: measure every ``every`` optimizer steps (and at the first and last).
         top_k: how many top-gaining tokens to record.
         distinguishability_every: measure ``D`` every this many steps (None: at the first and
             last measurement only; 0: never).
         batch_size: pairs per probe forward pass.
         objective: prefdyn's loss matching the trainer's (default: from ``trainer.args``).
+        index_column: a column of the data set holding each row's pair index in the
+            diagnosed data's load order, when the trainer sees a subset or another order
+            (default: the row's position).
     """
 
     prefix = "prefdyn/"
@@ -128,22 +133,25 @@ class DPODynamicsCallback(TrainerCallback):
     def __init__(self, trainer: Any, run_dir: str | Path, *, concepts: Any = None,
                  concept_names: Sequence[str] | None = None, probe: int | Sequence[int] = 64,
                  every: int = 10, top_k: int = 10, distinguishability_every: int | None = None,
-                 batch_size: int = 8, objective: Any = None):
+                 batch_size: int = 8, objective: Any = None, index_column: str | None = None):
         if every < 1:
             raise PrefdynError(f"every must be >= 1, got {every}")
         self.trainer, self.every, self.dist_every = trainer, every, distinguishability_every
         dataset, tok = trainer.train_dataset, trainer.processing_class
         tok = getattr(tok, "tokenizer", tok)  # a processor wraps its tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        concept_of, names = resolve_concepts(concepts, dataset, concept_names)
-        self.indices = probe_indices(probe, concept_of)
-        self.batches = pair_batches(dataset, self.indices, pad_id, batch_size)
+        pair_index = list(dataset[index_column]) if index_column is not None else None
+        concept_of, names = resolve_concepts(concepts, dataset, concept_names, pair_index=pair_index)
+        positions = probe_indices(probe, concept_of)
+        self.batches = pair_batches(dataset, positions, pad_id, batch_size, pair_index)
+        self.indices = torch.cat([b.rows for b in self.batches]).tolist()  # pair indices
         self.run = RunDir(run_dir, config={"trainer": type(trainer).__name__, "probe": self.indices,
                                            "concepts": names, "every": every,
                                            "args": trainer.args.to_dict()}, seed=trainer.args.seed)
         self.history = History(self.run)
         self.tracker = ConceptTracker(objective or dpo_objective(trainer.args), self.batches,
-                                      concepts=concept_of, names=names, folder=run_dir,
+                                      concepts=by_pair(concept_of, pair_index or range(len(dataset))),
+                                      names=names, folder=run_dir,
                                       history=self.history, every=every, name="trl")
         prompts, first_chosen, first_rejected = prompt_batch(self.batches, pad_id)
         self.monitor = DisplacementMonitor(prompts, answer_logprobs, history=History(), every=every,
