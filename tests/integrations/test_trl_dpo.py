@@ -14,7 +14,7 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from prefdyn.errors import DataError, PrefdynError  # noqa: E402
 from prefdyn.integrations.trl import DPODynamicsCallback  # noqa: E402
-from prefdyn.integrations.trl._probe import probe_indices, resolve_concepts  # noqa: E402
+from prefdyn.integrations.trl._probe import probe_indices, resolve_concepts, truncate  # noqa: E402
 from prefdyn.losses import get_loss  # noqa: E402
 from prefdyn.policies.lm import LMPolicy, apply_lora  # noqa: E402
 from prefdyn.tracking import History, read_concepts, read_metrics, read_pair_logps  # noqa: E402
@@ -84,6 +84,16 @@ def test_concepts_from_a_column_a_list_or_a_diagnosis(tmp_path):
     # round-robin over the concepts: concept 0 has rows 0 and 3, concept 1 rows 1, 2, 4
     assert probe_indices(3, torch.tensor([0, 1, 1, 0, 1])) == [0, 1, 3]
     assert probe_indices([4, 2], torch.tensor([0, 1, 1, 0, 1])) == [2, 4]
+
+
+def test_probe_sequences_are_cut_as_trl_cuts_them():
+    ids = [1, 2, 3, 4, 5]  # prompt 1, 2; response 3, 4, 5
+    assert truncate(ids, 2, None, "keep_start") == (ids, 2)
+    assert truncate(ids, 2, 4, "keep_start") == ([1, 2, 3, 4], 2)
+    assert truncate(ids, 2, 4, "keep_end") == ([2, 3, 4, 5], 1)
+    assert truncate(ids, 2, 2, "keep_end") == ([4, 5], 0)
+    with pytest.raises(DataError, match="truncation_mode"):
+        truncate(ids, 2, 4, "middle")
 
 
 def test_callback_logs_through_the_trainer_and_keeps_its_own_logs(full_run):

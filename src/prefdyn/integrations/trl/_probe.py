@@ -90,17 +90,32 @@ def probe_indices(probe: int | Sequence[int], concepts: Tensor) -> list[int]:
     return sorted(i for _, _, i in order[:probe])
 
 
+def truncate(ids: list[int], n_prompt: int, max_length: int | None, mode: str) -> tuple[list[int], int]:
+    """(ids, prompt length) cut to ``max_length`` as TRL's ``DataCollatorForPreference`` cuts
+    each prompt+response sequence: its start kept (``keep_start``) or its end (``keep_end``)."""
+    if max_length is None or len(ids) <= max_length:
+        return ids, n_prompt
+    if mode == "keep_start":
+        return ids[:max_length], min(n_prompt, max_length)
+    if mode == "keep_end":
+        return ids[-max_length:], max(0, n_prompt - (len(ids) - max_length))
+    raise DataError(f"unknown truncation_mode {mode!r}: TRL has keep_start and keep_end")
+
+
 def pair_batches(dataset: Any, positions: Sequence[int], pad_id: int, batch_size: int,
-                 pair_index: Sequence[int] | None = None) -> list[PairBatch]:
+                 pair_index: Sequence[int] | None = None, *, max_length: int | None = None,
+                 truncation_mode: str = "keep_start") -> list[PairBatch]:
     """The probe rows (``positions`` in a DPOTrainer's tokenized ``train_dataset``) as fixed
     :class:`PairBatch`es whose ``rows`` are the pairs' indices (``pair_index`` of each
-    position; default the positions themselves)."""
+    position; default the positions themselves), each sequence truncated as TRL trains it
+    (:func:`truncate`)."""
     missing = [c for c in TRL_COLUMNS if c not in (getattr(dataset, "column_names", None) or [])]
     if missing:
         raise DataError(f"the trainer's train_dataset has no {missing} columns: attach the callback "
                         "to a DPOTrainer after it was built (it tokenizes the data set)")
     rows = dataset.select(positions)
-    encoded = [(p + c, len(p), p + r, len(p))
+    encoded = [(*truncate(p + c, len(p), max_length, truncation_mode),
+                *truncate(p + r, len(p), max_length, truncation_mode))
                for p, c, r in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"])]
     index = [pair_index[i] for i in positions] if pair_index is not None else list(positions)
     return [collate_pairs(encoded[s:s + batch_size], index[s:s + batch_size], pad_id)

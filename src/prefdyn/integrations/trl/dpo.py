@@ -31,8 +31,9 @@ The numbers go through the trainer's own logging (``Trainer.log``, so every
 and to prefdyn's run folder: ``metrics.jsonl`` (History records), ``concepts.jsonl``
 and ``pair_logps.json`` (read by ``prefdyn compare``), ``summary.json``.
 
-The probe is scored on the full sequences (no ``max_length`` truncation), in eval mode,
-without grad; the model's train mode is restored after.
+The probe's sequences are truncated as TRL truncates them (``max_length``,
+``truncation_mode``) and scored in eval mode, without grad; the model's train mode is
+restored after.
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ class DPODynamicsCallback(TrainerCallback):
         pair_index = list(dataset[index_column]) if index_column is not None else None
         concept_of, names = resolve_concepts(concepts, dataset, concept_names, pair_index=pair_index)
         positions = probe_indices(probe, concept_of)
-        self.batches = pair_batches(dataset, positions, pad_id, batch_size, pair_index)
+        self.batches = pair_batches(dataset, positions, pad_id, batch_size, pair_index,
+                                    max_length=getattr(trainer.args, "max_length", None),
+                                    truncation_mode=getattr(trainer.args, "truncation_mode", "keep_start"))
         self.indices = torch.cat([b.rows for b in self.batches]).tolist()  # pair indices
         self.run = RunDir(run_dir, config={"trainer": type(trainer).__name__, "probe": self.indices,
                                            "concepts": names, "every": every,
