@@ -159,6 +159,16 @@ def test_lora_run_measures_against_disabled_adapters(tmp_path):
     assert np.isfinite(read_concepts(tmp_path / "run")[1]["a"]["margin"]).all()
 
 
+def test_only_the_main_process_measures_and_writes(tmp_path):
+    model = tiny_llama().train()
+    trainer = _trainer(tmp_path, model, copy.deepcopy(model), steps=1)
+    trainer.is_world_process_zero = lambda: False  # what another rank sees
+    trainer.add_callback(DPODynamicsCallback(trainer, tmp_path / "run"))
+    trainer.train()
+    assert not (tmp_path / "run").exists()
+    assert not any(k.startswith("prefdyn/") for r in trainer.state.log_history for k in r)
+
+
 def test_unknown_loss_type_is_a_clear_error(tmp_path):
     model = tiny_llama().train()
     trainer = _trainer(tmp_path, model, copy.deepcopy(model), steps=1)

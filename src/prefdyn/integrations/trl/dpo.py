@@ -33,7 +33,8 @@ and ``pair_logps.json`` (read by ``prefdyn compare``), ``summary.json``.
 
 The probe's sequences are truncated as TRL truncates them (``max_length``,
 ``truncation_mode``) and scored in eval mode, without grad; the model's train mode is
-restored after.
+restored after. Under several processes (DDP) rank 0 measures and writes; a model
+sharded over processes (FSDP, ZeRO-3) is not supported.
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ class DPODynamicsCallback(TrainerCallback):
         if every < 1:
             raise PrefdynError(f"every must be >= 1, got {every}")
         self.trainer, self.every, self.dist_every = trainer, every, distinguishability_every
+        self.policy: LMPolicy | None = None
+        # Under several processes (DDP) rank 0 measures, logs and writes; the others idle.
+        self.active = bool(trainer.is_world_process_zero())
+        if not self.active:
+            return
         dataset, tok = trainer.train_dataset, trainer.processing_class
         tok = getattr(tok, "tokenizer", tok)  # a processor wraps its tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -160,7 +166,6 @@ class DPODynamicsCallback(TrainerCallback):
         self.monitor = DisplacementMonitor(prompts, answer_logprobs, history=History(), every=every,
                                            top_k=top_k, tokenizer=tok,
                                            pair_ids=lambda _: (first_chosen, first_rejected))
-        self.policy: LMPolicy | None = None
         self._last_step: int | None = None
         self.last: dict[str, Any] = {}
 
@@ -177,6 +182,8 @@ class DPODynamicsCallback(TrainerCallback):
     # -- the trainer's events ----------------------------------------------------------
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if not self.active:
+            return
         self.policy = self._policy()
         self.tracker.on_setup(self.policy)
         self.monitor.on_setup(self.policy)
@@ -184,11 +191,15 @@ class DPODynamicsCallback(TrainerCallback):
         self.measure(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.policy is None:
+            return
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
             self.measure(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.policy is not None and state.global_step != self._last_step:
+        if self.policy is None:
+            return
+        if state.global_step != self._last_step:
             self.measure(state.global_step)
         self.run.write_summary({"step": self._last_step, **self.last})
         self.run.close()
