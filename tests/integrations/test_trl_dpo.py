@@ -141,6 +141,10 @@ def test_compare_reads_the_trl_run_folder(full_run):
     assert {r["name"]: r["n_probe"] for r in cmp.concepts} == {"odd_len": 3, "even_len": 3}
     assert cmp.risk["n_probe"] == 6 and cmp.risk["n_fell"] == 0  # no chosen log-prob fell here
     assert cmp.risk["n_hits"] == 0 and cmp.risk["precision"] == 0.0
+    from prefdyn.experiments.compare import _probe_curves
+
+    steps, curves = _probe_curves(run)  # the run's chosen_fell curve, for the report
+    assert steps.tolist() == [0, 2, 3] and curves["all probe pairs"].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_lora_run_measures_against_disabled_adapters(tmp_path):

@@ -212,8 +212,25 @@ def compare_report(cmp: Comparison) -> Report:
                     "probe pairs": r["n_probe"], "final accuracy": _fmt(r["final_accuracy"], ".2f"),
                     "starved (predicted)": r["starved"]} for r in cmp.concepts])
     risk_section = report.section("Displacement risk", __doc__.split("**Displacement risk.**")[1].strip())
+    dynamics = _probe_curves(Path(cmp.run))
+    if dynamics:
+        risk_section.figure(plot_curves(*dynamics, ylabel="share of probe pairs",
+                                        title="Probe pairs whose chosen log-prob fell (chosen_fell)"))
     risk_section.table([{"quantity": k, "value": _fmt(risk[k]) if isinstance(risk[k], float) else risk[k]}
                         for k in ("n_probe", "n_fell", "n_risky_listed", "n_risky_probed", "n_hits",
                                   "precision", "recall", "base_rate", "lift", "p")])
     report.footer({"diagnosis": cmp.diagnosis, "run": cmp.run, "measure": cmp.measure})
     return report
+
+
+def _probe_curves(run: Path) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """(steps, {"all": chosen_fell}) of the run's whole-probe records in ``metrics.jsonl``
+    (a ConceptTracker or a TRL callback's split ``probe``), None when there are none."""
+    from prefdyn.tracking import History, read_metrics
+
+    if not (run / "metrics.jsonl").is_file():
+        return None
+    history = History()
+    history.records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("group") is None]
+    steps, curves = history.curves("chosen_fell", split="probe")
+    return (steps, {"all probe pairs": v for v in curves.values()}) if len(steps) else None
