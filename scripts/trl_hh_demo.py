@@ -7,9 +7,10 @@
     # 3. the predictions beside what happened
     prefdyn compare runs/hh-diag/diagnosis.json runs/hh-trl
 
-The run trains on the first ``--pairs`` pairs of the file in prefdyn's load order (the
-order ``prefdyn diagnose`` numbers them), each row carrying its pair index (the
-callback's ``index_column``), with the embedded SmolLM2-135M-Instruct (or ``--model``).
+The run trains on the first ``--pairs`` usable pairs of the file (both responses
+non-empty), each row carrying its record's index in the load order ``prefdyn diagnose``
+numbers them (the callback's ``index_column``), with the embedded SmolLM2-135M-Instruct
+(or ``--model``).
 
 ``--hand-made`` writes a stand-in diagnosis.json instead of step 1, so the loop runs
 where ``prefdyn diagnose`` is not available: the concepts are the sign of the length
@@ -28,30 +29,51 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 
-def hand_made_diagnosis(loaded, pairs, n_scored: int, path: Path, data: Path) -> Path:
+def load_records(path: Path) -> list:
+    """Every record of ``path`` as a pair, in the load order ``prefdyn diagnose`` numbers
+    them (record i is pair i; None where a record has no pair)."""
+    try:
+        from prefdyn.data import (
+            load_source,  # prefdyn diagnose's loader: keeps bad records
+        )
+        return list(load_source(path).pairs)
+    except ImportError:  # before it: the JSONL reader; a record's index from its line
+        from prefdyn.data import load_pairs
+
+        pairs = load_pairs(path, on_error="skip")
+        index = [int(p.source.rsplit(":", 1)[1]) - 1 for p in pairs]  # the file has no blank line
+        records: list = [None] * (max(index) + 1)
+        for i, p in zip(index, pairs):
+            records[i] = p
+        return records
+
+
+def hand_made_diagnosis(loaded, records: list, train: list[int], path: Path, data: Path) -> Path:
     """The stand-in diagnosis of the module docstring, in notes/diagnosis_schema.md's format;
-    CHES of the first ``n_scored`` pairs only (the ones trained on), null for the rest."""
+    CHES of the ``train`` pairs only, null for the rest."""
     import torch
 
     from prefdyn.diagnostics.ches import cached_pair_hidden_sums, ches_from_sums
 
-    longer = [int(len(p.chosen) <= len(p.rejected)) for p in pairs]  # 0: chosen longer
-    scores = ches_from_sums(*cached_pair_hidden_sums(loaded, pairs[:n_scored], batch_size=8, progress=True))
+    longer = [int(p is not None and len(p.chosen) <= len(p.rejected)) for p in records]  # 0: chosen longer
+    scores = ches_from_sums(*cached_pair_hidden_sums(loaded, [records[i] for i in train], batch_size=8,
+                                                     progress=True))
     norm = scores["ches_normalized"].double()
     threshold = float(torch.quantile(norm, 0.9))
-    rest = [None] * (len(pairs) - n_scored)
+    ches, ches_norm = [None] * len(records), [None] * len(records)
+    for i, c, n in zip(train, scores["ches"].tolist(), norm.tolist()):
+        ches[i], ches_norm[i] = c, n
     names = ["chosen longer", "chosen shorter"]
     path.write_text(json.dumps({
         "schema": "prefdyn.diagnosis/1",
-        "data": {"source": str(data), "format": "hh", "n_pairs": len(pairs), "fingerprint": "hand-made"},
+        "data": {"source": str(data), "format": "hh", "n_pairs": len(records), "fingerprint": "hand-made"},
         "model": loaded.name,
         "concepts": {"source": "column:length_sign", "k": 2, "assignment": longer,
                      "items": [{"name": n, "n": longer.count(i), "distinguishability": None,
                                 "priority": None, "predicted_rank": i + 1, "starved": False}
                                for i, n in enumerate(names)]},
-        "pairs": {"ches": scores["ches"].tolist() + rest, "ches_norm": norm.tolist() + rest,
-                  "risk_threshold": threshold,
-                  "risky": [i for i, v in enumerate(norm.tolist()) if v >= threshold]},
+        "pairs": {"ches": ches, "ches_norm": ches_norm, "risk_threshold": threshold,
+                  "risky": [i for i, v in zip(train, norm.tolist()) if v >= threshold]},
         "problems": [], "recommendations": [], "hand_made": True}))
     return path
 
@@ -76,17 +98,19 @@ def main() -> None:
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from prefdyn.data import load_pairs
     from prefdyn.integrations.trl import DPODynamicsCallback
     from prefdyn.models import load_model
 
-    pairs = load_pairs(args.data, on_error="skip")
+    records = load_records(args.data)
+    # DPOTrainer needs two non-empty responses; each row keeps its record's index.
+    train = [i for i, p in enumerate(records) if p is not None and p.chosen.strip() and p.rejected.strip()]
+    train = train[:args.pairs]
     loaded = load_model(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
-    diagnosis = args.diagnosis or hand_made_diagnosis(loaded, pairs, args.pairs, args.out / "diagnosis.json",
-                                                           args.data)
-    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "pair": i}
-            for i, p in enumerate(pairs[:args.pairs])]
+    diagnosis = args.diagnosis or hand_made_diagnosis(loaded, records, train, args.out / "diagnosis.json",
+                                                      args.data)
+    rows = [{"prompt": records[i].prompt, "chosen": records[i].chosen, "rejected": records[i].rejected,
+             "pair": i} for i in train]
     config = DPOConfig(output_dir=str(args.out / "trl"), per_device_train_batch_size=4, max_steps=args.steps,
                        learning_rate=5e-4, beta=0.1, max_length=args.max_length, report_to="none", use_cpu=True,
                        save_strategy="no", logging_steps=args.every, seed=0)

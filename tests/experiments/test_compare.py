@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from prefdyn.errors import PrefdynError
-from prefdyn.experiments.compare import compare_report, compare_run, learning_speed, measured_ranks, risk_precision
+from prefdyn.experiments.compare import (
+    compare_report,
+    compare_run,
+    learning_speed,
+    measured_ranks,
+    risk_precision,
+)
 
 
 def write_diagnosis(path, assignment, names, ranks, risky):

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 pytest.importorskip("trl")
-from datasets import Dataset  # noqa: E402
-from trl import DPOConfig, DPOTrainer  # noqa: E402
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
 
-from prefdyn.errors import DataError, PrefdynError  # noqa: E402
-from prefdyn.integrations.trl import DPODynamicsCallback  # noqa: E402
-from prefdyn.integrations.trl._probe import probe_indices, resolve_concepts, truncate  # noqa: E402
-from prefdyn.losses import get_loss  # noqa: E402
-from prefdyn.policies.lm import LMPolicy, apply_lora  # noqa: E402
-from prefdyn.tracking import History, read_concepts, read_metrics, read_pair_logps  # noqa: E402
-from prefdyn.tracking.lm_metrics import LMEvalTracker  # noqa: E402
-from tests._tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+from prefdyn.errors import DataError, PrefdynError
+from prefdyn.integrations.trl import DPODynamicsCallback
+from prefdyn.integrations.trl._probe import probe_indices, resolve_concepts, truncate
+from prefdyn.losses import get_loss
+from prefdyn.policies.lm import LMPolicy, apply_lora
+from prefdyn.tracking import History, read_concepts, read_metrics, read_pair_logps
+from prefdyn.tracking.lm_metrics import LMEvalTracker
+from tests._tiny import tiny_llama, tiny_tokenizer
 
 N = 8
 

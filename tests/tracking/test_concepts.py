@@ -9,7 +9,13 @@ from prefdyn.data.records import PreferencePair
 from prefdyn.errors import PrefdynError
 from prefdyn.losses import get_loss
 from prefdyn.losses.types import PreferenceLogps
-from prefdyn.tracking.concepts import ConceptFiles, ConceptTracker, concept_means, read_concepts, read_pair_logps
+from prefdyn.tracking.concepts import (
+    ConceptFiles,
+    ConceptTracker,
+    concept_means,
+    read_concepts,
+    read_pair_logps,
+)
 from prefdyn.tracking.evaluate import PairScores, pair_metrics
 from prefdyn.tracking.history import History
 from prefdyn.training import TrainConfig

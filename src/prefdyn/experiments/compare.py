@@ -224,8 +224,9 @@ def compare_report(cmp: Comparison) -> Report:
 
 
 def _probe_curves(run: Path) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
-    """(steps, {"all": chosen_fell}) of the run's whole-probe records in ``metrics.jsonl``
-    (a ConceptTracker or a TRL callback's split ``probe``), None when there are none."""
+    """(steps, {"all probe pairs": chosen_fell}) of the run's whole-probe records in
+    ``metrics.jsonl`` (split ``probe`` of its ConceptTracker, prefdyn's or the TRL
+    callback's), None when there are none."""
     from prefdyn.tracking import History, read_metrics
 
     if not (run / "metrics.jsonl").is_file():
@@ -233,4 +234,6 @@ def _probe_curves(run: Path) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
     history = History()
     history.records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("group") is None]
     steps, curves = history.curves("chosen_fell", split="probe")
-    return (steps, {"all probe pairs": v for v in curves.values()}) if len(steps) else None
+    if not curves:
+        return None
+    return steps, {"all probe pairs": next(iter(curves.values()))}

@@ -37,8 +37,18 @@ from prefdyn.tracking.evaluate import Objective, PairScores
 from prefdyn.tracking.history import History
 from prefdyn.tracking.lm_metrics import LMEvalTracker, group_means
 
-__all__ = ["CONCEPTS_FILE", "CONCEPT_METRICS", "PAIR_LOGPS_FILE", "ConceptFiles", "ConceptTracker",
-           "DIAGNOSIS_SCHEMA", "concept_means", "read_concepts", "read_diagnosis", "read_pair_logps"]
+__all__ = [
+    "CONCEPTS_FILE",
+    "CONCEPT_METRICS",
+    "DIAGNOSIS_SCHEMA",
+    "PAIR_LOGPS_FILE",
+    "ConceptFiles",
+    "ConceptTracker",
+    "concept_means",
+    "read_concepts",
+    "read_diagnosis",
+    "read_pair_logps",
+]
 
 CONCEPTS_FILE = "concepts.jsonl"
 PAIR_LOGPS_FILE = "pair_logps.json"

@@ -11,7 +11,11 @@ folder, so ``prefdyn compare`` reads TRL runs. TRL stays optional: this package 
 imports it (the callbacks read the trainer object they are given).
 """
 
-from prefdyn.integrations.trl.dpo import DPODynamicsCallback, dpo_objective, sequence_distinguishability
+from prefdyn.integrations.trl.dpo import (
+    DPODynamicsCallback,
+    dpo_objective,
+    sequence_distinguishability,
+)
 from prefdyn.integrations.trl.grpo import RewardSpreadCallback
 
 __all__ = ["DPODynamicsCallback", "RewardSpreadCallback", "dpo_objective", "sequence_distinguishability"]

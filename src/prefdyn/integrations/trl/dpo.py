@@ -45,19 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 from transformers import Trainer, TrainerCallback
 
 from prefdyn.diagnostics.distinguishability import behavior_stats
 from prefdyn.errors import PrefdynError
-from prefdyn.losses import get_loss
-from prefdyn.policies.lm import LMPolicy, PairBatch, to_device
-from prefdyn.tracking.concepts import ConceptTracker
-from prefdyn.tracking.displacement import DisplacementMonitor
-from prefdyn.tracking.evaluate import answer_logprobs, eval_mode
-from prefdyn.tracking.history import History
-from prefdyn.tracking.run_dir import RunDir
-from prefdyn.training.lm_runner import LMTracker
 from prefdyn.integrations.trl._probe import (
     MemoryStart,
     by_pair,
@@ -66,6 +57,14 @@ from prefdyn.integrations.trl._probe import (
     prompt_batch,
     resolve_concepts,
 )
+from prefdyn.losses import get_loss
+from prefdyn.policies.lm import LMPolicy, PairBatch, to_device
+from prefdyn.tracking.concepts import ConceptTracker
+from prefdyn.tracking.displacement import DisplacementMonitor
+from prefdyn.tracking.evaluate import answer_logprobs, eval_mode
+from prefdyn.tracking.history import History
+from prefdyn.tracking.run_dir import RunDir
+from prefdyn.training.lm_runner import LMTracker
 
 logger = logging.getLogger(__name__)
 

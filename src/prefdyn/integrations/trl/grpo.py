@@ -40,7 +40,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from prefdyn.diagnostics.reward_spread import frac_reward_zero_std, predicted_frac_zero_std
+from prefdyn.diagnostics.reward_spread import (
+    frac_reward_zero_std,
+    predicted_frac_zero_std,
+)
 from prefdyn.errors import PrefdynError
 from prefdyn.tracking.history import History
 from prefdyn.tracking.run_dir import RunDir
