@@ -1,7 +1,8 @@
 """A diagnosis checked against a training run (``prefdyn compare DIAGNOSIS RUN``).
 
 ``prefdyn diagnose`` predicts, before training, the order in which DPO learns the
-concepts of a data set and which pairs will lower the log-prob of their preferred
+concepts of a data set (Im & Li 2024, Sec. 1: "DPO is prone to prioritize learning
+behaviors with higher distinguishability") and which pairs will lower the log-prob of their preferred
 response. A run recorded by prefdyn (its own loop with
 :class:`~prefdyn.tracking.concepts.ConceptTracker`, or TRL with
 :mod:`prefdyn.integrations.trl`) leaves ``concepts.jsonl`` and ``pair_logps.json`` in its

@@ -13,7 +13,8 @@ a TRL run and a prefdyn run give the same numbers and the same run folder) and r
 * per concept and overall: the DPO loss, the reward margin ``beta * h`` and the reward
   accuracy (names: :mod:`prefdyn.tracking.metrics`), plus ``chosen_fell``, the share of
   probe pairs whose chosen log-prob fell below pi_ref's (likelihood displacement,
-  Razin et al. 2024);
+  Razin et al. 2024, talk slides: "However, the probability of preferred responses often
+  decreases!");
 * the tokens that gained the most log-probability after the probe prompts
   (:class:`~prefdyn.tracking.DisplacementMonitor` on the first response position);
 * ``delta_W_U = ||W_U(t) - W_U(0)||`` and the relative drift of each decoder block
@@ -21,10 +22,11 @@ a TRL run and a prefdyn run give the same numbers and the same run folder) and r
 * every ``distinguishability_every`` steps, the distinguishability ``D = ||mu+ - mu-||``
   (Im & Li 2024, Sec. 3, :func:`~prefdyn.diagnostics.distinguishability.behavior_stats`)
   of the probe's chosen against its rejected sequences, each represented by the last
-  hidden state at its last token (the input of ``W_U`` there). Im & Li classify prompts
-  by a single-token answer; this sequence-level version is prefdyn's extension for
-  multi-token pairs, a measure of how far the model's representations of the preferred
-  and the dispreferred responses are apart.
+  hidden state at its last token (the input of ``W_U`` there). Im & Li (Sec. 1): "We
+  characterize the data distributions through the lens of *preference
+  distinguishability*, which refers to how far apart the distributions for the preferred
+  and non-preferred responses are." They measure it on prompts whose answer is a single
+  token; this sequence-level version is prefdyn's extension for multi-token pairs.
 
 The numbers go through the trainer's own logging (``Trainer.log``, so every
 ``report_to`` backend and ``trainer.state.log_history`` get them, keys ``prefdyn/...``)
