@@ -29,7 +29,9 @@ _CONDITION = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
 
 
 class ThresholdCrossed(PrefdynError):
-    """A ``--fail-on`` condition held; the message is the one-line reason."""
+    """A ``--fail-on`` condition held; the message is the one-line reason (exit status 1)."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
