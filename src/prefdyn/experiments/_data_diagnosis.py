@@ -25,6 +25,7 @@ from prefdyn.diagnostics.multitoken import ConceptPriority, cached_concept_gram,
 from prefdyn.diagnostics.summary import LOW_PRIORITY
 from prefdyn.diagnostics.token_geometry import token_pair_geometry
 from prefdyn.embeddings import cached_embeddings
+from prefdyn.errors import DataError
 from prefdyn.models.tokens import unembedding
 
 SCHEMA = "prefdyn.diagnosis/1"
@@ -217,7 +218,9 @@ def diagnose_data(loaded, data: PairsData, s: DiagnoseSettings) -> DataDiagnosis
     bad = unusable_records(problems)
     usable = [i for i in range(len(data.pairs)) if i not in bad]
     if not usable:
-        raise_if_strict(problems, True, data.source)
+        raise DataError(f"none of the {len(data.pairs)} pairs can be run through the model "
+                        f"({len(problems)} problems, first: record {problems[0].record}: {problems[0].kind})",
+                        source=data.source)
     source, names, assignment, clustering = assign_concepts(loaded, data, usable, s)
     priority, starved = concept_dynamics(loaded, data, usable, assignment, len(names), s)
     ches, ches_norm, geometry, risky = displacement_risk(loaded, data, usable, s)

@@ -73,6 +73,8 @@ def run_any(ctx: RunContext) -> ExperimentResult:
     loaded = ctx.model()
     tokenizer = loaded.tokenizer if cfg.task.chat_template and loaded.has_chat_template else None
     data = load_source(cfg.data.path, split=p.split, limit=p.max_pairs, tokenizer=tokenizer)
+    if p.concept_column is not None:
+        data.column(p.concept_column)  # an unknown column fails before any model work
     settings = DiagnoseSettings(concept_column=p.concept_column, clusters=p.clusters,
                                 risk_threshold=p.risk_threshold, strict=p.strict, seed=cfg.seed,
                                 batch_size=cfg.model.batch_size, cache_dir=cfg.model.cache_dir,
