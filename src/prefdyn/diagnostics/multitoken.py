@@ -87,7 +87,7 @@ def concept_gram(model, tokenizer, pairs: Sequence[PreferencePair], concepts: Te
     counts = torch.bincount(concepts, minlength=k).double()
     buffers = torch.zeros(k, len(vocab), d, dtype=torch.float64)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.inference_mode(), _progress_bar(len(encoded), progress) as advance:
+    with torch.inference_mode(), _progress_bar(len(encoded), progress, "concept Gram") as advance:
         for batch in _length_sorted_batches([len(e[0]) for e in encoded], batch_size):
             width = max(len(encoded[j][0]) for j in batch)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

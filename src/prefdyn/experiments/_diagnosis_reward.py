@@ -55,7 +55,7 @@ def _sampled(loaded, prompts: list[str], refs: list[str], reward, *, k: int, max
     stream = RolloutStream(loaded.model, loaded.tokenizer, prompts, reward, references=refs, group_size=k,
                            prompts_per_batch=4, max_new_tokens=max_new_tokens, seed=seed)
     rows = []
-    with _progress_bar(len(prompts), progress) as advance:
+    with _progress_bar(len(prompts), progress, "reward samples") as advance:
         for start in range(0, len(prompts), 4):
             chunk = list(range(start, min(start + 4, len(prompts))))
             rows.append(stream.sample(chunk).rewards.reshape(len(chunk), k).cpu())
