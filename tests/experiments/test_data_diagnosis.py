@@ -76,3 +76,27 @@ def test_sampled_reward_spread_on_multi_token_pairs(tmp_path):
     assert out["records"] == [0, 1]  # distinct prompts only
     # Two random tokens never spell the reference: every sample scores 0, so no spread at all.
     assert out["std"] == [0.0, 0.0] and out["zero_std_share"] == 1.0
+
+
+def test_a_rerun_reuses_every_cached_stage(tmp_path, monkeypatch):
+    """An interrupted diagnosis loses nothing computed: prompt g(x), concept Gram and CHES sums
+    come from the store on the next run (no forward pass runs again)."""
+    import prefdyn.diagnostics.ches as ches
+    import prefdyn.diagnostics.multitoken as multitoken
+    import prefdyn.embeddings.cache as embedding_cache
+
+    loaded = tiny_loaded()
+    path = tmp_path / "pairs.jsonl"
+    prompts = ["Hi", "Hello there", "Be kind.", "What now?", "Tell me.", "Answer me."]
+    path.write_text("".join(json.dumps({"prompt": p, "chosen": " I like to help people.",
+                                        "rejected": f" No {i}."}) + "\n" for i, p in enumerate(prompts)))
+    settings = DiagnoseSettings(cache_dir=str(tmp_path / "cache"), clusters=2)
+    first = diagnose_data(loaded, load_source(path), settings).to_json()
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("recomputed a cached stage")
+
+    monkeypatch.setattr(multitoken, "concept_gram", no_forward)
+    monkeypatch.setattr(ches, "pair_hidden_sums", no_forward)
+    monkeypatch.setattr(embedding_cache, "extract_embeddings", no_forward)
+    assert diagnose_data(loaded, load_source(path), settings).to_json() == first

@@ -33,7 +33,7 @@ class DiagnoseParams:
     risk_threshold: float = 0.0
     reward: str | None = None
     reward_k: int = 4
-    reward_prompts: int = 16
+    reward_prompts: int = 8
     max_new_tokens: int = 16
     fail_on: str | None = None
     strict: bool = False

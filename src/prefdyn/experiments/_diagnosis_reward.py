@@ -68,7 +68,7 @@ def _sampled(loaded, prompts: list[str], refs: list[str], reward, *, k: int, max
 
 
 def reward_spread(loaded, data: PairsData, usable: list[int], single_token: bool, name: str, *,
-                  k: int = 4, max_new_tokens: int = 16, n_prompts: int = 16, seed: int = 0,
+                  k: int = 4, max_new_tokens: int = 16, n_prompts: int = 8, seed: int = 0,
                   progress: bool = False) -> dict[str, Any]:
     """The reward spread of the first ``n_prompts`` distinct prompts (module docstring)."""
     reward = get_reward(name)
