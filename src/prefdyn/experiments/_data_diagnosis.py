@@ -70,6 +70,12 @@ class DataDiagnosis:
     reward: dict[str, Any] | None = None
     recommendations: list[dict[str, Any]] = field(default_factory=list)
 
+    def examples(self) -> list[str | None]:
+        """Per concept, the end of its representative prompt (the medoid's; clusters only)."""
+        if self.clustering is None:
+            return [None] * len(self.concept_names)
+        return [_short(self.data.pairs[self.usable[m]].prompt) for m in self.clustering.medoids]
+
     @property
     def n_scored(self) -> int:
         return sum(v is not None for v in self.ches) + len(self.geometry_risk)
@@ -91,8 +97,8 @@ class DataDiagnosis:
         pr = self.priority.priority
         items = [{"name": name, "n": self.concept_n[c], "distinguishability": _num(pr.D[c]),
                   "priority": _num(pr.P[c]), "projection": _num(pr.projection[c]),
-                  "predicted_rank": self.priority.rank[c], "starved": self.starved[c]}
-                 for c, name in enumerate(self.concept_names)]
+                  "predicted_rank": self.priority.rank[c], "starved": self.starved[c], "example": example}
+                 for c, (name, example) in enumerate(zip(self.concept_names, self.examples()))]
         concepts: dict[str, Any] = {"source": self.concept_source, "k": len(self.concept_names),
                                     "assignment": self.assignment, "items": items,
                                     "priority_gap": [[_num(v) for v in row] for row in self.priority.gaps.gap]}
@@ -136,7 +142,8 @@ def data_problems(loaded, data: PairsData, strict: bool) -> list[Problem]:
 def assign_concepts(loaded, data: PairsData, usable: list[int], s: DiagnoseSettings
                     ) -> tuple[str, list[str], list[int], Clustering | None]:
     """(source, names, assignment, clustering): from ``s.concept_column``, else clusters of the
-    usable pairs' prompts (pairs not run through the model get concept -1)."""
+    usable pairs' prompts (pairs not run through the model get concept -1; each cluster's
+    representative prompt is :meth:`DataDiagnosis.examples`)."""
     if s.concept_column is not None:
         values = [str(v) for v in data.column(s.concept_column)]
         names = sorted(set(values))
@@ -148,11 +155,11 @@ def assign_concepts(loaded, data: PairsData, usable: list[int], s: DiagnoseSetti
     assignment = [-1] * len(data.pairs)
     for i, label in zip(usable, clustering.labels.tolist()):
         assignment[i] = label
-    names = [f"cluster {c + 1}: {_short(data.pairs[usable[m]].prompt)}" for c, m in enumerate(clustering.medoids)]
+    names = [f"cluster {c + 1}" for c in range(clustering.k)]
     return "clusters", names, assignment, clustering
 
 
-def _short(text: str, width: int = 48) -> str:
+def _short(text: str, width: int = 100) -> str:
     text = " ".join(text.split()[-12:])  # the end of a prompt says most about it
     return text if len(text) <= width else "..." + text[-(width - 3):]
 

@@ -112,9 +112,11 @@ def diagnosis_result(diag: DataDiagnosis, *, top_risky: int = 10) -> ExperimentR
                                                          threshold_label="risk threshold"),
                        "CHES per pair (Razin et al. 2024): above the threshold the pair is predicted to "
                        "lower the chosen response's likelihood.")
+    examples = diag.examples()
     res.tables.append(("Concepts, predicted learning order", [
         {"rank": diag.priority.rank[c], "concept": names[c], "n": diag.concept_n[c], "D": float(pr.D[c]),
-         "P": float(pr.P[c]), "projection": float(pr.projection[c]), "starved": diag.starved[c]}
+         "P": float(pr.P[c]), "projection": float(pr.projection[c]), "starved": diag.starved[c],
+         **({"representative prompt (end)": examples[c]} if examples[c] is not None else {})}
         for c in order]))
     if diag.clustering is not None:
         res.tables.append(("Choice of K (mean silhouette)", [
