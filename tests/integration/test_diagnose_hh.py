@@ -29,4 +29,4 @@ def test_diagnose_hh_rlhf_end_to_end(tmp_path):
     assert d["pairs"]["risky"] == [i for i, v in enumerate(ches) if v is not None and v > 0]
     assert d["metrics"]["ches_share"] == pytest.approx(len(d["pairs"]["risky"]) / len(d["pairs"]["usable"]))
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "Riskiest pairs by CHES" in html and "Pairwise priority gap" in html
+    assert "Riskiest pairs by CHES" in html and "row i is predicted to be learned before column j" in html
