@@ -23,7 +23,7 @@ from prefdyn.diagnostics.ches import cached_pair_hidden_sums, ches_from_sums
 from prefdyn.diagnostics.clusters import Clustering, choose_clusters
 from prefdyn.diagnostics.multitoken import ConceptPriority, cached_concept_gram, concept_priority
 from prefdyn.diagnostics.summary import LOW_PRIORITY
-from prefdyn.diagnostics.token_geometry import token_pair_geometry
+from prefdyn.diagnostics.token_geometry import predicted_gainers, token_pair_geometry
 from prefdyn.embeddings import cached_embeddings
 from prefdyn.errors import DataError
 from prefdyn.models.tokens import unembedding
@@ -178,21 +178,27 @@ def _single_token(tok, pair) -> tuple[int, int] | None:
 
 def displacement_risk(loaded, data: PairsData, usable: list[int], s: DiagnoseSettings):
     """Per pair: CHES and length-normalised CHES (multi-token pairs), the token-geometry
-    prediction (single-token pairs), and the risky pairs (CHES above the threshold, or
-    <W_y+, W_y-> > ||W_y+||^2)."""
+    prediction (single-token pairs: the logit of y+ itself falls to first order when
+    <W_y+, W_y-> > ||W_y+||^2, and the tokens predicted to gain most), and the risky pairs
+    (CHES above the threshold, or that geometry)."""
     n = len(data.pairs)
     ches, ches_norm = [None] * n, [None] * n
     geometry: dict[int, dict[str, Any]] = {}
     multi = []
+    by_tokens: dict[tuple[int, int], dict[str, Any]] = {}  # one geometry per (y+, y-)
     W_U = unembedding(loaded.model)
     for i in usable:
         tokens = _single_token(loaded.tokenizer, data.pairs[i])
         if tokens is None:
             multi.append(i)
             continue
-        geo = token_pair_geometry(W_U, *tokens)
-        geometry[i] = {"y_plus": geo.y_plus, "y_minus": geo.y_minus, "inner": geo.inner,
-                       "norm_plus_sq": geo.norm_plus_sq, "risky": geo.inner > geo.norm_plus_sq}
+        if tokens not in by_tokens:
+            geo = token_pair_geometry(W_U, *tokens)
+            gainers = predicted_gainers(W_U, *tokens, loaded.tokenizer, k=5)
+            by_tokens[tokens] = {"y_plus": geo.y_plus, "y_minus": geo.y_minus, "inner": geo.inner,
+                                 "norm_plus_sq": geo.norm_plus_sq, "risky": geo.inner > geo.norm_plus_sq,
+                                 "top_gainers": [text for _, text, _ in gainers]}
+        geometry[i] = by_tokens[tokens]
     if multi:
         sums = cached_pair_hidden_sums(loaded, [data.pairs[i] for i in multi], cache_dir=s.cache_dir,
                                        batch_size=s.batch_size, progress=s.progress)

@@ -123,7 +123,9 @@ def diagnosis_result(diag: DataDiagnosis, *, top_risky: int = 10) -> ExperimentR
             {"K": k, "silhouette": v, "chosen": k == diag.clustering.k} for k, v in diag.clustering.scores.items()]))
     if diag.risky or len(scores):
         res.tables.append((f"Riskiest pairs by CHES (top {top_risky})", _risky_rows(diag, top_risky)))
-    geo = [{"pair": i, **g} for i, g in diag.geometry_risk.items() if g["risky"]][:top_risky]
+    geo = [{"pair": i, **{k: v for k, v in g.items() if k != "top_gainers"},
+            "predicted top gainers": ", ".join(map(repr, g["top_gainers"]))}
+           for i, g in diag.geometry_risk.items() if g["risky"]][:top_risky]
     if geo:
         res.tables.append(("Single-token pairs predicted to displace (<W_y+, W_y-> > ||W_y+||^2)", geo))
     if diag.reward is not None:
