@@ -79,19 +79,28 @@ def experiment_command(spec: ExperimentSpec) -> Callable[..., None]:
     def command(**kwargs) -> None:
         experiment = {f: kwargs.pop(f"x_{f}") for f in own}
         preset, sets = kwargs.pop("preset"), kwargs.pop("set_") or []
+        data = kwargs.pop("x_data_argument", None)
         config_file, flags = flag_overrides(kwargs)
         if experiment:
             flags["experiment"] = experiment
+        if data is not None:
+            flags.setdefault("data", {})["path"] = data
         cfg = resolve_config(spec, preset=preset, config_file=config_file, flags=flags, sets=sets)
         result, out = run_spec(spec, cfg, progress=True)
         if spec.parts:
             console.print(f"[bold green]done[/bold green]: open {out / 'report.html'}")
         else:
             show_result(result, out)
+        if spec.check is not None:
+            spec.check(result)
 
     # x_ prefix: a params field may share a common option's name (theory grid's n vs --n)
     params = [inspect.Parameter(f"x_{f}", inspect.Parameter.KEYWORD_ONLY, default=None,
                                 annotation=_annotation(spec, f)) for f in own]
+    if spec.data_argument:
+        params.insert(0, inspect.Parameter("x_data_argument", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                           annotation=Annotated[Optional[str], typer.Argument(
+                                               metavar="DATA", help=spec.data_argument, show_default=False)]))
     return _with_signature(command, params + _shared_params(_preset_help(spec)), spec.help or spec.title)
 
 

@@ -30,7 +30,8 @@ def show_result(result, out) -> None:
 
 
 def user_errors(fn):
-    """Print a :class:`PrefdynError` as one red line (no traceback) and exit with 2."""
+    """Print a :class:`PrefdynError` as one red line (no traceback) and exit with its
+    ``exit_code`` (2 unless the error sets another)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -38,7 +39,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except PrefdynError as e:
             err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(e, "exit_code", 2)) from None
 
     return wrapper
 

@@ -96,7 +96,7 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[
 
 
 @contextmanager
-def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+def _progress_bar(total: int, enabled: bool, description: str = "embeddings") -> Iterator[Callable[[int], None]]:
     """A transient rich progress bar, or a no-op; yields ``advance(n)``."""
     if not enabled:
         yield lambda n: None
@@ -104,5 +104,5 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
-        task = bar.add_task("embeddings", total=total)
+        task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)

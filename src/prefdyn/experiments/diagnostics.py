@@ -1,13 +1,22 @@
-"""Diagnose a preference data set with a model before any training."""
+"""Diagnose a preference data set with a model before any training.
+
+Persona behaviors (the bundled demo or a persona folder) get Im & Li's quantities
+(:func:`run_diagnostics`, the demo's first part); any other pairs data gets prefdyn's
+general diagnosis (:mod:`prefdyn.experiments._diagnose_any`). Which one runs follows from
+what DATA is on disk (:func:`prefdyn.data.sources.detect_source`), never from a value's look.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from prefdyn.data.sources import detect_source
+from prefdyn.experiments._diagnose_any import OPTIONS, DiagnoseParams, check_fail_on, run_any
+from prefdyn.experiments.config import ExperimentConfig
 from prefdyn.experiments.distinguishability import diagnose_workspace
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
-from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, on_workspace, register
+from prefdyn.experiments.spec import ExperimentSpec, RunContext, on_workspace, register
 from prefdyn.losses import get_loss
 from prefdyn.policies.last_layer import LastLayerPolicy
 from prefdyn.reports import plot_bars, plot_heatmap, plot_projection_2d, subplots_grid
@@ -72,7 +81,31 @@ def run_diagnostics(ws: Workspace, train: TrainConfig, *, sink=None) -> Experime
     return res
 
 
+def is_persona(cfg: ExperimentConfig) -> bool:
+    """The persona path (Im & Li's exact quantities) for the bundled demo or a persona folder;
+    any other DATA is a pairs data set (decided by what DATA is, :func:`detect_source`)."""
+    return cfg.data.path is None or detect_source(cfg.data.path) == "persona"
+
+
+_run_persona = on_workspace(run_diagnostics)
+DIAGNOSE_ATTRIBUTION = (
+    "Theory: Im & Li, 'Understanding the Learning Dynamics of Alignment with Human Feedback', ICML 2024 "
+    "(for multi-token pairs, prefdyn's extension); CHES: Razin et al., 'Unintentional Unalignment', 2024. "
+    "Persona data (the bundled demo is prefdyn's own): Anthropic model-written evaluations "
+    "(Perez et al. 2022, arXiv 2212.09251), CC-BY-4.0.")
+
+
+def run_diagnose(ctx: RunContext) -> ExperimentResult:
+    """Persona data: Im & Li's diagnostics; any other pairs data: prefdyn's general diagnosis."""
+    return _run_persona(ctx) if is_persona(ctx.cfg) else run_any(ctx)
+
+
 SPEC = register(ExperimentSpec(
     name="diagnose", title="Before training: what the data predicts",
-    help="Before training: distinguishability, priority and Theorem 4.1's bound, ranked and explained.", run=on_workspace(run_diagnostics),
-    folder=lambda cfg: "diagnostics", last_layer=True, attribution=PERSONA_ATTRIBUTION))
+    help="Before training, for persona behaviors or any preference pairs (TRL/HH JSONL, Parquet, "
+         "datasets folder, hub id): what DPO learns first, what starves, which pairs displace, data problems.",
+    run=run_diagnose, params=DiagnoseParams, options=OPTIONS,
+    folder=lambda cfg: "diagnostics" if is_persona(cfg) else ".", last_layer=True, attribution=DIAGNOSE_ATTRIBUTION,
+    data_argument="Preference data: a JSONL[.gz], Parquet, JSON or CSV file, a datasets folder, a hub id, "
+                  "or a persona folder (default: the bundled persona demo).",
+    check=check_fail_on))

@@ -72,6 +72,11 @@ class ExperimentSpec:
     before config.yaml is written so that it records what ran."""
     parts: tuple[tuple[str, str, dict[str, Any]], ...] = ()
     """Suite only: (folder, spec name, params overrides) run in order into one report."""
+    data_argument: str | None = None
+    """When set (its help text), the verb takes an optional positional DATA that sets ``data.path``."""
+    check: Callable[[ExperimentResult], None] | None = None
+    """Called by the CLI after the run folder and report are written; raises a
+    :class:`~prefdyn.errors.PrefdynError` to exit non-zero (e.g. diagnose's ``--fail-on``)."""
 
     @property
     def key(self) -> str:
