@@ -14,6 +14,7 @@ from prefdyn.tracking.concepts import (
     ConceptTracker,
     concept_means,
     read_concepts,
+    read_diagnosis,
     read_pair_logps,
 )
 from prefdyn.tracking.evaluate import PairScores, pair_metrics
@@ -38,6 +39,9 @@ def test_concept_means_by_hand():
     assert per["b"] == {"loss": 2.5, "margin": 1.25, "accuracy": 1.0}
     assert math.isnan(per["c"]["loss"])  # no pair of concept c
     assert concept_means(values, torch.zeros(3, dtype=torch.long), ["all"])["all"]["loss"] == pytest.approx(7 / 3)
+    # -1: no concept (prefdyn diagnose could not run the pair); in no concept's numbers
+    assert concept_means(values, torch.tensor([-1, 0, 0]), ["all"])["all"]["loss"] == 3.0
+    assert concept_means(values, torch.tensor([-1, 0, 1]), ["a", "b"])["a"]["loss"] == 2.0
     with pytest.raises(PrefdynError, match="objective"):
         concept_means({"loss": values["loss"]}, torch.tensor([0, 0, 1]), ["a", "b"])
 
@@ -62,6 +66,19 @@ def test_files_round_trip(tmp_path):
     assert pl["chosen_start"].tolist() == [-1.5, -2.0] and pl["chosen_end"].tolist() == [-1.0, -3.0]
     ConceptFiles(tmp_path, torch.tensor([0, 1, 0, 0, 1]), ["a", "b"]).write(5, scores, values)
     assert read_concepts(tmp_path)[0].tolist() == [5]  # a new writer starts the file afresh
+
+
+def test_read_diagnosis_takes_minus_one_as_no_concept(tmp_path):
+    record = {"schema": "prefdyn.diagnosis/1", "data": {"n_pairs": 3},
+              "concepts": {"assignment": [0, -1, 0], "items": [{"name": "a", "predicted_rank": 1}]},
+              "pairs": {"risky": [2]}}
+    path = tmp_path / "diagnosis.json"
+    path.write_text(json.dumps(record))
+    assert read_diagnosis(path)["concepts"]["assignment"] == [0, -1, 0]
+    record["concepts"]["assignment"] = [0, -2, 0]
+    path.write_text(json.dumps(record))
+    with pytest.raises(PrefdynError, match="or -1"):
+        read_diagnosis(path)
 
 
 def test_readers_name_what_is_missing(tmp_path):

@@ -66,8 +66,12 @@ def concept_means(values: Mapping[str, Tensor], concepts: Tensor, names: Sequenc
     if missing:
         raise PrefdynError(f"per-pair values lack {missing}: score the pairs with the run's objective")
     picked = {k: values[m] for k, m in CONCEPT_METRICS.items()}
-    whole, per = group_means(picked, concepts, len(names))
-    return {name: means for name, means in zip(names, per if len(names) > 1 else [whole])}
+    if len(names) == 1:  # group_means gives no per-group means for one group
+        keep = concepts == 0  # a pair of concept -1 (none) is in no concept's numbers
+        return {names[0]: {k: (v[keep].mean().item() if keep.any() else float("nan"))
+                           for k, v in picked.items()}}
+    _, per = group_means(picked, concepts, len(names))
+    return dict(zip(names, per))
 
 
 def _finite(x: float) -> float | None:
@@ -179,7 +183,8 @@ def read_pair_logps(folder: str | Path) -> dict[str, np.ndarray]:
 def read_diagnosis(path: str | Path) -> dict[str, Any]:
     """A ``diagnosis.json`` of ``prefdyn diagnose``, checked for what a run and
     ``prefdyn compare`` read of it: the schema tag, the concepts (assignment and items)
-    and the risky pairs."""
+    and the risky pairs. An assignment of -1 is a pair with no concept (``prefdyn diagnose``
+    could not run it through the model); it is in no concept's numbers."""
     path = Path(path)
     try:
         diagnosis = json.loads(path.read_text())
@@ -195,9 +200,9 @@ def read_diagnosis(path: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError) as e:
         raise PrefdynError(f"{path}: missing field {e} of the diagnosis schema") from e
     n = diagnosis.get("data", {}).get("n_pairs", len(assignment))
-    if len(assignment) != n or any(not 0 <= a < len(items) for a in assignment):
+    if len(assignment) != n or any(not -1 <= a < len(items) for a in assignment):
         raise PrefdynError(f"{path}: concepts.assignment must give each of the {n} pairs one of "
-                           f"the {len(items)} concepts")
+                           f"the {len(items)} concepts or -1 (none)")
     if any(not isinstance(r, int) or not 1 <= r <= len(items) for r in ranks):
         raise PrefdynError(f"{path}: predicted_rank must rank the concepts 1..{len(items)}, got {ranks}")
     if any(not 0 <= i < n for i in risky):
