@@ -76,3 +76,16 @@ def test_exact_spearman_p_by_hand():
     # 4 points: |rho| = 1 for 2 of 24 orderings
     assert exact_spearman_p([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(2 / 24)
     assert math.isnan(exact_spearman_p([1, 2], [1, 2]))
+
+
+def test_named_priority_pairs_are_trained_as_given(tiny_workspace):
+    from prefdyn.errors import PrefdynError
+    from prefdyn.experiments.lm_priority import LMPriorityParams, named_pairs
+
+    a, b, c = tiny_workspace.names[:3]
+    assert named_pairs(tiny_workspace, ((a, b), (c, b))) == [[0, 1], [2, 1]]
+    assert named_pairs(tiny_workspace, ()) is None
+    with pytest.raises(PrefdynError, match="not loaded"):
+        named_pairs(tiny_workspace, ((a, "nope"),))
+    with pytest.raises(PrefdynError, match="two different"):
+        LMPriorityParams(pairs=((a, a),))
