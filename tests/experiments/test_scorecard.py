@@ -184,3 +184,16 @@ def test_suite_keeps_going_and_scores_from_the_summaries(tmp_path, monkeypatch):
     html = (out / "report.html").read_text()
     assert html.index("Scorecard") < html.index("<h2>ok</h2>")
     assert 'href="good/report.html"' in html
+
+
+def test_ches_subset_claim_needs_ches_to_differ_most():
+    def subsets(ches, edit, hidden):
+        return {k: {"0": {"chosen_logp_change": 0.0}, "100": {"chosen_logp_change": -d}}
+                for k, d in (("ches", ches), ("edit", edit), ("hidden", hidden))}
+
+    summary = {"sources": {"hh": {"percentile_subsets": subsets(0.5, 0.1, 0.2)}}}
+    assert _verdict("rd-ches-subsets", summary) is Verdict.REPRODUCED
+    summary["sources"]["hh"]["percentile_subsets"] = subsets(0.5, 0.6, 0.2)
+    assert _verdict("rd-ches-subsets", summary) is Verdict.NOT_REPRODUCED
+    summary["sources"]["hh"]["percentile_subsets"] = {}
+    assert _verdict("rd-ches-subsets", summary) is Verdict.NOT_TESTABLE

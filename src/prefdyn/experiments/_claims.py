@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from prefdyn.experiments._displacement import HH_DEFAULT
+from prefdyn.experiments.displacement_predictors import subset_drop
 from prefdyn.experiments.scorecard import Claim, Evidence, rank_evidence, share_evidence
 
 IL = "Im & Li, ICML 2024"
@@ -240,6 +241,22 @@ def _ches(s: S) -> Evidence:
     return Evidence("; ".join(out), all(holds), "; ".join(why))
 
 
+def _ches_subsets(s: S) -> Evidence:
+    """The slides' design: per score, Δ log π(y+) of the lowest- minus the highest-percentile subset."""
+    out, holds = [], []
+    for source, info in s["sources"].items():
+        subsets = info.get("percentile_subsets") or {}
+        if not subsets or any(len(v) < 2 for v in subsets.values()):
+            continue
+        drops = {k: subset_drop(v) for k, v in subsets.items()}
+        out.append(f"{source}: " + ", ".join(f"{k} {d:+.3f}" for k, d in drops.items()))
+        holds.append(drops["ches"] > 0 and all(drops["ches"] > d for k, d in drops.items() if k != "ches"))
+    if not holds:
+        return Evidence("", None, "the percentile-subset design did not run (experiment.percentiles is empty)")
+    return Evidence("Δ log π(y+), lowest minus highest percentile: " + "; ".join(out), all(holds),
+                    "CHES's subsets must differ most, in the claimed direction")
+
+
 def _filtering(s: S) -> Evidence:
     held = {r: v["held-out"]["chosen_logp_change"] for r, v in s["runs"].items()}
     beats = held["drop top CHES"] > max(held["drop random"], held["all + SFT"])
@@ -356,6 +373,11 @@ CLAIMS: tuple[Claim, ...] = (
           "CHES score identifies training samples causing likelihood displacement, whereas alternative "
           "measures do not", "Spearman(CHES, Δ log π(y+)) per source, against edit and hidden similarity",
           "rho < 0, p <= 0.05 and the largest |rho|", "displacement_predictors", _ches),
+    Claim("rd-ches-subsets", RD, "CHES score (percentile panels)",
+          "CHES score identifies training samples causing likelihood displacement, whereas alternative "
+          "measures do not", "DPO on the lowest- and the highest-percentile subset of each score alone: "
+          "Δ log π(y+) of the lowest minus the highest", "> 0 for CHES and larger than for edit and hidden "
+          "similarity", "displacement_predictors", _ches_subsets),
     Claim("rd-filter", RD, "mitigation",
           "Removing samples with high CHES scores mitigates unintentional unalignment, and goes beyond adding "
           "an SFT term to the loss", "held-out Δ log π(y+) after DPO per training set",
