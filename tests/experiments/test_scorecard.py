@@ -197,3 +197,15 @@ def test_ches_subset_claim_needs_ches_to_differ_most():
     assert _verdict("rd-ches-subsets", summary) is Verdict.NOT_REPRODUCED
     summary["sources"]["hh"]["percentile_subsets"] = {}
     assert _verdict("rd-ches-subsets", summary) is Verdict.NOT_TESTABLE
+
+
+def test_q_effect_and_cluster_claims_read_the_scaling_summary():
+    summary = {"Qs": [8, 128], "q_gap_effect": {"1": {"gap_small_Q": 0.5, "gap_large_Q": 0.1},
+                                                "2": {"gap_small_Q": 0.6, "gap_large_Q": 0.2}}}
+    assert _verdict("dv-Q", summary) is Verdict.REPRODUCED
+    summary["q_gap_effect"]["2"]["gap_large_Q"] = 0.9
+    assert _verdict("dv-Q", summary) is Verdict.NOT_REPRODUCED
+    clusters = {"within": 0.3, "same_concept_other_class": 0.1, "other_concepts": -0.1, "separated": True}
+    assert _verdict("dv-clusters", {"cluster_structure_by_class": clusters}) is Verdict.REPRODUCED
+    clusters["separated"] = False
+    assert _verdict("dv-clusters", {"cluster_structure_by_class": clusters}) is Verdict.NOT_REPRODUCED

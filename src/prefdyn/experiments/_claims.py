@@ -29,6 +29,7 @@ PARTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("priority_pair", "priority", {"pair": "auto"}),
     ("theory_grid", "theory grid", {}),
     ("theory_scaling", "theory scaling", {}),
+    ("theory_scaling_persona", "theory scaling", {"source": "persona"}),
     ("lm_distinguishability", "lm distinguishability", {}),
     ("lm_priority", "lm priority", {}),
     ("lm_distribution", "lm distribution", {}),
@@ -189,19 +190,19 @@ def _scaling_test_trend(s: S) -> Evidence:
 
 
 def _scaling_Q(s: S) -> Evidence:
-    cells = _scaling_cells(s)
-    qs = sorted(cells)
-    if len(qs) < 2:
-        return Evidence(f"Q = {qs}", None, "one Q only")
-    lo, hi = qs[0], qs[-1]
-    flags = {}
-    for k in cells[lo]:
-        if k in cells[hi]:
-            gap = [cells[q][k]["final train margin"] - cells[q][k]["final test margin"] for q in (lo, hi)]
-            flags[f"K={k}"] = gap[1] < gap[0]
-    ev = share_evidence(flags, what="values of K")
-    return Evidence(f"train-test margin gap smaller at Q = {hi} than at Q = {lo} for {ev.measured}",
+    effect = s["q_gap_effect"]
+    ev = share_evidence({f"K={k}": v["gap_large_Q"] < v["gap_small_Q"] for k, v in effect.items()},
+                        what="values of K")
+    qs = s["Qs"]
+    return Evidence(f"train - test margin gap smaller at Q = {max(qs)} than at Q = {min(qs)} for {ev.measured}",
                     ev.holds, ev.why)
+
+
+def _clusters(s: S) -> Evidence:
+    c = s["cluster_structure_by_class"]
+    return Evidence(f"centered cosine within {c['within']:.2f}, to the other class {c['same_concept_other_class']:.2f}, "
+                    f"to other concepts {_fmt(c['other_concepts'], 2)}", bool(c["separated"]),
+                    "within a (concept, class) cluster above both")
 
 
 def _tokens_displaced(s: S) -> Evidence:
@@ -357,6 +358,14 @@ CLAIMS: tuple[Claim, ...] = (
           "Generalization error decreases as the number of samples per concept increases",
           "train - test margin gap at the largest vs the smallest Q, per K", "smaller for every K",
           "theory_scaling", _scaling_Q),
+    Claim("dv-clusters", DV, "Mechanism 2, core assumption",
+          "The data distribution consists of K pairs of clusters representing different concepts, with Q i.i.d. "
+          "samples from each cluster.", "cosine of centered hidden states within vs across (concept, class) "
+          "clusters, persona behaviors as concepts", "within above both", "theory_scaling_persona", _clusters),
+    Claim("dv-Q-persona", DV, "Key Results",
+          "Generalization error decreases as the number of samples per concept increases",
+          "train - test margin gap at the largest vs the smallest Q, per K (persona behaviors as concepts)",
+          "smaller for every K", "theory_scaling_persona", _scaling_Q),
     Claim("rd-displaced", RD, "single-token table",
           "However, the probability of preferred responses often decreases!",
           "answer pairs whose π(y+) is lower after DPO on one prompt", "more than half",

@@ -14,7 +14,7 @@ from prefdyn.experiments._theory_runs import concept_problems, persona_problems,
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_bars, plot_curves, plot_heatmap
-from prefdyn.theory.scaling import cluster_structure, fit_exponent
+from prefdyn.theory.scaling import class_cluster_structure, cluster_structure, fit_exponent
 from prefdyn.theory.synthetic import concept_law
 from prefdyn.training import TrainConfig
 
@@ -65,16 +65,27 @@ def run_scaling_law(sc: ScalingConfig, train: TrainConfig, *, ws: Workspace | No
         clusters = [(ws.embeddings[i], ws.behaviors[i].prefers_yes) for i in order[:max(ks)]]
         W_init, source = ws.W_answers, f"persona behaviors embedded with {ws.model_name}"
     structure = cluster_structure([x for x, _ in clusters], problems.concepts)
+    by_class = class_cluster_structure([x for x, _ in clusters], [y for _, y in clusters], problems.concepts)
     # How much the concepts share a preference direction: the linear phase predicts
     # steps ~ K / (1 + (K - 1) rho), flat in K when rho -> 1.
     bs = torch.stack([x[y].double().mean(0) - x[~y].double().mean(0) for x, y in clusters])
     cos = torch.nn.functional.cosine_similarity(bs[:, None], bs[None], dim=-1)
     rho_hat = float(cos[~torch.eye(len(bs), dtype=torch.bool)].mean()) if len(bs) > 1 else float("nan")
     sr = run_margin_dynamics(W_init, problems, train, target=sc.target, sink=sink)
-    return _scaling_result(sr, structure, source, train, qs, rho_hat)
+    return _scaling_result(sr, structure, by_class, source, train, qs, rho_hat)
 
 
-def _scaling_result(sr, structure, source: str, train: TrainConfig, qs: list[int], rho_hat: float) -> ExperimentResult:
+def q_gap_effect(cells: list[dict]) -> dict[str, dict[str, float]]:
+    """Per K: the final train - test margin gap at the smallest and the largest Q (the summary's
+    \"Generalization error decreases as the number of samples per concept increases\")."""
+    qs = sorted({c["Q"] for c in cells})
+    gap = {(c["K"], c["Q"]): c["final train margin"] - c["final test margin"] for c in cells}
+    return {str(K): {"gap_small_Q": gap[(K, qs[0])], "gap_large_Q": gap[(K, qs[-1])]}
+            for K in sorted({c["K"] for c in cells}) if (K, qs[0]) in gap and (K, qs[-1]) in gap}
+
+
+def _scaling_result(sr, structure, by_class: dict, source: str, train: TrainConfig, qs: list[int],
+                    rho_hat: float) -> ExperimentResult:
     p = sr.problems
     q_max = max(qs)
     at_q = [(n, K) for n, K, Q in zip(p.names, p.Ks, p.Qs) if Q == q_max]
@@ -82,7 +93,12 @@ def _scaling_result(sr, structure, source: str, train: TrainConfig, qs: list[int
     summary = {"source": source, "Ks": sorted(set(p.Ks)), "Qs": qs, "lr": sr.lr, "beta": train.beta,
                "steps": train.steps, "target_margin": sr.target,
                "exponent_steps_vs_K": {str(q): v for q, v in sr.exponent_test.items()},
-               "cluster_structure": cs, "preference_direction_correlation": rho_hat, "cells": sr.table()}
+               "cluster_structure": cs, "cluster_structure_by_class": by_class,
+               "preference_direction_correlation": rho_hat, "cells": sr.table(),
+               "exponent_is": "prefdyn's derivation (the paper states no exponent in K)"}
+    q_effect = q_gap_effect(summary["cells"])
+    summary["q_gap_effect"] = q_effect
+    smaller = sum(v["gap_large_Q"] < v["gap_small_Q"] for v in q_effect.values())
     expo = sr.exponent_test[q_max]
     predicted = fit_exponent([K for _, K in at_q], [sr.predicted_test[n] for n, _ in at_q])
     summary["predicted_exponent_linear_phase"] = predicted
@@ -93,18 +109,29 @@ def _scaling_result(sr, structure, source: str, train: TrainConfig, qs: list[int
             f"last-layer DPO, one step size for all cells (lr = {sr.lr:.3g}). A single boundary normal "
             "must serve every concept, so each concept's share of the update falls like 1/K: the steps "
             f"to reach a test reward margin of {sr.target:.3g} grow like K^{fmt(expo)} at Q = {q_max} "
-            f"(linear-phase prediction from the first step: K^{fmt(predicted)}; 1 for uncorrelated concepts, "
+            f"(prefdyn's derivation, not the paper's: the linear-phase prediction from the first step gives "
+            f"K^{fmt(predicted)}; 1 for uncorrelated concepts, "
             f"flatter as their preference directions align: here mean cos(b_k, b_l) = {fmt(rho_hat)}; "
             "later steps slow down more for large K, whose per-concept signal-to-noise along the shared "
             "normal falls like 1/sqrt(K)). Cluster structure: mean cosine within "
             f"behaviors {cs['within']:.2f} vs between {cs['between']:.2f}; after subtracting the global mean "
-            f"{cs['within_centered']:.2f} vs {cs['between_centered']:.2f}."),
+            f"{cs['within_centered']:.2f} vs {cs['between_centered']:.2f}. Per (concept, class) cluster, "
+            f"the assumption the paper makes (K pairs of clusters), centered: within {by_class['within']:.2f}, "
+            f"to the same concept's other class {by_class['same_concept_other_class']:.2f}, to other concepts "
+            f"{fmt(by_class['other_concepts'])}.\n\nThe Q effect (the summary: \"Generalization error decreases "
+            "as the number of samples per concept increases\"): the final train - test margin gap is smaller "
+            f"at Q = {q_max} than at Q = {min(qs)} for {smaller} of {len(q_effect)} values of K."),
         summary=summary,
-        headlines=[("Steps-to-margin exponent in K", fmt(expo),
-                    f"Q = {q_max}; linear phase predicts {fmt(predicted)}"),
+        headlines=[("More samples per concept, smaller train-test gap", f"{smaller}/{len(q_effect)} K",
+                    f"margin gap at Q = {q_max} below Q = {min(qs)}"),
+                   ("Steps-to-margin exponent in K", fmt(expo),
+                    f"Q = {q_max}; prefdyn's linear-phase derivation predicts {fmt(predicted)}"),
                    ("Concepts' preference directions", f"cos {fmt(rho_hat)}", "mean cos(b_k, b_l), k != l"),
                    ("Within / between cosine (centered)",
-                    f"{cs['within_centered']:.2f} / {cs['between_centered']:.2f}", "after removing the global mean")])
+                    f"{cs['within_centered']:.2f} / {cs['between_centered']:.2f}", "after removing the global mean"),
+                   ("(concept, class) clusters separated", "yes" if by_class["separated"] else "no",
+                    f"within {by_class['within']:.2f} vs other class {by_class['same_concept_other_class']:.2f}, "
+                    f"other concepts {fmt(by_class['other_concepts'])}")])
     res.add_figure("scaling_margins", plot_curves(
         sr.steps, {f"K={K}": sr.train_margin[n] for n, K in at_q},
         dashed={f"K={K}": sr.test_margin[n] for n, K in at_q}, dashed_steps=sr.test_steps,
@@ -132,5 +159,14 @@ def _scaling_result(sr, structure, source: str, train: TrainConfig, qs: list[int
         res.add_figure("scaling_cluster_matrix", plot_heatmap(
             structure.matrix_centered.numpy(), structure.names, structure.names, annotate=len(structure.names) <= 10,
             title="Mean cosine, global mean removed"), "Row k, column l: mean cosine between concepts k and l.")
+    gap = {(c["K"], c["Q"]): c["final train margin"] - c["final test margin"] for c in summary["cells"]}
+    Ks = sorted(set(p.Ks))
+    q_fig = plot_curves({f"K={K}": np.array(qs, dtype=float) for K in Ks},
+                        {f"K={K}": np.array([gap.get((K, Q), np.nan) for Q in qs]) for K in Ks},
+                        xlabel="Q (samples per cluster)", ylabel="final train - test margin",
+                        title="More samples per concept, smaller generalization gap?")
+    q_fig.axes[0].set_xscale("log", base=2)
+    res.add_figure("scaling_q_effect", q_fig, "The train - test reward-margin gap at the end of training against Q, "
+                   "one curve per K (the Q effect of Im & Li 2024b).")
     res.tables.append(("Per (K, Q) cell", sr.table()))
     return res
