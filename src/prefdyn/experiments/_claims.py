@@ -35,6 +35,7 @@ PARTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("lm_distribution", "lm distribution", {}),
     ("lm_misalignment", "lm misalignment", {}),
     ("lm_hh_rlhf", "lm hh-rlhf", {"pairs": HH_DEFAULT}),
+    ("lm_scaling", "lm scaling", {}),
     ("displacement_tokens", "displacement tokens", {}),
     ("displacement_predictors", "displacement predictors", {}),
     ("displacement_mitigation", "displacement mitigation", {}),
@@ -358,6 +359,14 @@ CLAIMS: tuple[Claim, ...] = (
           "Generalization error decreases as the number of samples per concept increases",
           "train - test margin gap at the largest vs the smallest Q, per K", "smaller for every K",
           "theory_scaling", _scaling_Q),
+    Claim("dv-K-lm", DV, "Key Results",
+          "Training reward margins grow more rapidly with fewer preference concepts (clusters)",
+          "exponent of steps-to-target-margin in K, LM fine-tuning (LoRA in quick, full in paper), largest Q",
+          "> 0", "lm_scaling", _scaling_K),
+    Claim("dv-Q-lm", DV, "Key Results",
+          "Generalization error decreases as the number of samples per concept increases",
+          "train - test margin gap at the largest vs the smallest Q, per K, LM fine-tuning",
+          "smaller for every K", "lm_scaling", _scaling_Q),
     Claim("dv-clusters", DV, "Mechanism 2, core assumption",
           "The data distribution consists of K pairs of clusters representing different concepts, with Q i.i.d. "
           "samples from each cluster.", "cosine of centered hidden states within vs across (concept, class) "
