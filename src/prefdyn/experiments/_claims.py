@@ -170,7 +170,7 @@ def _scaling_K(s: S) -> Evidence:
     if not (isinstance(v, (int, float)) and math.isfinite(v)):
         return Evidence(str(v), None, "the exponent is undefined (a cell never reached the target)")
     return Evidence(f"steps to the target margin ~ K^{_fmt(v)} at Q = {q}", v > 0,
-                    "the exponent's value is prefdyn's derivation; only its sign is the claim")
+                    "only its sign is the claim (the paper states no exponent in K)")
 
 
 def _scaling_cells(s: S) -> dict[int, dict[int, dict]]:
