@@ -341,8 +341,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("il-appD", IL, "App. D.1 (Fig. 17-19)",
           "We verify that the training and test loss decreases at a faster rate for the more distinguishable "
           "behaviors across β = {0.001, 0.1, 1}", "Spearman(D, loss decrease) per β", "rho > 0, p <= 0.05 "
-          "at every β", None, why_untested="not one of the scorecard's runs (three full runs per β): "
-          "`prefdyn lm distinguishability --preset paper-beta` and `prefdyn sweep` run it"),
+          "at every β", None, why_untested="not one of the scorecard's runs (five full runs per β): "
+          "`prefdyn lm distinguishability --preset app-d-beta0.001` (and app-d-beta0.1, app-d-beta1) run it"),
     Claim("il-mistral", IL, "Sec. 5.4 (Fig. 10, 11)",
           "We find that similar behavior occurs for distinguishability as seen in Figure 10 and for "
           "misalignment training as seen in Figure 11.", "the Fig. 6 and Fig. 9 quantities on Mistral-7B",

@@ -47,6 +47,8 @@ SPEC = register(ExperimentSpec(
     name="reproduce", title="the papers' claims, reproduced claim by claim",
     help=("Every experiment of the four works (--preset quick, the default: 2 CPU cores; --preset paper: "
           "the papers' settings, a GPU and --data ../shared/data/persona), then one scorecard: each claim "
-          "quoted, the number measured here and a verdict computed by stated rules."),
+          "quoted, the number measured here and a verdict computed by stated rules. Of the common options only "
+          "the model ones (--model, --device, --cache-dir), --data and --seed reach the runs; each run's "
+          "training settings are its own preset's."),
     default_out="runs/reproduce", default_preset="quick", needs_model=False,
     attribution=PERSONA_ATTRIBUTION, parts=PARTS, configure_part=part_config, summarize=summarize))
