@@ -134,4 +134,4 @@ def test_percentile_subsets_train_each_subset_alone():
     assert subset_drop(ches) == ches["0"]["chosen_logp_change"] - ches["100"]["chosen_logp_change"]
     assert "percentile_subsets_persona" in [f.name for f in res.figures]
     with pytest.raises(PrefdynError, match="subset_size"):
-        SourceConfig(n=4, percentiles=(0,), subset_size=8)
+        SourceConfig(n=4, percentiles=(0,), subset_size=0)

@@ -72,8 +72,8 @@ class SourceConfig:
         self.percentiles = tuple(float(q) for q in self.percentiles)
         if any(not 0 <= q <= 100 for q in self.percentiles):
             raise PrefdynError(f"percentiles must be in [0, 100], got {self.percentiles}")
-        if self.percentiles and not 1 <= self.subset_size <= self.n:
-            raise PrefdynError(f"subset_size must be in [1, n = {self.n}], got {self.subset_size}")
+        if self.subset_size < 1:
+            raise PrefdynError(f"subset_size must be >= 1, got {self.subset_size}")
         bad = [s for s in self.sources if s not in SOURCES]
         if bad or not self.sources:
             raise PrefdynError(f"sources must be among {', '.join(SOURCES)}, got {self.sources!r}")
@@ -129,7 +129,8 @@ def run_percentile_subsets(loaded, pairs: Sequence[PreferencePair], scores: dict
     for key in SUBSET_SCORES:
         out[key] = {}
         for q in src.percentiles:
-            rows = percentile_subset(scores[key], q, src.subset_size)
+            # fewer pairs than subset_size (a short source): every subset is all of them
+            rows = percentile_subset(scores[key], q, min(src.subset_size, len(pairs)))
             subset = [pairs[i] for i in rows]
             log.info("%s: DPO on the %g-th percentile of %s (%d pairs)", source, q, key, len(subset))
             measured = train_and_measure(loaded, subset, {"subset": subset}, train, mode=mode, sink=sink,
