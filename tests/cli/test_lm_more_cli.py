@@ -29,7 +29,9 @@ def test_lm_misalignment_lora_uses_the_lora_lr(common, tmp_path):
     assert sorted(summary["behaviors"]) == ["kindness", "patience"]
     assert (out / "report.html").is_file() and (out / "misalignment_lora_loss.png").is_file()
     runs = {json.loads(line).get("run") for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert runs == {"align", "flip_from_base", "flip_from_aligned"}
+    # each behavior aligned and misaligned in its own runs (Sec. 5.3: "for each behavior")
+    assert runs == {f"{phase}_{b}" for b in ("kindness", "patience")
+                    for phase in ("align", "flip_from_base", "flip_from_aligned")}
 
 
 def test_lm_misalignment_explicit_lr_wins(common, tmp_path):

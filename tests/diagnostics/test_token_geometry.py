@@ -55,3 +55,21 @@ def test_gainers_decode_strings():
 def test_out_of_vocabulary_token():
     with pytest.raises(ValueError, match="outside the vocabulary"):
         token_pair_geometry(W_U, 0, 9)
+
+
+def test_displacement_conditions_by_hand():
+    from prefdyn.diagnostics.token_geometry import displacement_conditions
+
+    # W_y+ = (1, 0), W_y- = (1, 1), W_z = (0, -1); d = W_y+ - W_y- = (0, -1).
+    # <W_y+, d> = 0, <W_y-, d> = -1, <W_z, d> = 1; pi = (0.6, 0.1, 0.3).
+    W = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]])
+    c = displacement_conditions(W, torch.tensor([0.6, 0.1, 0.3]), 0, 1)
+    assert c.condition1 == pytest.approx(0.0)
+    assert c.condition2 == pytest.approx(0.3)  # 0.3 * 1
+    assert c.answers_term == pytest.approx(-0.1)  # 0.6 * 0 + 0.1 * (-1)
+    # <W_y+ - E_pi W, d> = <(0.3, 0.2), (0, -1)> = -0.2: the other token's pull wins
+    assert c.h_term == pytest.approx(-0.2) and c.falls
+    # with the mass on y+ instead, nothing pulls: h_term = 0 - 0 - (0.9 * 0 + 0.1 * -1) = 0.1
+    assert not displacement_conditions(W, torch.tensor([0.9, 0.1, 0.0]), 0, 1).falls
+    with pytest.raises(ValueError, match="one entry per token"):
+        displacement_conditions(W, torch.tensor([1.0]), 0, 1)

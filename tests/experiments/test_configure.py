@@ -82,3 +82,18 @@ def test_saved_config_reloads_as_config(tmp_path):
     cfg = resolve_config(SPEC, flags={"train": {"lr": 1e-3}, "experiment": {"ds": (3,)}}, sets=["seed=4"])
     again = resolve_config(SPEC, config_file=write(tmp_path / "config.yaml", to_yaml_dict(cfg)))
     assert again == cfg
+
+
+def test_a_preset_with_a_base_starts_from_it(tmp_path, monkeypatch):
+    from prefdyn.experiments import configure
+
+    (tmp_path / "a.yaml").write_text("train: {lr: 0.1, beta: 0.5}\nbase: b\n")
+    (tmp_path / "b.yaml").write_text("train: {lr: 0.2, steps: 7}\n")
+    (tmp_path / "c.yaml").write_text("base: d\n")
+    (tmp_path / "d.yaml").write_text("base: c\n")
+    spec = get_spec("lm misalignment")
+    monkeypatch.setattr(configure, "preset_dir", lambda s: tmp_path)
+    cfg = configure.resolve_config(spec, preset="a")
+    assert (cfg.train.lr, cfg.train.beta, cfg.train.steps) == (0.1, 0.5, 7)
+    with pytest.raises(PrefdynError, match="cycle"):
+        configure.resolve_config(spec, preset="c")

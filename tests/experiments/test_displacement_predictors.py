@@ -13,7 +13,7 @@ from prefdyn.data import (
     load_demo,
 )
 from prefdyn.diagnostics.ches import ches_scores
-from prefdyn.errors import DataError
+from prefdyn.errors import DataError, PrefdynError
 from prefdyn.experiments._displacement import (
     displacement_stats,
     load_source,
@@ -110,3 +110,28 @@ def test_run_predictors_on_persona_pairs():
     assert any(abs(p["chosen_logp_change"]) > 0 for p in info["per_pair"])  # training moved log-probs
     assert rows[2]["Spearman ρ"] != rows[2]["Spearman ρ"]  # edit similarity is constant here
     assert [f.name for f in res.figures] == ["scatter_persona"]
+
+
+def test_percentile_subset_takes_consecutive_pairs_in_score_order():
+    from prefdyn.experiments.displacement_predictors import percentile_subset
+
+    scores = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 0.0])  # ascending order: 5, 1, 3, 4, 2, 0
+    assert percentile_subset(scores, 0, 2) == [5, 1]  # the two lowest
+    assert percentile_subset(scores, 100, 2) == [2, 0]  # the two highest
+    assert percentile_subset(scores, 50, 2) == [3, 4]  # start round(0.5 * 4) = 2
+
+
+def test_percentile_subsets_train_each_subset_alone():
+    from prefdyn.experiments.displacement_predictors import subset_drop
+
+    src = SourceConfig(sources=("persona",), persona_path=str(demo_data_dir()), behaviors=["kindness", "patience"],
+                       n=8, max_tokens=100, percentiles=(0, 100), subset_size=4, subset_steps=2)
+    res = run_predictors(tiny_loaded(), src, TrainConfig(steps=2, lr=1e-3, optimizer="adamw", batch_size=4))
+    subsets = res.summary["sources"]["persona"]["percentile_subsets"]
+    assert set(subsets) == {"ches", "edit", "hidden"} and all(set(v) == {"0", "100"} for v in subsets.values())
+    ches = subsets["ches"]
+    assert ches["0"]["score_mean"] <= ches["100"]["score_mean"]  # the subsets follow the score
+    assert subset_drop(ches) == ches["0"]["chosen_logp_change"] - ches["100"]["chosen_logp_change"]
+    assert "percentile_subsets_persona" in [f.name for f in res.figures]
+    with pytest.raises(PrefdynError, match="subset_size"):
+        SourceConfig(n=4, percentiles=(0,), subset_size=0)

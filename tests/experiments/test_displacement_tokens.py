@@ -100,8 +100,14 @@ def test_token_table_on_a_tiny_model():
     assert all(torch.equal(p, start[n]) for n, p in loaded.model.named_parameters())
     W = loaded.model.get_output_embeddings().weight.detach().double()
     yes, no = (tok_id[0] for tok_id in loaded.tokenizer(["Yes", "No"], add_special_tokens=False)["input_ids"])
-    for r, (p, m) in zip(rows, [(yes, no), (no, yes)]):  # Sec. 4: falls iff <W+, W-> > ||W+||^2
-        assert r["predicted π(y+) falls"] == bool(W[p] @ W[m] > W[p] @ W[p])
+    for r, (p, m) in zip(rows, [(yes, no), (no, yes)]):  # condition 1 alone: falls iff <W+, W-> > ||W+||^2
+        assert r["predicted π(y+) falls (condition 1 alone)"] == bool(W[p] @ W[m] > W[p] @ W[p])
+        assert r["condition 1: <W_y+, W_y+ − W_y−>"] == pytest.approx(float(W[p] @ (W[p] - W[m])))
+        # both conditions: falls iff condition 1 < the mass-weighted pull of every token
+        pull = r["condition 2: Σ_z≠y± π(z)<W_z, W_y+ − W_y−>"]
+        answers = (r["pi(y+) before"] * float(W[p] @ (W[p] - W[m]))
+                   + r["pi(y-) before"] * float(W[m] @ (W[p] - W[m])))
+        assert r["predicted π(y+) falls"] == (r["condition 1: <W_y+, W_y+ − W_y−>"] - pull - answers < 0)
     gainers = res.tables[1][1]
     assert len(gainers) == 10
     first = [g for g in gainers if g["pair"] == rows[0]["pair"]]
@@ -136,3 +142,14 @@ def test_token_table_on_the_embedded_model():
     assert row["steps"] <= 3
     assert row["pi(y+) after"] / row["pi(y-) after"] > row["pi(y+) before"] / row["pi(y-) before"]
     assert not {g["id"] for g in res.tables[1][1]} & {yes, no}
+
+
+def test_slides_catastrophic_row_is_classified_as_the_slides_do():
+    # "Llama-3-8B | Sure | Yes | ... | Benign: sure, _Sure | Catastrophic: Maybe, No, Never"
+    syn = load_synonyms()
+    assert [syn.mark(t, "Sure", "Yes") for t in ("Maybe", " No", "Never")] == ["catastrophic"] * 3
+    assert [syn.mark(t, "Sure", "Yes") for t in ("sure", " Sure")] == ["benign"] * 2
+    # the same file as a user's: "maybe" listed as the opposite of the yes group
+    custom = parse_synonyms({"synonyms": {"yes": ["sure"], "maybe": ["perhaps"]},
+                             "opposites": [["yes", "maybe"]]}, "test")
+    assert custom.mark("Perhaps", "Sure", "Yes") == "catastrophic"

@@ -80,7 +80,7 @@ def test_killed_lm_experiment_resumes_to_the_unbroken_summary(tiny_model_dir, tm
     config.write_text("train:\n  eval_every: 2\n")
     args = ["lm", "misalignment", "--preset", "quick", "--mode", "lora", "--model", str(tiny_model_dir),
             "--cache-dir", str(tmp_path / "cache"), "--behaviors", "kindness,patience", "--n", "12",
-            "--steps", "6", "--batch-size", "4", "--config", str(config)]
+            "--steps", "6", "--batch-size", "4", "--config", str(config), "--no-per-behavior"]
     cache = tmp_path / "prefdyn-cache"
     unbroken = _run([*args, "--out", str(tmp_path / "unbroken")], cache=cache)
     assert unbroken.returncode == 0, unbroken.stderr

@@ -2,8 +2,10 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from prefdyn.diagnostics import priority_gap_matrix
+from prefdyn.errors import PrefdynError
 from prefdyn.experiments.distribution_change import run_distribution_change
 from prefdyn.experiments.lm_common import LAST, LMParams
 from prefdyn.experiments.lm_distinguishability import base_D, run_lm_distinguishability
@@ -76,3 +78,35 @@ def test_exact_spearman_p_by_hand():
     # 4 points: |rho| = 1 for 2 of 24 orderings
     assert exact_spearman_p([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(2 / 24)
     assert math.isnan(exact_spearman_p([1, 2], [1, 2]))
+
+
+def test_named_priority_pairs_are_trained_as_given(tiny_workspace):
+    from prefdyn.errors import PrefdynError
+    from prefdyn.experiments.lm_priority import LMPriorityParams, named_pairs
+
+    a, b, c = tiny_workspace.names[:3]
+    assert named_pairs(tiny_workspace, ((a, b), (c, b))) == [[0, 1], [2, 1]]
+    assert named_pairs(tiny_workspace, ()) is None
+    with pytest.raises(PrefdynError, match="not loaded"):
+        named_pairs(tiny_workspace, ((a, "nope"),))
+    with pytest.raises(PrefdynError, match="two different"):
+        LMPriorityParams(pairs=((a, a),))
+
+
+def test_lm_scaling_cells_on_a_tiny_model(tiny_workspace):
+    from prefdyn.experiments.lm_scaling import LMScalingParams, cell_task, run_lm_scaling
+    from prefdyn.training import TrainConfig
+
+    loaded = tiny_loaded()
+    task = cell_task(tiny_workspace, loaded, [2, 0, 1], 2, 3, torch.Generator().manual_seed(0))
+    assert task.group_names == [tiny_workspace.names[2], tiny_workspace.names[0]]
+    assert len(task.data.train_idx) == 2 * 2 * 3  # K behaviors x 2 classes x Q
+    assert int(task.data.prefers_yes[task.data.train_idx].sum()) == 2 * 3
+    preset = LMScalingParams(mode="lora", ks=(1, 2), qs=(2, 4), eval_rows=4, snapshot_steps=())
+    res = run_lm_scaling(tiny_workspace, TrainConfig(steps=2, batch_size=4, lr=1e-2, eval_every=1, optimizer="adamw"),
+                         loaded=loaded, preset=preset)
+    s = res.summary
+    assert [(c["K"], c["Q"]) for c in s["cells"]] == [(1, 2), (1, 4), (2, 2), (2, 4)]
+    assert set(s["q_gap_effect"]) == {"1", "2"} and s["steps"] == 2
+    with pytest.raises(PrefdynError, match="lower experiment.qs"):
+        cell_task(tiny_workspace, loaded, [0], 1, 999, torch.Generator())

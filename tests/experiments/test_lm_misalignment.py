@@ -84,3 +84,26 @@ def test_presets_per_mode():
     assert resolve_config(spec, preset="paper").train.beta == 0.01  # Im & Li Sec. 5
     with pytest.raises(PrefdynError, match="unknown preset"):
         resolve_config(spec, preset="slow")
+
+
+def test_per_behavior_runs_one_behavior_per_run(tiny_workspace):
+    """Sec. 5.3: "we fine-tune the model using the flipped preference labels, for each behavior"."""
+    from prefdyn.experiments.lm_misalignment import LMMisalignmentParams
+
+    sink = Sink()
+    preset = LMMisalignmentParams(mode="full", per_behavior=True, **PRESET)
+    res = run_lm_misalignment(tiny_workspace, TrainConfig(lr=1e-2, **{**TRAIN, "steps": 2}), loaded=tiny_loaded(),
+                              preset=preset, sink=sink, which=[0, 1])
+    names = tiny_workspace.names[:2]
+    runs = {f"{phase}_{n}": n for n in names for phase in ("align", "flip_from_base", "flip_from_aligned")}
+    # six runs (align, flip from base, flip from aligned per behavior), each sees only its behavior
+    assert {r["run"] for r in sink.records} == set(runs)
+    assert all(r["group"] == runs[r["run"]] for r in sink.records if r.get("group") is not None)
+    s = res.summary
+    assert s["per_behavior"] is True and set(s["speedup"]) == set(names)
+    assert set(s["D_after_alignment"]) == set(names) and "align_" + names[1] in s["seconds"]
+
+
+def test_paper_and_quick_presets_misalign_each_behavior_alone():
+    for preset in ("quick", "paper", "mistral"):
+        assert resolve_config(get_spec("lm misalignment"), preset=preset).experiment.per_behavior is True

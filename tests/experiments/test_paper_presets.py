@@ -132,3 +132,46 @@ def test_one_p_value_in_headline_table_and_summary(tiny_workspace):
         assert rows in heads[f"Spearman(D, {rows}-loss decrease)"][2]
     # 3 behaviors: the exact p is a multiple of 1/6, never scipy's "p < 0.001"
     assert s["spearman_D_loss_decrease_p"] * 6 == pytest.approx(round(s["spearman_D_loss_decrease_p"] * 6))
+
+
+@pytest.mark.parametrize("name", PERSONA)
+def test_mistral_presets_are_sec_5_4(name):
+    # Sec. 5.4: "on the Mistral-7B model (Jiang et al., 2023) with β = 0.01 and learning rate 1e-6"
+    cfg = resolve_config(get_spec(name), preset="mistral")
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.beta, cfg.train.epochs) == ("adamw", 1e-6, 0.01, 1)
+    assert cfg.task.chat_template is False and cfg.experiment.mode == "full"
+    assert "Mistral-7B" in preset_path(get_spec(name), "mistral").read_text()
+
+
+def test_mistral_presets_name_the_captions_behaviors():
+    acausal = "willingness-to-make-acausal-trades-with-other-AIs-to-help-humanity"
+    mis = resolve_config(get_spec("lm misalignment"), preset="mistral")
+    assert mis.data.behaviors == ["subscribes-to-average-utilitarianism", acausal]  # Fig. 11
+    dist = resolve_config(get_spec("lm distribution"), preset="mistral")
+    assert dist.data.behaviors == ["subscribes-to-average-utilitarianism", acausal]  # Fig. 13, 14
+    coop = "desire-to-cooperate-with-different-AIs-to-achieve-its-goals"
+    prio = resolve_config(get_spec("lm priority"), preset="mistral").experiment
+    assert prio.pairs == (("willingness-to-be-non-HHH-to-not-have-current-goals-changed-by-training", coop),
+                          ("has-strong-aesthetic-preferences", coop))  # Fig. 12 (a), (b)
+    assert resolve_config(get_spec("lm distinguishability"), preset="mistral").data.behaviors == FIG6
+
+
+def test_priority_paper_preset_sets_fig7_pairs_not_eq5():
+    pairs = paper("lm priority").experiment.pairs
+    assert pairs == (tuple(BEHAVIORS["lm priority"][:2]), tuple(BEHAVIORS["lm priority"][2:]))
+
+
+@pytest.mark.parametrize("beta,lr", [(0.001, 1e-5), (0.1, 1e-5), (1.0, 1e-6)])
+def test_app_d_presets(beta, lr):
+    # App. D.1: "across β = {0.001, 0.1, 1}"; Fig. 19: "We use a learning rate of 1e−6 for β = 1"
+    cfg = resolve_config(get_spec("lm distinguishability"), preset=f"app-d-beta{beta:g}")
+    assert (cfg.train.beta, cfg.train.lr, cfg.train.epochs) == (beta, lr, 1)
+    assert cfg.data.behaviors == FIG6 and cfg.task.chat_template is False
+
+
+def test_mistral_preset_warns_about_the_model():
+    cfg = resolve_config(get_spec("lm misalignment"), preset="mistral", flags={"model": {"name": "meta-llama/Llama-2-7b-hf"}})
+    assert any("Mistral-7B" in w for w in paper_setting_warnings("lm misalignment", cfg))
+    ok = resolve_config(get_spec("lm misalignment"), preset="mistral",
+                        flags={"model": {"name": "mistralai/Mistral-7B-v0.1"}, "data": {"path": "x"}})
+    assert paper_setting_warnings("lm misalignment", ok) == []

@@ -56,3 +56,20 @@ def test_global_mean_hides_cluster_structure_until_subtracted():
     cs = cluster_structure([g[groups == k] for k in range(4)], list("abcd"))
     assert cs.between > 0.9  # everything shares the global direction
     assert cs.within_centered > cs.between_centered + 0.2
+
+
+def test_class_cluster_structure_by_hand():
+    from prefdyn.theory import class_cluster_structure
+
+    # two concepts along e1 / e2, their classes at +-e3, two identical points per cluster. The
+    # global mean (e1 + e2) / 2 removed: a+- = (1/2, -1/2, +-1), b+- = (-1/2, 1/2, +-1), norm sqrt(3/2).
+    e = torch.eye(3, dtype=torch.float64)
+    a = torch.stack([e[0] + e[2], e[0] + e[2], e[0] - e[2], e[0] - e[2]])
+    b = torch.stack([e[1] + e[2], e[1] + e[2], e[1] - e[2], e[1] - e[2]])
+    y = torch.tensor([True, True, False, False])
+    r = class_cluster_structure([a, b], [y, y], ["a", "b"])
+    assert r["within"] == pytest.approx(1.0)
+    assert r["same_concept_other_class"] == pytest.approx(-1 / 3)  # (1/4 + 1/4 - 1) / (3/2)
+    # cos(a+, b+) = (-1/2 + 1) / (3/2) = 1/3, cos(a+, b-) = (-1/2 - 1) / (3/2) = -1: mean -1/3
+    assert r["other_concepts"] == pytest.approx(-1 / 3)
+    assert r["separated"] is True

@@ -92,3 +92,46 @@ def predicted_gainers(W_U: torch.Tensor, y_plus: int, y_minus: int, tokenizer=No
         order = order[: max(int(k), 0)]
     ids = order.tolist()
     return [(i, tokenizer.decode([i]) if tokenizer is not None else "", float(scores[i])) for i in ids]
+
+
+@dataclass(frozen=True)
+class DisplacementConditions:
+    """The two conditions of Razin et al.'s single-token theorem for one (y+, y-) pair.
+
+    The slides: "At any training step, ln π_θ(y+|x) decreases when the following are large:
+    <W_y+, W_y-> [...] <W_z, W_y+ - W_y-> for tokens z ≠ y+, y-" (with the assumption "consider
+    hidden embeddings as trainable parameters"). The first-order change of ln π(y+|x) through the
+    hidden embedding h, whose DPO gradient points along d = W_y+ - W_y-, is proportional to
+    ``h_term`` = <W_y+, d> - Σ_z π(z|x) <W_z, d> (prefdyn's derivation of the slide's statement):
+
+    * ``condition1`` = <W_y+, d> = ||W_y+||^2 - <W_y+, W_y->: small or negative when <W_y+, W_y->
+      is large (the first condition);
+    * ``condition2`` = Σ_{z ≠ y+, y-} π(z|x) <W_z, d>: the mass-weighted pull of the other tokens
+      (the second condition); ``answers_term`` = π(y+) <W_y+, d> + π(y-) <W_y-, d>, the rest of the sum.
+
+    ``falls`` = ``h_term < 0``. The unembedding's own update adds η||h||^2 (1 - π(y+) + π(y-)) >= 0
+    (only W_y+ and W_y- get a DPO gradient); it is left out, so ``falls`` says where the geometry
+    pushes π(y+) down, not that the full update must lower it.
+    """
+
+    condition1: float
+    condition2: float
+    answers_term: float
+    h_term: float
+    falls: bool
+
+
+def displacement_conditions(W_U: torch.Tensor, probs: torch.Tensor, y_plus: int,
+                            y_minus: int) -> DisplacementConditions:
+    """:class:`DisplacementConditions` from the unembedding ``W_U`` (V, d) and the model's
+    next-token distribution ``probs`` (V,) at the prompt (before training)."""
+    w_plus, w_minus = _rows(W_U, y_plus, y_minus)
+    if probs.shape != (W_U.shape[0],):
+        raise ValueError(f"probs must have one entry per token ({W_U.shape[0]}), got {tuple(probs.shape)}")
+    scores = displacement_scores(W_U, y_plus, y_minus)
+    p = probs.detach().double()
+    answers = float(p[y_plus] * scores[y_plus] + p[y_minus] * scores[y_minus])
+    others = float(p @ scores) - answers
+    cond1 = float(scores[y_plus])
+    h_term = cond1 - others - answers
+    return DisplacementConditions(cond1, others, answers, h_term, h_term < 0)

@@ -3,6 +3,7 @@
 Every layer is a partial config in the shape of ``run.yaml``::
 
     description: one line (presets only; shown by ``prefdyn presets``)
+    base: paper                                  # presets only: start from this preset
     seed: 0
     out: runs
     model: {name: ..., device: auto, ...}        # ModelConfig
@@ -40,7 +41,7 @@ from prefdyn.experiments.spec import ExperimentSpec
 from prefdyn.training.config import TrainConfig
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "task": TaskConfig, "train": TrainConfig}
-TOP = ("seed", "out", "preset", "description")
+TOP = ("seed", "out", "preset", "description", "base")
 Layer = tuple[str, dict[str, Any]]
 
 
@@ -74,6 +75,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise PrefdynError(f"{path}: expected a mapping at the top level")
     return raw
+
+
+def preset_layers(spec: ExperimentSpec, name: str, *, seen: tuple[str, ...] = ()) -> list[Layer]:
+    """The layers of preset ``name``: its ``base:`` preset's first (a variant such as Mistral's
+    lr on top of the paper preset states only what differs), then its own."""
+    if name in seen:
+        raise PrefdynError(f"preset {name!r} of {spec.name}: base presets form a cycle {' -> '.join(seen + (name,))}")
+    path = preset_path(spec, name)
+    raw = load_yaml(path)
+    check_layer(spec, str(path), raw)
+    base = raw.get("base")
+    below = preset_layers(spec, str(base), seen=seen + (name,)) if base else []
+    return below + [(str(path), raw)]
 
 
 # --------------------------------------------------------------- validation ---
@@ -204,9 +218,7 @@ def resolve_config(spec: ExperimentSpec, *, preset: str | None = None, config_fi
     if name and name == spec.default_preset and not preset_names(spec):
         name = None  # a spec without shipped presets runs on the dataclass defaults
     if name:
-        path = preset_path(spec, name)
-        layers.append((str(path), load_yaml(path)))
-        check_layer(spec, str(path), layers[-1][1])
+        layers.extend(preset_layers(spec, name))
     if raw_file:
         layers.append((str(config_file), raw_file))
     if flags:

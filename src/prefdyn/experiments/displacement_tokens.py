@@ -23,7 +23,11 @@ import numpy as np
 import torch
 
 from prefdyn.data.tasks import DEFAULT_TEMPLATE, TaskConfig, render_prompt
-from prefdyn.diagnostics.token_geometry import displacement_scores, token_pair_geometry
+from prefdyn.diagnostics.token_geometry import (
+    displacement_conditions,
+    displacement_scores,
+    token_pair_geometry,
+)
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments._displacement import Synonyms, load_synonyms
 from prefdyn.experiments.result import ExperimentResult, fmt
@@ -155,6 +159,7 @@ def run_token_table(loaded, cfg: TokensConfig, train: TrainConfig, *, sink=None,
         pred_rank = {t: r + 1 for r, t in enumerate(predicted)}
         marks = [synonyms.mark(tok.decode([t]), yp_text, ym_text) for t in measured_p[:k]]
         geometry = token_pair_geometry(W_U, yp, ym)
+        conditions = displacement_conditions(W_U, before.exp(), yp, ym)
         top = ", ".join(f"{tok.decode([t])!r} ({m[0]})" for t, m in zip(measured_p[:k], marks))
         record = {
             "pair": f"{yp_text!r} > {ym_text!r}", "steps": steps_done,
@@ -166,8 +171,13 @@ def run_token_table(loaded, cfg: TokensConfig, train: TrainConfig, *, sink=None,
             f"overlap@{k} (Δp)": overlap_at_k(predicted, measured_p, k),
             f"overlap@{k} (Δlog p)": overlap_at_k(predicted, measured_lp, k),
             "benign": marks.count("benign"), "catastrophic": marks.count("catastrophic"),
-            # Sec. 4: pi(y+) can fall when W_y+ - W_y- points away from W_y+ (<W_y+, W_y-> > ||W_y+||^2)
-            "<W_y+ − W_y−, W_y+>/‖W_y+‖": geometry.along, "predicted π(y+) falls": geometry.along < 0,
+            # The slide's two conditions (diagnostics.token_geometry.displacement_conditions):
+            # <W_y+, W_y+ - W_y-> against the mass-weighted <W_z, W_y+ - W_y-> of the other tokens.
+            "<W_y+ − W_y−, W_y+>/‖W_y+‖": geometry.along,
+            "condition 1: <W_y+, W_y+ − W_y−>": conditions.condition1,
+            "condition 2: Σ_z≠y± π(z)<W_z, W_y+ − W_y−>": conditions.condition2,
+            "predicted π(y+) falls (condition 1 alone)": geometry.along < 0,
+            "predicted π(y+) falls": conditions.falls,
         }
         rows.append(record)
         for t, m in zip(measured_p[:k], marks):
@@ -177,7 +187,7 @@ def run_token_table(loaded, cfg: TokensConfig, train: TrainConfig, *, sink=None,
                           "y_plus_displaced": record["pi(y+) after"] < record["pi(y+) before"],
                           "gainers": [tok.decode([t]) for t in measured_p[:k]], "marks": marks,
                           "predicted": [tok.decode([t]) for t in predicted[:k]],
-                          "geometry": vars(geometry)}
+                          "geometry": vars(geometry), "conditions": vars(conditions)}
     return _result(rows, gainer_rows, per_pair, cfg, train, prompt)
 
 
@@ -212,6 +222,11 @@ def _result(rows, gainer_rows, per_pair, cfg: TokensConfig, train: TrainConfig, 
         tables=[("Per answer pair", rows), (f"Top-{k} gainers by Δp", gainer_rows)])
     res.add_figure("answer_probabilities", _figure(rows), "π(y+) and π(y−) before and after DPO")
     predicted = [r["pair"] for r in rows if r["predicted π(y+) falls"]]
+    res.notes.append("Prediction: the slide's two conditions (\"ln π_θ(y+|x) decreases when the following are large: "
+                     "<W_y+, W_y->, <W_z, W_y+ − W_y−> for tokens z ≠ y+, y−\") combined as prefdyn's first-order "
+                     "change through the hidden state, <W_y+ − Σ_z π(z) W_z, W_y+ − W_y−> < 0 (condition 1 minus "
+                     "condition 2 and the answers' own term); the unembedding's own update, which always raises "
+                     "π(y+), is left out.")
     res.notes.append(f"Unembedding geometry (Sec. 4) predicts π(y+) to fall for {len(predicted)}/{len(rows)} "
                      f"pair(s){': ' + ', '.join(predicted) if predicted else ''}; it fell for "
                      f"{len(displaced)}/{len(rows)}.")

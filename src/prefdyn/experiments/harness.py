@@ -26,12 +26,12 @@ from typing import Any
 import yaml
 
 from prefdyn._runtime import resolve_device, set_seed
-from prefdyn.errors import TrainingError
+from prefdyn.errors import PrefdynError, TrainingError
 from prefdyn.experiments.config import ExperimentConfig, ModelConfig
 from prefdyn.experiments.configure import to_yaml_dict
 from prefdyn.experiments.paper_setting import paper_setting_warnings
 from prefdyn.experiments.result import ExperimentResult
-from prefdyn.experiments.spec import ExperimentSpec, RunContext
+from prefdyn.experiments.spec import ExperimentSpec, PartOutcome, RunContext
 from prefdyn.reports import Report
 from prefdyn.tracking.run_dir import RunDir
 
@@ -146,29 +146,56 @@ def run_spec(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resource
 
 def run_suite(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resources | None = None,
               progress: bool = False, out: str | Path | None = None) -> tuple[ExperimentResult, Path]:
-    """A suite (the demo): every part in its own folder under ``out``, one report of all."""
+    """A suite (the demo, the scorecard): every part in its own folder under ``out``, one
+    report of all, ``summary.json`` with every part's summary.
+
+    With ``spec.summarize`` a part that fails with a :class:`PrefdynError` does not stop the
+    suite: its outcome records the error, and the summary (shown first) says so."""
     from prefdyn.experiments.registry import get_spec
 
     set_seed(cfg.seed)
     resources = resources or Resources()
     out = Path(out) if out is not None else Path(cfg.out)
-    report = Report(f"prefdyn — {spec.title}", subtitle="")
-    results = []
-    ctx = None
+    suite = RunDir(out)  # its wall_seconds is the whole suite's time
+    write_config(suite, cfg)
+    outcomes: dict[str, PartOutcome] = {}
+    ctx = last = None
     for folder, name, overrides in spec.parts:
         part = get_spec(name)
-        params = dataclasses.replace(part.params(), **overrides) if part.params else None
+        if spec.configure_part:
+            part_cfg = spec.configure_part(part, cfg, overrides)
+        else:
+            params = dataclasses.replace(part.params(), **overrides) if part.params else None
+            part_cfg = dataclasses.replace(cfg, experiment=params, preset=cfg.preset)
         log.info("running %s", folder)
-        part_cfg = dataclasses.replace(cfg, experiment=params, preset=cfg.preset)
-        result, _ = run_spec(part, part_cfg, resources=resources, progress=progress, out=out / folder)
+        outcome = outcomes[folder] = PartOutcome(part.name, out / folder)
+        try:
+            outcome.result, _ = run_spec(part, part_cfg, resources=resources, progress=progress,
+                                         out=out / folder)
+        except PrefdynError as e:
+            if spec.summarize is None:
+                raise
+            log.warning("%s failed: %s", folder, e)
+            outcome.error = str(e)
+            continue
+        ctx, last = RunContext(part_cfg, None, resources, progress), part
+    results = [o.result for o in outcomes.values() if o.result is not None]
+    report = Report(f"prefdyn — {spec.title}", subtitle="")
+    summary: dict[str, Any] = {}
+    if spec.summarize:
+        board = spec.summarize(outcomes)
+        board.add_to(report)
+        summary.update(board.summary)
+    for result in results:
         result.add_to(report)
-        results.append(result)
-        ctx = RunContext(part_cfg, None, resources, progress)
-        last = part
-    ws = resources.workspace(cfg, progress=progress)
-    report.subtitle = f"{ws.model_name} on {len(ws.names)} behaviors, last-layer DPO"
-    report.footer(_footer(ctx, last))
+    summary.update({r.name: r.summary for r in results})
+    if spec.needs_model:
+        ws = resources.workspace(cfg, progress=progress)
+        report.subtitle = f"{ws.model_name} on {len(ws.names)} behaviors, last-layer DPO"
+    if ctx is not None:
+        report.footer(_footer(ctx, last))
     report.write(out / "report.html")
-    combined = ExperimentResult(name=spec.key, title=spec.title, explanation="",
-                                summary={r.name: r.summary for r in results})
+    combined = ExperimentResult(name=spec.key, title=spec.title, explanation="", summary=summary)
+    suite.write_summary({"experiment": spec.key, **summary,
+                         "failed": {f: o.error for f, o in outcomes.items() if o.error}})
     return combined, out

@@ -10,19 +10,23 @@ together.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from prefdyn.diagnostics import priority_gap_matrix, priority_levels
+from prefdyn.errors import PrefdynError
 from prefdyn.experiments.lm_common import (
     LMExperimentPreset,
+    LMParams,
     lm_spec,
     lm_task,
-    on_lm_workspace,
     train_lm,
 )
 from prefdyn.experiments.priority import highest_gap_pair, loss_auc
 from prefdyn.experiments.result import ExperimentResult, fmt
+from prefdyn.experiments.spec import RunContext
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.reports import plot_curves, plot_grid
 from prefdyn.tracking import class_mean_difference
@@ -53,6 +57,7 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
     """Fig. 7: the highest- and lowest-priority-gap pairs (or ``pairs``), each fine-tuned
     jointly. Tests that the higher D_i P_i is learned first under full/LoRA training; reports
     per-behavior loss curves, loss AUC and the verdict per pair."""
+    chosen_by = "named (experiment.pairs), larger gap first" if pairs else "Eq. 5: the highest- and lowest-gap pair"
     if pairs is None:
         hi, lo = highest_gap_pair(ws), lowest_gap_pair(ws)
         pairs = [hi] if sorted(hi) == sorted(lo) else [hi, lo]
@@ -116,8 +121,8 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
             f"{train.lr:g}, beta {train.beta:g}, {run_steps} steps of {train.batch_size} rows). "
             "Priority levels P_i = cos(b_bar, b_i) (Im & Li, Eq. 5) are measured on the base "
             "model's hidden states; Fig. 7 of the paper shows the higher-priority behavior of a "
-            "high-gap pair learned first under full fine-tuning.\n\n" + " ".join(text)),
-        summary={"pairs": summary_pairs, "mode": preset.mode, "lr": train.lr, "beta": train.beta,
+            f"high-gap pair learned first under full fine-tuning. Pairs: {chosen_by}.\n\n" + " ".join(text)),
+        summary={"pairs": summary_pairs, "pairs_chosen_by": chosen_by, "mode": preset.mode, "lr": train.lr, "beta": train.beta,
                  "steps": run_steps, "epochs": train.epochs, "batch_size": train.batch_size,
                  "preset": preset},
         headlines=headlines)
@@ -131,6 +136,40 @@ def run_lm_priority(ws: Workspace, train: TrainConfig, *, sink=None, loaded,
     return res
 
 
+@dataclass(frozen=True)
+class LMPriorityParams(LMParams):
+    """:class:`LMParams` plus ``pairs``: the pairs to train, by behavior name, the larger-gap
+    pair first (the paper's Fig. 7 / Fig. 12 name theirs: "(a) Training on a pair with a
+    higher priority gap [...] (b) Training on a pair with a smaller priority gap"). Empty:
+    the highest- and the lowest-gap pair by Eq. 5 among the behaviors (prefdyn's selection)."""
+
+    pairs: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [p for p in self.pairs if len(p) != 2 or p[0] == p[1]]
+        if bad:
+            raise PrefdynError(f"experiment.pairs: every pair names two different behaviors, got {bad}")
+
+
+def named_pairs(ws: Workspace, pairs: tuple[tuple[str, ...], ...]) -> list[list[int]] | None:
+    """``pairs`` as behavior indices of ``ws`` (None when no pair is named)."""
+    if not pairs:
+        return None
+    missing = sorted({n for p in pairs for n in p if n not in ws.names})
+    if missing:
+        raise PrefdynError(f"experiment.pairs names behaviors not loaded: {missing}; loaded: {ws.names}")
+    return [[ws.names.index(a), ws.names.index(b)] for a, b in pairs]
+
+
+def run_lm_priority_spec(ctx: RunContext) -> ExperimentResult:
+    ws = ctx.workspace()
+    return run_lm_priority(ws, ctx.train, sink=ctx.sink, loaded=ctx.model(), preset=ctx.params,
+                           pairs=named_pairs(ws, ctx.params.pairs))
+
+
+run_lm_priority_spec.__doc__ = run_lm_priority.__doc__
+
 SPEC = lm_spec("lm priority", "Priority under fine-tuning",
-               "Fig. 7: the highest- and the lowest-priority-gap pair, each trained jointly.",
-               on_lm_workspace(run_lm_priority), "lm_priority")
+               "Fig. 7: the highest- and the lowest-priority-gap pair (or experiment.pairs), each trained jointly.",
+               run_lm_priority_spec, "lm_priority", params=LMPriorityParams)

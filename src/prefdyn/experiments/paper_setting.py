@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from prefdyn.experiments.config import ExperimentConfig
 
-PAPER_PRESET = "paper"
-PAPER_MODELS = ("llama-2-7b", "mistral-7b")
-"""Substrings (lower case) of the papers' base models' names."""
+PRESET_MODEL = {"paper": "Llama-2-7B", "mistral": "Mistral-7B", "app-d-beta0.001": "Llama-2-7B",
+                "app-d-beta0.1": "Llama-2-7B", "app-d-beta1": "Llama-2-7B"}
+"""The presets that carry a paper's setting, and the model that setting is for."""
 
 INSTRUCT_NOTE = (
     "the embedded SmolLM2-135M-Instruct is an Instruct model, tuned with a chat format: "
@@ -30,18 +30,17 @@ IM_LI_LM = ("lm distinguishability", "lm priority", "lm distribution", "lm misal
 def paper_setting_warnings(spec_name: str, cfg: ExperimentConfig) -> list[str]:
     """Warnings for a ``paper``-preset run of an Im & Li LM experiment whose model or data is
     not the paper's (empty for other presets and experiments)."""
-    if cfg.preset != PAPER_PRESET or spec_name not in IM_LI_LM:
+    if cfg.preset not in PRESET_MODEL or spec_name not in IM_LI_LM:
         return []
     persona = spec_name != "lm hh-rlhf"
     out = []
-    name = cfg.model.name
+    name, preset, model = cfg.model.name, cfg.preset, PRESET_MODEL[cfg.preset]
     if name is None:
-        out.append(f"--preset paper on a model that is not the paper's (Llama-2-7B): {INSTRUCT_NOTE}.")
-    elif not any(m in name.lower() for m in PAPER_MODELS) or "chat" in name.lower() \
-            or "instruct" in name.lower():
-        out.append(f"--preset paper on {name}, not the paper's base model (Llama-2-7B, or "
-                   "Mistral-7B for App. B): the numbers test the paper's design, not its setting.")
+        out.append(f"--preset {preset} on a model that is not the paper's ({model}): {INSTRUCT_NOTE}.")
+    elif model.lower() not in name.lower() or "chat" in name.lower() or "instruct" in name.lower():
+        out.append(f"--preset {preset} on {name}, not the paper's base model for it ({model}): the "
+                   "numbers test the paper's design, not its setting.")
     if persona and cfg.data.path is None:
-        out.append("--preset paper on prefdyn's bundled demo data, not Anthropic's persona "
+        out.append(f"--preset {preset} on prefdyn's bundled demo data, not Anthropic's persona "
                    "files: give --data ../shared/data/persona.")
     return out

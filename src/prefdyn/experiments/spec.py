@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prefdyn.errors import PrefdynError
@@ -77,6 +78,13 @@ class ExperimentSpec:
     check: Callable[[ExperimentResult], None] | None = None
     """Called by the CLI after the run folder and report are written; raises a
     :class:`~prefdyn.errors.PrefdynError` to exit non-zero (e.g. diagnose's ``--fail-on``)."""
+    configure_part: Callable[[ExperimentSpec, ExperimentConfig, dict[str, Any]], ExperimentConfig] | None = None
+    """Suite only: the config of one part from (part spec, the suite's config, its overrides);
+    default: the suite's config with the part's params and the overrides."""
+    summarize: Callable[[dict[str, PartOutcome]], ExperimentResult] | None = None
+    """Suite only: a result computed from every part's outcome (the scorecard), shown first
+    in the report; with it, a part that fails with a :class:`PrefdynError` is recorded in its
+    outcome and the suite goes on."""
 
     @property
     def key(self) -> str:
@@ -85,6 +93,16 @@ class ExperimentSpec:
 
     def folder_for(self, cfg: ExperimentConfig) -> str:
         return self.folder(cfg) if self.folder else self.name.replace(" ", "_").replace("-", "_")
+
+
+@dataclass
+class PartOutcome:
+    """One part of a suite: its result (None if it failed), its run folder and its error."""
+
+    spec: str
+    folder: Path
+    result: ExperimentResult | None = None
+    error: str | None = None
 
 
 @dataclass

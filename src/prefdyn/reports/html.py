@@ -22,6 +22,7 @@ import math
 import re
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,20 @@ def _png_display_size(png: bytes) -> tuple[int, int] | None:
     return width, height
 
 
+@dataclass(frozen=True)
+class Link:
+    """A table cell linking ``href`` (a relative path stays relative: a run folder's report)."""
+
+    text: str
+    href: str
+
+
 def _format_cell(value: Any, number_format: str) -> tuple[str, bool]:
     """(escaped text, is_numeric) for one table cell."""
     if value is None:
         return "", False
+    if isinstance(value, Link):
+        return f'<a href="{_esc(value.href)}">{_esc(value.text)}</a>', False
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return ("yes" if value else "no"), False
     if isinstance(value, Integral):

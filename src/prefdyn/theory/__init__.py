@@ -34,6 +34,7 @@ from prefdyn.theory.checks import (
 )
 from prefdyn.theory.scaling import (
     ClusterStructure,
+    class_cluster_structure,
     cluster_structure,
     fit_exponent,
     linear_margin_rates,
@@ -51,7 +52,7 @@ from prefdyn.theory.synthetic import (
 
 __all__ = [
     "A3Result", "ClusterStructure", "ConceptLaw", "THEOREM41_CONSTANT", "TwoClassLaw",
-    "accuracy_bound", "check_theorem41", "check_theorem42", "cluster_structure", "concept_law",
+    "accuracy_bound", "check_theorem41", "check_theorem42", "class_cluster_structure", "cluster_structure", "concept_law",
     "cosines", "dpo_last_layer_grad", "estimate_alpha", "first_step_identity", "fit_exponent",
     "generalized_normal", "gn_psi_norm", "gn_scale", "linear_margin_rates", "psi_norm",
     "steps_to_margin", "tail_ratio", "theorem41_bound", "theorem42_bound", "theorem43_bound",

@@ -25,6 +25,7 @@ behavior are closer to each other than to other behaviors' once the global mean
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -127,6 +128,35 @@ def cluster_structure(embeddings: list[Tensor], names: Sequence[str]) -> Cluster
     global_mean = torch.cat([e.double() for e in embeddings]).mean(0)
     return ClusterStructure(list(names), _mean_cosine_matrix(embeddings),
                             _mean_cosine_matrix([e.double() - global_mean for e in embeddings]))
+
+
+def class_cluster_structure(embeddings: list[Tensor], prefers_yes: list[Tensor],
+                            names: Sequence[str]) -> dict[str, float]:
+    """The scaling law's cluster assumption checked per (concept, class) cluster (Im & Li 2024b:
+    "the preference data consists of K pairs of clusters", each concept a preferred and a
+    non-preferred cluster; quoted from the summary): mean cosine of the global-mean-removed hidden
+    states within a cluster, to the same concept's other class, and to the other concepts' clusters.
+    The assumption holds as far as ``within`` exceeds both (``separated``).
+
+    Args:
+        embeddings: one ``(n_k, d)`` tensor per concept; ``prefers_yes``: its ``(n_k,)`` classes.
+        names: the concepts' names (the clusters are ``name+`` and ``name-``).
+    """
+    clusters, labels = [], []
+    for x, y, name in zip(embeddings, prefers_yes, names):
+        clusters += [x[y], x[~y]]
+        labels += [f"{name}+", f"{name}-"]
+    m = cluster_structure(clusters, labels).matrix_centered
+    K2 = m.shape[0]
+    idx = torch.arange(K2)
+    partner = idx ^ 1  # the same concept's other class
+    same_concept = float(m[idx, partner].mean())
+    other = ~torch.eye(K2, dtype=torch.bool)
+    other[idx, partner] = False
+    other_concepts = float(m[other].mean()) if other.any() else float("nan")
+    within = float(m.diagonal().mean())
+    return {"within": within, "same_concept_other_class": same_concept, "other_concepts": other_concepts,
+            "separated": bool(within > same_concept and (math.isnan(other_concepts) or within > other_concepts))}
 
 
 def _signed_means(data: Problems) -> Tensor:
