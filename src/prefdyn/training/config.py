@@ -32,7 +32,10 @@ class TrainConfig:
     many times past its first-step value (floored at 1) stops with a
     :class:`~prefdyn.errors.TrainingError` naming the step, as a NaN loss does (the rule
     and why a healthy run never meets it: :mod:`prefdyn.training.divergence`). ``None``
-    disables the check.
+    disables the check. ``check_every`` reads that check and the NaN/inf checks every
+    that many steps instead of after each, so a GPU run does not wait for the host each
+    step (a bad step's update is skipped on the device all the same; needs a fused
+    optimizer, prefdyn's AdamW: :mod:`prefdyn.training._checks`).
     """
 
     loss: str = "dpo"
@@ -50,6 +53,7 @@ class TrainConfig:
     grad_accum: int = 1
     epochs: int | None = None
     divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR
+    check_every: int = 1
 
     def optimizer_for(self, mode: str) -> str:
         """The optimizer a ``mode`` ("last_layer", "lora", "full") runs with."""
@@ -82,5 +86,7 @@ class TrainConfig:
         if self.divergence_factor is not None and not self.divergence_factor > 1:
             raise PrefdynError(f"divergence_factor must be > 1 (or None to disable the check), "
                                f"got {self.divergence_factor}")
+        if self.check_every < 1:
+            raise PrefdynError(f"check_every must be >= 1, got {self.check_every}")
         if self.log_every < 1 or self.eval_every < 1:
             raise PrefdynError("log_every and eval_every must be >= 1")

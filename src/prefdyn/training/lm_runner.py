@@ -175,7 +175,8 @@ def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs) -> Checkpoi
 
 def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None,
            feed: Iterator[Any], callbacks: Sequence[Callback],
-           max_grad_norm: float | None, divergence_factor: float | None) -> TrainState:
+           max_grad_norm: float | None, divergence_factor: float | None,
+           check_every: int = 1) -> TrainState:
     """The one loop, in train mode; how it ended written to the run folder (also on a
     NaN/inf loss, whose :class:`TrainingError` is re-raised); eval mode after."""
     folder, policy, steps = records.folder, setup.policy, setup.steps
@@ -186,7 +187,7 @@ def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None
                       callbacks=[*run_callbacks, *callbacks], max_grad_norm=max_grad_norm,
                       start_step=folder.start_step if folder else 0,
                       grad_sync=setup.dist.grad_sync if setup.dist.active else None,
-                      divergence_factor=divergence_factor)
+                      divergence_factor=divergence_factor, check_every=check_every)
     except TrainingError as e:
         if folder is not None:
             write_outcome(folder, steps=steps, last_step=(e.step or 1) - 1, error=e,
@@ -255,7 +256,8 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     records = open_records(setup, cfg, outputs)
     saver = resume(setup, records, outputs)
     feed = reference.wrap(to_device(b, setup.device) for b in batches)
-    state = _train(setup, records, saver, feed, callbacks, max_grad_norm, cfg.divergence_factor)
+    state = _train(setup, records, saver, feed, callbacks, max_grad_norm, cfg.divergence_factor,
+                   cfg.check_every)
     return LMRun(setup.policy, records.history, setup.lr, state, setup.optimizer)
 
 

@@ -72,8 +72,10 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
 
 def config_dict(cfg: TrainConfig) -> dict:
     """What a resumed run must share with the checkpoint: the config without the step
-    count (``steps``/``epochs`` may grow between runs: train longer)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "epochs")}
+    count (``steps``/``epochs`` may grow between runs: train longer) and how often the
+    step's checks are read (``check_every`` changes no number)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("steps", "epochs", "check_every")}
 
 
 _config_dict = config_dict
@@ -123,7 +125,7 @@ def fit_last_layer_resumable(W_init: Tensor, train_data: LastLayerData, cfg: Tra
     try:
         state = train(policy, run.objective, run.batches, optimizer, steps=cfg.steps,
                       callbacks=[tracker, saver, *callbacks], start_step=start_step,
-                      divergence_factor=cfg.divergence_factor)
+                      divergence_factor=cfg.divergence_factor, check_every=cfg.check_every)
     finally:
         sink.close()
     return LastLayerRun(policy, history, run.lr, run.lr_info, state)
