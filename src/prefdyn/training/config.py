@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from prefdyn.errors import PrefdynError
 from prefdyn.training.divergence import DEFAULT_DIVERGENCE_FACTOR
 
@@ -36,6 +38,11 @@ class TrainConfig:
     that many steps instead of after each, so a GPU run does not wait for the host each
     step (a bad step's update is skipped on the device all the same; needs a fused
     optimizer, prefdyn's AdamW: :mod:`prefdyn.training._checks`).
+
+    ``precision="bf16"`` (LM modes) runs the forward's and backward's matrix products in
+    bfloat16 under autocast, with fp32 weights, optimizer state, log-probs and losses
+    (mixed precision, the usual GPU mode; :class:`~prefdyn.policies.lm.LMPolicy`). fp32,
+    the default, is what exact comparisons use.
     """
 
     loss: str = "dpo"
@@ -54,6 +61,12 @@ class TrainConfig:
     epochs: int | None = None
     divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR
     check_every: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of ``precision`` (None: plain fp32)."""
+        return torch.bfloat16 if self.precision == "bf16" else None
 
     def optimizer_for(self, mode: str) -> str:
         """The optimizer a ``mode`` ("last_layer", "lora", "full") runs with."""
@@ -86,6 +99,8 @@ class TrainConfig:
         if self.divergence_factor is not None and not self.divergence_factor > 1:
             raise PrefdynError(f"divergence_factor must be > 1 (or None to disable the check), "
                                f"got {self.divergence_factor}")
+        if self.precision not in ("fp32", "bf16"):
+            raise PrefdynError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.check_every < 1:
             raise PrefdynError(f"check_every must be >= 1, got {self.check_every}")
         if self.log_every < 1 or self.eval_every < 1:

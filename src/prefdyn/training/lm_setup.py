@@ -37,16 +37,17 @@ LM_DEFAULT_LR = 1e-5
 
 
 def make_lm_policy(loaded, mode: Literal["full", "lora"], *, seed: int = 0,
-                   lora_kwargs: dict | None = None) -> LMPolicy:
+                   lora_kwargs: dict | None = None, autocast: torch.dtype | None = None) -> LMPolicy:
     """The policy for ``mode``. Both modify ``loaded.model`` in place (LoRA injects its
     adapters, full mode trains every weight); full mode keeps W(0) on disk for pi_ref
-    and the drift (:class:`~prefdyn.training.start_weights.StartWeights`)."""
+    and the drift (:class:`~prefdyn.training.start_weights.StartWeights`). ``autocast``:
+    mixed precision (:class:`~prefdyn.policies.lm.LMPolicy`)."""
     if mode == "lora":
-        return LMPolicy(apply_lora(loaded.model, seed=seed, **(lora_kwargs or {})))
+        return LMPolicy(apply_lora(loaded.model, seed=seed, **(lora_kwargs or {})), autocast=autocast)
     if mode == "full":
         start = StartWeights(loaded.model)  # W(0) on disk, not a second model in memory
         loaded.model.requires_grad_(True)
-        return LMPolicy(loaded.model, start_weights=start)
+        return LMPolicy(loaded.model, start_weights=start, autocast=autocast)
     raise ValueError(f"mode must be 'full' or 'lora', got {mode!r}")
 
 
@@ -114,7 +115,8 @@ def setup_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *, mode: Literal[
     # run), recomputed here (~0.1 s): ``loaded.fingerprint`` is stale for a model trained
     # in place or copied from a trained one, and would serve the base model's values.
     start_fingerprint = model_fingerprint(loaded.model, loaded.tokenizer)
-    policy = make_lm_policy(loaded, mode, seed=cfg.seed, lora_kwargs=lora_kwargs)
+    policy = make_lm_policy(loaded, mode, seed=cfg.seed, lora_kwargs=lora_kwargs,
+                            autocast=cfg.autocast_dtype)
     lr = cfg.lr if cfg.lr is not None else LM_DEFAULT_LR
     log.info("%s mode: %s, lr %.3g (%s), %d steps", mode, cfg.optimizer_for(mode), lr,
              "given" if cfg.lr is not None else "LM default; cfg.lr is None", steps)
