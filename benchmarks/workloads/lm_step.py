@@ -20,7 +20,6 @@ from benchmarks._context import Context
 from benchmarks._report import Row
 from benchmarks.workloads.trl_sides import build_parser, run_side
 
-
 QUICK, FULL = (2, 8), (10, 16)  # (timed steps, batch size)
 
 

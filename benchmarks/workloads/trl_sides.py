@@ -359,7 +359,8 @@ def report(args, sides, rounds, load_before: str) -> None:
                          "setup_s": statistics.median(r["setup_s"] for r in rs), "losses": rs[0]["losses"],
                          "objective": rs[0]["objective"]}
     trl, pre = summary.get("trl"), summary.get("trl-precompute")
-    table = Table(title=f"LM DPO, persona task: SmolLM2-135M {args.dtype} full on {args.device}, batch {B}, AdamW {args.lr:g}, "
+    table = Table(title=f"LM DPO, persona task: SmolLM2-135M {args.dtype} full on {args.device}, "
+                        f"batch {B}, AdamW {args.lr:g}, "
                         f"beta {args.beta:g}, {N} steps after 1 warm-up, {torch.get_num_threads()} threads, "
                         f"load {load_before} before")
     for col in ("side", "setup s", "s/step", "pairs/s", "x TRL", "x TRL-pre", "peak GB", "mem/TRL",

@@ -32,7 +32,8 @@ Encoded = Sequence[tuple[list[int], int]]  # (ids, P): chosen of pair i at 2i, r
 _PROMPT, _PAD = -1, -2
 
 
-def packed_row(chosen: tuple[list[int], int], rejected: tuple[list[int], int]) -> tuple[list[int], list[int], list[int]]:
+def packed_row(chosen: tuple[list[int], int], rejected: tuple[list[int], int]
+               ) -> tuple[list[int], list[int], list[int]]:
     """``(tokens, position ids, segment ids)`` of one pair's packed row (module docstring).
 
     Segment -1 is the prompt, 0 the chosen response, 1 the rejected one. The prompt's

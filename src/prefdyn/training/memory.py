@@ -4,12 +4,13 @@ Full fine-tuning with AdamW keeps, per trainable parameter, fp32 weights (4 byte
 fp32 gradient (4) and Adam's two moments (8): 16 bytes, about 108 GB for Llama-2-7B on
 every data-parallel process. Mixed precision (``precision="bf16"``, autocast) keeps that
 fp32 state, halves the activations and adds the bf16 copies of the weights that
-autocast makes in the forward and keeps for the backward (2 bytes a parameter). Sharding through an existing engine divides the
-state over the processes: accelerate's FSDP ``FULL_SHARD`` (DeepSpeed ZeRO-3) shards
-weights, gradients and optimizer state, ``SHARD_GRAD_OP`` (ZeRO-2) gradients and
-optimizer state only; a fully sharded process also holds the gathered weights of the
-layer it runs and of the one it prefetches, and with FSDP's own mixed precision
-(``param_dtype=bf16``) gathers bf16 weights instead of keeping autocast copies.
+autocast makes in the forward and keeps for the backward (2 bytes a parameter).
+Sharding through an existing engine divides the state over the processes:
+accelerate's FSDP ``FULL_SHARD`` (DeepSpeed ZeRO-3) shards weights, gradients and
+optimizer state, ``SHARD_GRAD_OP`` (ZeRO-2) gradients and optimizer state only. A
+fully sharded process also holds the gathered weights of the layer it runs and of the
+one it prefetches, and with FSDP's own mixed precision (``param_dtype=bf16``) gathers
+bf16 weights instead of keeping autocast copies.
 
 Activations follow Korthikanti et al. (2022), "Reducing Activation Recomputation in Large
 Transformer Models", Section 4.1: "the total memory required to store the activations
