@@ -15,6 +15,8 @@ def test_hand_computed_full_sharding():
     bf16 = training_memory(shape, precision="bf16", processes=2, sharding="grad_op", batch=4, seq=16)
     assert bf16.weights == 4000 + 2000  # + autocast's bf16 copies
     assert bf16.gradients == 2000 and bf16.activations == got.activations / 2
+    zero1 = training_memory(shape, processes=4, sharding="optimizer")
+    assert (zero1.weights, zero1.gradients, zero1.optimizer) == (4000, 4000, 2000)
     lora = training_memory(shape, trainable=10)
     assert (lora.weights, lora.gradients, lora.optimizer) == (4000, 40, 80)
 

@@ -19,6 +19,7 @@ from prefdyn.errors import TrainingError
 from prefdyn.losses import get_loss
 from prefdyn.models.loading import model_fingerprint
 from prefdyn.policies.lm import LMPolicy, ReferenceCache, apply_lora
+from prefdyn.training._sharded_optimizer import shard_optimizer
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.distributed import Distributed, launched_world_size, setup_distributed
 from prefdyn.training.lm_data import LMBatchStream
@@ -123,6 +124,8 @@ def setup_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *, mode: Literal[
     params = [p for p in policy.model.parameters() if p.requires_grad]
     log.info("%s mode: %d trainable parameters", mode, sum(p.numel() for p in params))
     optimizer = make_optimizer(params, cfg, lr, mode=mode)
+    if cfg.sharding == "optimizer" and dist.active:
+        optimizer = shard_optimizer(params, optimizer)
     return LMSetup(policy, optimizer, objective, mode, lr, steps, stream, dist, model_device,
                    start_fingerprint)
 

@@ -7,7 +7,8 @@ fp32 state, halves the activations and adds the bf16 copies of the weights that
 autocast makes in the forward and keeps for the backward (2 bytes a parameter).
 Sharding through an existing engine divides the state over the processes:
 accelerate's FSDP ``FULL_SHARD`` (DeepSpeed ZeRO-3) shards weights, gradients and
-optimizer state, ``SHARD_GRAD_OP`` (ZeRO-2) gradients and optimizer state only. A
+optimizer state, ``SHARD_GRAD_OP`` (ZeRO-2) gradients and optimizer state only, and
+prefdyn's own ``TrainConfig.sharding="optimizer"`` (ZeRO-1) the optimizer state only. A
 fully sharded process also holds the gathered weights of the layer it runs and of the
 one it prefetches, and with FSDP's own mixed precision (``param_dtype=bf16``) gathers
 bf16 weights instead of keeping autocast copies.
@@ -45,7 +46,7 @@ LLAMA2_7B = ModelShape("Llama-2-7B", 6_738_415_616, 32, 4096, 32)
 MISTRAL_7B = ModelShape("Mistral-7B", 7_241_732_096, 32, 4096, 32)
 SMOLLM2_135M = ModelShape("SmolLM2-135M", 134_515_008, 30, 576, 9)
 
-Sharding = Literal["none", "grad_op", "full"]
+Sharding = Literal["none", "optimizer", "grad_op", "full"]
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,13 @@ def training_memory(model: ModelShape, *, trainable: int | None = None,
     ``trainable``: trained parameters (default all: full fine-tuning; LoRA: the adapters).
     ``batch`` is the global batch, split evenly over the processes; ``seq`` its tokens a row.
     """
-    if sharding not in ("none", "grad_op", "full"):
-        raise ValueError(f"sharding must be 'none', 'grad_op' or 'full', got {sharding!r}")
+    if sharding not in ("none", "optimizer", "grad_op", "full"):
+        raise ValueError(f"sharding must be 'none', 'optimizer', 'grad_op' or 'full', got {sharding!r}")
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     trainable = model.params if trainable is None else trainable
-    state_share = 1 / processes if sharding != "none" else 1.0
+    optimizer_share = 1 / processes if sharding != "none" else 1.0
+    gradient_share = 1 / processes if sharding in ("grad_op", "full") else 1.0
     weights = 4.0 * model.params
     if sharding == "full":
         layer = model.params / model.layers
@@ -85,5 +87,5 @@ def training_memory(model: ModelShape, *, trainable: int | None = None,
     micro = -(-batch // processes)
     s, h, a = seq, model.hidden, model.heads
     activations = model.layers * s * micro * h * (34 + 5 * a * s / h) * (1 if precision == "bf16" else 2)
-    return MemoryEstimate(weights, 4.0 * trainable * state_share, 8.0 * trainable * state_share,
+    return MemoryEstimate(weights, 4.0 * trainable * gradient_share, 8.0 * trainable * optimizer_share,
                           activations)

@@ -73,10 +73,11 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
 def config_dict(cfg: TrainConfig) -> dict:
     """What a resumed run must share with the checkpoint: the config without the step
     count (``steps``/``epochs`` may grow between runs: train longer) and how often the
-    step's checks are read (``check_every`` changes no number); ``precision`` only where
+    step's checks are read and whether the optimizer state is sharded (``check_every``,
+    ``sharding``: neither changes a number); ``precision`` only where
     it is not the default fp32 (checkpoints written before it existed are fp32 runs)."""
     return {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("steps", "epochs", "check_every")
+            if k not in ("steps", "epochs", "check_every", "sharding")
             and not (k == "precision" and v == "fp32")}
 
 
