@@ -17,6 +17,7 @@ resumes from any checkpoint, sharded or not, and the other way round.
 from __future__ import annotations
 
 import inspect
+import sys
 
 import torch
 
@@ -35,9 +36,10 @@ def shard_optimizer(params: list[torch.nn.Parameter], optimizer: torch.optim.Opt
 
 
 def is_sharded(optimizer: torch.optim.Optimizer) -> bool:
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    return isinstance(optimizer, ZeroRedundancyOptimizer)
+    """Whether ``optimizer`` came from :func:`shard_optimizer` (without importing
+    ``torch.distributed.optim``, whose import warns about ``torch.jit``, in plain runs)."""
+    zero = sys.modules.get("torch.distributed.optim")
+    return zero is not None and isinstance(optimizer, zero.ZeroRedundancyOptimizer)
 
 
 class ConsolidateBeforeSave(Callback):
