@@ -1,6 +1,7 @@
 """LM DPO step on the single-token persona task: prefdyn against TRL's DPOTrainer.
 
-Same model (the embedded SmolLM2-135M-Instruct, fp32, full fine-tuning), same
+Same model (the embedded SmolLM2-135M-Instruct, full fine-tuning; fp32, or with
+``--dtype bf16`` mixed precision on every side; on ``--device``), same
 data in the same order (chat-templated persona prompts, answers "Yes"/"No"),
 batch, AdamW lr (constant, no weight decay), beta, sigmoid DPO loss and gradient
 clipping (1.0, TRL's default). Sides, each in its own subprocess so that peak
@@ -80,8 +81,14 @@ def persona_rows(tokenizer, data: str | None, behavior: str, n: int):
     return [b.prompts[i] for i in rows], [bool(b.prefers_yes[i]) for i in rows], b.answers
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
+def peak_rss_gb(device: str = "cpu") -> float:
+    """Peak memory of this side: the process's max resident set (Linux: KiB), or on CUDA
+    the allocator's peak."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 # ----------------------------------------------------------------------------- sides
@@ -94,10 +101,10 @@ def run_prefdyn(args, share_prefix: bool) -> dict:
     from prefdyn.tracking.callbacks import Callback
     from prefdyn.training import TrainConfig
     from prefdyn.training.lm_data import collate_prompts
-    from prefdyn.policies.lm import LMPolicy
+    from prefdyn.policies.lm import LMPolicy, to_device
     from prefdyn.training.lm_runner import fit_lm
 
-    loaded = load_model(None)
+    loaded = load_model(None, device=args.device)
     tok = loaded.tokenizer
     total = args.steps + 1
     prompts, prefers_yes, answers = persona_rows(tok, args.data, args.behavior, total * args.batch_size)
@@ -105,8 +112,9 @@ def run_prefdyn(args, share_prefix: bool) -> dict:
     ids = tok(prompts, add_special_tokens=False)["input_ids"]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     B = args.batch_size
-    batches = [collate_prompts(ids[k * B:(k + 1) * B], range(k * B, (k + 1) * B),
-                               torch.tensor(prefers_yes[k * B:(k + 1) * B]), yes_id, no_id, pad)
+    batches = [to_device(collate_prompts(ids[k * B:(k + 1) * B], range(k * B, (k + 1) * B),
+                                         torch.tensor(prefers_yes[k * B:(k + 1) * B]), yes_id, no_id, pad),
+                         args.device)
                for k in range(total)]
 
     class Probe(Callback):
@@ -126,18 +134,18 @@ def run_prefdyn(args, share_prefix: bool) -> dict:
 
     probe = Probe()
     cfg = TrainConfig(loss="dpo", beta=args.beta, optimizer="adamw", lr=args.lr, weight_decay=0.0,
-                      steps=total, log_every=total)
+                      steps=total, log_every=total, precision=args.dtype)
     t0 = time.perf_counter()
     # The reference log-probs are computed once, before the first step (as TRL's
     # precompute_ref_log_probs does), by the starting weights = pi_ref; counted in setup.
-    start = LMPolicy(loaded.model, share_prefix=share_prefix)
+    start = LMPolicy(loaded.model, share_prefix=share_prefix, autocast=cfg.autocast_dtype)
     with torch.no_grad():
         batches = [dataclasses.replace(b, ref_chosen=c, ref_rejected=r)
                    for b in batches for c, r in [start.pair(b)]]
     fit_lm(loaded, iter(batches), cfg, mode="full", steps=total, callbacks=[probe],
-           max_grad_norm=1.0)
+           max_grad_norm=1.0, device=args.device)
     return {"setup_s": probe.times[0] - t0, "step_times": _diffs(probe.times),
-            "losses": probe.losses, "peak_gb": peak_rss_gb(), "flops_step": step_flops(loaded.model, ids, B),
+            "losses": probe.losses, "peak_gb": peak_rss_gb(args.device), "flops_step": step_flops(loaded.model, ids, B),
             "objective": f"log pi(answer|x), answers {answers[0]!r}/{answers[1]!r}, one token"}
 
 
@@ -166,7 +174,7 @@ def run_trl(args, precompute: bool) -> dict:
 
     from prefdyn.models import answer_token_ids, load_model
 
-    loaded = load_model(None)
+    loaded = load_model(None, device=args.device)
     tok = loaded.tokenizer
     total = args.steps + 1
     prompts, prefers_yes, answers = persona_rows(tok, args.data, args.behavior, total * args.batch_size)
@@ -225,7 +233,8 @@ def run_trl(args, precompute: bool) -> dict:
             output_dir=out_dir, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
             lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
             beta=args.beta, loss_type="sigmoid", max_steps=total, logging_steps=1, report_to="none",
-            save_strategy="no", bf16=False, fp16=False, use_cpu=True, seed=args.seed,
+            save_strategy="no", bf16=args.dtype == "bf16", fp16=False, use_cpu=args.device == "cpu",
+            seed=args.seed,
             precompute_ref_log_probs=precompute, dataloader_num_workers=0, disable_tqdm=True)
         t0 = time.perf_counter()
         ref_model = None if precompute else copy.deepcopy(loaded.model)  # what prefdyn keeps too
@@ -236,7 +245,7 @@ def run_trl(args, precompute: bool) -> dict:
                  if drop_eos else
                  f"log pi(answer|x) + log pi({tok.eos_token!r}|x, answer): TRL's default data")
     return {"setup_s": times[0] - t0, "step_times": _diffs(times), "losses": losses,
-            "peak_gb": peak_rss_gb(), "objective": objective}
+            "peak_gb": peak_rss_gb(args.device), "objective": objective}
 
 
 def _diffs(times: list[float]) -> list[float]:
@@ -261,7 +270,8 @@ def run_side(side: str, args) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.workloads.trl_sides", "--worker", side, "--result", result_path,
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
            "--beta", str(args.beta), "--behavior", args.behavior, "--trl-eos", args.trl_eos,
-           "--seed", str(args.seed)] + (["--data", args.data] if args.data else [])
+           "--seed", str(args.seed), "--dtype", args.dtype, "--device", args.device] + (
+               ["--data", args.data] if args.data else [])
     env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
     if side == "trl-keepmem":
         env["GLIBC_TUNABLES"] = KEEP_MEMORY
@@ -305,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "else the bundled demo data)")
     p.add_argument("--behavior", default="agreeableness")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: mixed precision on every side (prefdyn precision='bf16', TRL bf16=True)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]; every side runs there")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     return p
@@ -346,7 +359,8 @@ def report(args, sides, rounds, load_before: str) -> None:
                          "setup_s": statistics.median(r["setup_s"] for r in rs), "losses": rs[0]["losses"],
                          "objective": rs[0]["objective"]}
     trl, pre = summary.get("trl"), summary.get("trl-precompute")
-    table = Table(title=f"LM DPO, persona task: SmolLM2-135M fp32 full, batch {B}, AdamW {args.lr:g}, "
+    table = Table(title=f"LM DPO, persona task: SmolLM2-135M {args.dtype} full on {args.device}, "
+                        f"batch {B}, AdamW {args.lr:g}, "
                         f"beta {args.beta:g}, {N} steps after 1 warm-up, {torch.get_num_threads()} threads, "
                         f"load {load_before} before")
     for col in ("side", "setup s", "s/step", "pairs/s", "x TRL", "x TRL-pre", "peak GB", "mem/TRL",

@@ -35,6 +35,8 @@ import torch
 from prefdyn._hashing import hash_texts
 from prefdyn._store import ArtifactKey, ArtifactStore, TensorSpec
 from prefdyn.data.records import PreferencePair
+from prefdyn.diagnostics._ches_pack import packed_pair_sums
+from prefdyn.embeddings._prefix import packing_exact
 from prefdyn.embeddings.extract import _length_sorted_batches, _progress_bar
 from prefdyn.errors import DataError
 
@@ -88,15 +90,25 @@ def pair_hidden_sums(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     progress: bool = False,
+    share_prompt: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> HiddenSums:
     """S+ and S- of every pair, and the response lengths, batched.
 
     Returns ``(sum_chosen (n, d) float64, sum_rejected (n, d) float64,
-    len_chosen (n,) int64, len_rejected (n,) int64)`` on CPU. The 2n sequences
-    (prompt+chosen and prompt+rejected, one decoder forward each) run longest
-    first in left-padded batches of ``batch_size`` sequences, with position ids
-    from the attention mask, so each sees the positions it would see alone; the
-    hidden states are accumulated in float64. No vocabulary logits are computed.
+    len_chosen (n,) int64, len_rejected (n,) int64)`` on CPU; the hidden states are
+    accumulated in float64 and no vocabulary logits are computed.
+
+    With ``share_prompt`` (the default) and where it is exact
+    (:func:`~prefdyn.embeddings._prefix.packing_exact`), each pair is one packed row,
+    its prompt run once and both responses after it (:mod:`._ches_pack`), and
+    ``batch_size // 2`` pairs (``batch_size`` sequences' worth) run per forward.
+    Otherwise the 2n sequences (prompt+chosen and prompt+rejected, one decoder forward
+    each) run longest first in left-padded batches of ``batch_size`` sequences, with
+    position ids from the attention mask, so each sees the positions it would see
+    alone. Both paths equal one unpadded forward per sequence up to float round-off.
+    ``autocast`` (e.g. ``torch.bfloat16``) runs the matrix products in that dtype under
+    :func:`torch.autocast`, the weights and the sums staying as they are.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -105,27 +117,40 @@ def pair_hidden_sums(
     hidden_size = model.get_output_embeddings().weight.shape[1]
     encoded = _encode_pairs(model, tokenizer, pairs)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sums = torch.zeros(len(encoded), hidden_size, dtype=torch.float64)
     lengths = torch.tensor([len(ids) - p for ids, p in encoded], dtype=torch.long)
-    with torch.inference_mode(), _progress_bar(len(encoded), progress) as advance:
-        for batch in _length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
-            width = max(len(encoded[i][0]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            predicting = torch.zeros((len(batch), width), dtype=torch.float64)
-            for row, i in enumerate(batch):
-                ids, n_prompt = encoded[i]
-                offset = width - len(ids)
-                input_ids[row, offset:] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, offset:] = 1
-                # Positions P-1 .. L-2 (shifted by the left padding) predict the response.
-                predicting[row, offset + n_prompt - 1 : width - 1] = 1.0
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                             position_ids=position_ids.to(device), use_cache=False).last_hidden_state
-            sums[batch] = torch.einsum("bt,btd->bd", predicting, hidden.to("cpu", torch.float64))
-            advance(len(batch))
+    longest = max((len(encoded[i][0]) + len(encoded[i + 1][0]) for i in range(0, len(encoded), 2)), default=0)
+    mixed = torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
+    with torch.inference_mode(), mixed, _progress_bar(len(encoded), progress) as advance:
+        if share_prompt and packing_exact(decoder, longest):
+            sums = packed_pair_sums(decoder, encoded, pairs_per_forward=max(1, batch_size // 2),
+                                    pad_id=pad_id, device=device, hidden_size=hidden_size, advance=advance)
+        else:
+            sums = _padded_sums(decoder, encoded, batch_size, pad_id, device, hidden_size, advance)
     return _split(sums, lengths)
+
+
+def _padded_sums(decoder, encoded, batch_size: int, pad_id: int, device: torch.device,
+                 hidden_size: int, advance) -> torch.Tensor:
+    """(2n, d) float64 sums of the 2n sequences in left-padded, length-sorted batches."""
+    sums = torch.zeros(len(encoded), hidden_size, dtype=torch.float64)
+    for batch in _length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
+        width = max(len(encoded[i][0]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        predicting = torch.zeros((len(batch), width), dtype=torch.float64)
+        for row, i in enumerate(batch):
+            ids, n_prompt = encoded[i]
+            offset = width - len(ids)
+            input_ids[row, offset:] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, offset:] = 1
+            # Positions P-1 .. L-2 (shifted by the left padding) predict the response.
+            predicting[row, offset + n_prompt - 1 : width - 1] = 1.0
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                         position_ids=position_ids.to(device), use_cache=False).last_hidden_state
+        sums[batch] = torch.einsum("bt,btd->bd", predicting, hidden.to("cpu", torch.float64))
+        advance(len(batch))
+    return sums
 
 
 def pair_hidden_sums_naive(model, tokenizer, pairs: Sequence[PreferencePair], *,
@@ -164,24 +189,29 @@ def ches_from_sums(sum_chosen: torch.Tensor, sum_rejected: torch.Tensor,
 
 
 def ches_scores(model, tokenizer, pairs: Sequence[PreferencePair], *, batch_size: int = 8,
-                device: str | torch.device | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
+                device: str | torch.device | None = None, progress: bool = False,
+                autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """``{"ches": (n,), "ches_normalized": (n,)}`` float64 for every pair (see :func:`ches_from_sums`)."""
     return ches_from_sums(*pair_hidden_sums(model, tokenizer, pairs, batch_size=batch_size,
-                                            device=device, progress=progress))
+                                            device=device, progress=progress, autocast=autocast))
 
 
-def ches_cache_key(loaded, pairs: Sequence[PreferencePair]) -> ArtifactKey:
-    """Content key of the hidden sums of ``pairs`` under ``loaded`` (model and tokenizer fingerprints)."""
+def ches_cache_key(loaded, pairs: Sequence[PreferencePair], *,
+                   autocast: torch.dtype | None = None) -> ArtifactKey:
+    """Content key of the hidden sums of ``pairs`` under ``loaded`` (model and tokenizer
+    fingerprints), and the autocast dtype where one is used (fp32 keys are unchanged)."""
     from prefdyn.models.loading import tokenizer_fingerprint
 
     texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
+    mixed = {} if autocast is None else {"autocast": str(autocast)}
     return _STORE.key(model=loaded.fingerprint, tokenizer=tokenizer_fingerprint(loaded.tokenizer),
-                      texts=hash_texts(texts))
+                      texts=hash_texts(texts), **mixed)
 
 
 def cached_pair_hidden_sums(loaded, pairs: Sequence[PreferencePair], *,
                             cache_dir: str | os.PathLike | None = None, batch_size: int = 8,
-                            device: str | torch.device | None = None, progress: bool = False) -> HiddenSums:
+                            device: str | torch.device | None = None, progress: bool = False,
+                            autocast: torch.dtype | None = None) -> HiddenSums:
     """:func:`pair_hidden_sums`, memoised under ``cache_dir()/ches/<key>.safetensors``.
 
     Stored with :mod:`prefdyn._store` (atomic writes; a bad file is warned about
@@ -195,9 +225,9 @@ def cached_pair_hidden_sums(loaded, pairs: Sequence[PreferencePair], *,
 
     def compute() -> dict[str, torch.Tensor]:
         sums = pair_hidden_sums(loaded.model, loaded.tokenizer, pairs, batch_size=batch_size,
-                                device=device, progress=progress)
+                                device=device, progress=progress, autocast=autocast)
         return dict(zip(expected, sums))
 
-    tensors = _STORE.get_or_compute(ches_cache_key(loaded, pairs), expected, compute,
+    tensors = _STORE.get_or_compute(ches_cache_key(loaded, pairs, autocast=autocast), expected, compute,
                                     cache_dir=cache_dir, info={"model": loaded.name})
     return tuple(tensors[name] for name in expected)  # type: ignore[return-value]

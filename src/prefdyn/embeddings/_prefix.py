@@ -66,3 +66,38 @@ def suffix_last_hidden(decoder, cache, prefix_len: int, suffixes: Sequence[Seque
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=cache is not None, **prefix)
     return out.last_hidden_state[torch.arange(batch, device=device), lengths - 1]
+
+
+def packing_exact(decoder, longest: int) -> bool:
+    """Whether a packed forward of ``decoder`` (several segments in one sequence, a block
+    mask, per-segment position ids) equals its plain forward, rows up to ``longest`` tokens.
+
+    It does where positions enter through ``position_ids`` only (rotary embeddings, not
+    learned or ALiBi positions), the attention takes a 4-D mask as given ("sdpa" or
+    "eager"), and no sliding window is shorter than a row.
+    """
+    config = getattr(decoder, "config", None)
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    if not hasattr(decoder, "rotary_emb"):
+        return False
+    window = getattr(config, "sliding_window", None)
+    return not window or window >= longest
+
+
+def segment_mask(decoder, segment: torch.Tensor) -> torch.Tensor:
+    """(k, 1, L, L) attention mask of packed rows with ``segment`` ids (k, L): query i sees
+    key j <= i that is in the shared prefix (segment -1) or in i's own segment.
+
+    Pads carry their own segment (e.g. -2) and so see the prefix and earlier pads, never
+    an empty row (which would give NaN). Boolean for "sdpa", additive for "eager".
+    """
+    width = segment.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segment.device).tril()
+    key, query = segment[:, None, :], segment[:, :, None]
+    allowed = (causal & ((key == -1) | (key == query)))[:, None]
+    if decoder.config._attn_implementation == "eager":
+        dtype = decoder.get_input_embeddings().weight.dtype
+        allowed = torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+    return allowed

@@ -36,6 +36,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from prefdyn.embeddings._prefix import packing_exact, segment_mask
+
 # Tokens per pack (prefix + suffixes). Above a few hundred tokens the masked
 # attention, quadratic in the pack length, starts to cost more than the
 # prefix repeated once per pack.
@@ -89,17 +91,6 @@ def _dropout_active(decoder: nn.Module) -> bool:
     if getattr(getattr(decoder, "config", None), "attention_dropout", 0.0):
         return True
     return any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in decoder.modules())
-
-
-def _packing_exact(decoder: nn.Module, longest: int) -> bool:
-    """Whether a packed forward of ``decoder`` equals its plain forward (module docstring)."""
-    config = getattr(decoder, "config", None)
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return False
-    if not hasattr(decoder, "rotary_emb"):  # learned / ALiBi positions: not via position_ids only
-        return False
-    window = getattr(config, "sliding_window", None)
-    return not window or window >= longest
 
 
 def _token_embeddings(decoder: nn.Module, input_ids: Tensor) -> Tensor | None:
@@ -213,16 +204,7 @@ def _packed_last_hidden(decoder: nn.Module, ids: Tensor, lengths: Tensor, prefix
             segment[p, at:at + n] = row
             at += n
             ends[row], pack_of[row] = at - 1, p
-    # Query i sees key j <= i that is in the prefix or in i's own segment. A pad sees
-    # the prefix and earlier pads (never an empty row, which would give NaN).
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    key, query = segment[:, None, :], segment[:, :, None]
-    allowed = (causal & ((key == -1) | (key == query)))[:, None]  # (k, 1, L, L)
-    if decoder.config._attn_implementation == "eager":  # an additive mask
-        dtype = decoder.get_input_embeddings().weight.dtype
-        allowed = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-            ~allowed, torch.finfo(dtype).min)
-    return decoder_hidden(decoder, tokens, allowed, positions)[pack_of, ends]
+    return decoder_hidden(decoder, tokens, segment_mask(decoder, segment), positions)[pack_of, ends]
 
 
 def last_token_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,
@@ -239,7 +221,7 @@ def last_token_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Ten
     lengths = attention_mask.sum(-1)
     expected_positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     if (not torch.equal(position_ids, expected_positions)
-            or not _packing_exact(decoder, int(lengths.max()))):
+            or not packing_exact(decoder, int(lengths.max()))):
         return _plain_last_hidden(decoder, input_ids, attention_mask, position_ids)
     ids = _right_aligned(input_ids, lengths)
     return _packed_last_hidden(decoder, ids, lengths, _common_prefix(ids, lengths), pack_tokens)

@@ -141,12 +141,18 @@ class LMPolicy(nn.Module):
 
     ``reference_model``: a frozen copy of the starting weights for full fine-tuning;
     ``None`` with a LoRA model means "the model with its adapters disabled".
+    ``autocast`` (e.g. ``torch.bfloat16``): the forward's matrix products in that dtype
+    under :func:`torch.autocast` (their backward too), while the weights, the optimizer
+    state, the log-softmax, the log-probs and the losses stay fp32 (mixed precision;
+    about 2x the fp32 step on CPUs with avx512_bf16, the usual mode on GPUs).
     """
 
     def __init__(self, model: nn.Module, reference_model: nn.Module | None = None, *,
-                 share_prefix: bool = True, start_weights: StartTensors | None = None):
+                 share_prefix: bool = True, start_weights: StartTensors | None = None,
+                 autocast: torch.dtype | None = None):
         super().__init__()
         self.model = model
+        self.autocast = autocast
         self.reference_model = reference_model
         # Full mode without an in-memory copy: W(0) on disk; pi_ref is the model itself
         # while ``at_start`` (no update yet), else a frozen copy built from W(0) on demand.
@@ -208,12 +214,14 @@ class LMPolicy(nn.Module):
         return torch.where(y, yes, no), torch.where(y, no, yes)
 
     def pair(self, batch: LMBatch, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
-        """(chosen, rejected) log-probs under ``model`` (default: the trained model)."""
-        if isinstance(batch, AnswerBatch):
-            return self._yes_no_to_pair(batch, *self.answer_logps(batch, model))
-        if isinstance(batch, PairBatch):
+        """(chosen, rejected) log-probs under ``model`` (default: the trained model), fp32."""
+        if not isinstance(batch, (AnswerBatch, PairBatch)):
+            raise TypeError(f"LMPolicy cannot score a {type(batch).__name__}")
+        device = batch.input_ids.device.type
+        with torch.autocast(device, dtype=self.autocast, enabled=self.autocast is not None):
+            if isinstance(batch, AnswerBatch):
+                return self._yes_no_to_pair(batch, *self.answer_logps(batch, model))
             return self.pair_logps(batch, model)
-        raise TypeError(f"LMPolicy cannot score a {type(batch).__name__}")
 
     def logps(self, batch: LMBatch) -> PreferenceLogps:
         """Chosen/rejected log-probs of the batch against its stored reference."""

@@ -204,6 +204,9 @@ class CheckpointCallback(Callback):
         self.last_saved: int | None = None
 
     def _save(self, state, policy) -> None:
+        verify = getattr(state, "verify", None)
+        if verify is not None:  # deferred step checks: never save past a bad step
+            verify()
         save_checkpoint(self.folder, step=state.step, policy=policy, optimizer=self.optimizer,
                         batch_state=self.batches_state_fn() if self.batches_state_fn else None,
                         extra=self.extra, trainable_only=self.trainable_only)

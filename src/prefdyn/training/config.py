@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from prefdyn.errors import PrefdynError
 from prefdyn.training.divergence import DEFAULT_DIVERGENCE_FACTOR
 
@@ -32,7 +34,17 @@ class TrainConfig:
     many times past its first-step value (floored at 1) stops with a
     :class:`~prefdyn.errors.TrainingError` naming the step, as a NaN loss does (the rule
     and why a healthy run never meets it: :mod:`prefdyn.training.divergence`). ``None``
-    disables the check.
+    disables the check. ``check_every`` reads that check and the NaN/inf checks every
+    that many steps instead of after each, so a GPU run does not wait for the host each
+    step (a bad step's update is skipped on the device all the same; needs a fused
+    optimizer, prefdyn's AdamW: :mod:`prefdyn.training._checks`).
+
+    ``precision="bf16"`` (LM modes) runs the forward's and backward's matrix products in
+    bfloat16 under autocast, with fp32 weights, optimizer state, log-probs and losses
+    (mixed precision, the usual GPU mode; :class:`~prefdyn.policies.lm.LMPolicy`). fp32,
+    the default, is what exact comparisons use. ``sharding="optimizer"`` (multi-process LM
+    runs) keeps each process's share of the optimizer state only (ZeRO stage 1;
+    :mod:`prefdyn.training._sharded_optimizer`), the steps and checkpoints unchanged.
     """
 
     loss: str = "dpo"
@@ -50,6 +62,14 @@ class TrainConfig:
     grad_accum: int = 1
     epochs: int | None = None
     divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR
+    check_every: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"
+    sharding: Literal["none", "optimizer"] = "none"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of ``precision`` (None: plain fp32)."""
+        return torch.bfloat16 if self.precision == "bf16" else None
 
     def optimizer_for(self, mode: str) -> str:
         """The optimizer a ``mode`` ("last_layer", "lora", "full") runs with."""
@@ -82,5 +102,11 @@ class TrainConfig:
         if self.divergence_factor is not None and not self.divergence_factor > 1:
             raise PrefdynError(f"divergence_factor must be > 1 (or None to disable the check), "
                                f"got {self.divergence_factor}")
+        if self.precision not in ("fp32", "bf16"):
+            raise PrefdynError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.sharding not in ("none", "optimizer"):
+            raise PrefdynError(f"sharding must be 'none' or 'optimizer', got {self.sharding!r}")
+        if self.check_every < 1:
+            raise PrefdynError(f"check_every must be >= 1, got {self.check_every}")
         if self.log_every < 1 or self.eval_every < 1:
             raise PrefdynError("log_every and eval_every must be >= 1")

@@ -31,7 +31,7 @@ Why it cannot fire on a healthy run:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -64,12 +64,17 @@ class DivergenceGuard:
     factor: float
     start_loss: float | None = None
     start_margin: float | None = None
+    _start: Tensor | None = field(default=None, repr=False)  # (loss, margin) on the device
 
     def check(self, loss: float, margin: float) -> str | None:
         """What diverged (a sentence with the values), or None while the run is healthy."""
         if self.start_loss is None or self.start_margin is None:
             self.start_loss, self.start_margin = loss, margin
             return None
+        return self.describe(loss, margin)
+
+    def describe(self, loss: float, margin: float) -> str | None:
+        """The sentence of :meth:`check` against the stored first-step values, or None."""
         if loss > self.factor * max(self.start_loss, 1.0):
             return (f"loss {loss:.4g} rose above {self.factor:g} x its first-step value "
                     f"{self.start_loss:.4g}")
@@ -77,6 +82,23 @@ class DivergenceGuard:
             return (f"reward margin |{margin:.4g}| grew above {self.factor:g} x its first-step "
                     f"value max({self.start_margin:.4g}, 1)")
         return None
+
+    def diverged(self, loss: Tensor, margin: Tensor) -> Tensor:
+        """:meth:`check` on the device, without reading a value back: a 0-dim bool tensor.
+
+        The first call keeps its values on the device as the scales (and is never
+        diverged); :meth:`settle` reads them back when a message is needed."""
+        values = torch.stack([loss.detach(), margin.detach()]).float()
+        if self._start is None:
+            self._start = values
+            return torch.zeros((), dtype=torch.bool, device=values.device)
+        scale = self.factor * self._start.clamp(min=1.0)
+        return (values > scale).any()
+
+    def settle(self) -> None:
+        """Read the first-step scales kept by :meth:`diverged` (one sync, for a message)."""
+        if self._start is not None and self.start_loss is None:
+            self.start_loss, self.start_margin = self._start.tolist()
 
 
 def likely_cause(optimizer: torch.optim.Optimizer) -> str:

@@ -24,6 +24,7 @@ from prefdyn.tracking.history import History
 from prefdyn.tracking.preference import per_example_metrics
 from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.tracking.tensorboard import Tee, TensorBoardSink
+from prefdyn.training._sharded_optimizer import ConsolidateBeforeSave, is_sharded
 from prefdyn.training.checkpoint import CheckpointCallback, restore
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_resume import LMRunFolder, open_run_folder, write_outcome
@@ -175,18 +176,21 @@ def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs) -> Checkpoi
 
 def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None,
            feed: Iterator[Any], callbacks: Sequence[Callback],
-           max_grad_norm: float | None, divergence_factor: float | None) -> TrainState:
+           max_grad_norm: float | None, divergence_factor: float | None,
+           check_every: int = 1, consolidate: Callback | None = None) -> TrainState:
     """The one loop, in train mode; how it ended written to the run folder (also on a
     NaN/inf loss, whose :class:`TrainingError` is re-raised); eval mode after."""
     folder, policy, steps = records.folder, setup.policy, setup.steps
-    run_callbacks: list[Callback] = [records.tracker, *([saver] if saver else [])]
+    # A sharded optimizer's state is gathered on rank 0 (every process) before it saves.
+    run_callbacks: list[Callback] = [records.tracker, *([consolidate] if consolidate else []),
+                                     *([saver] if saver else [])]
     policy.model.train()
     try:
         state = train(policy, setup.objective, feed, setup.optimizer, steps=steps,
                       callbacks=[*run_callbacks, *callbacks], max_grad_norm=max_grad_norm,
                       start_step=folder.start_step if folder else 0,
                       grad_sync=setup.dist.grad_sync if setup.dist.active else None,
-                      divergence_factor=divergence_factor)
+                      divergence_factor=divergence_factor, check_every=check_every)
     except TrainingError as e:
         if folder is not None:
             write_outcome(folder, steps=steps, last_step=(e.step or 1) - 1, error=e,
@@ -255,7 +259,10 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     records = open_records(setup, cfg, outputs)
     saver = resume(setup, records, outputs)
     feed = reference.wrap(to_device(b, setup.device) for b in batches)
-    state = _train(setup, records, saver, feed, callbacks, max_grad_norm, cfg.divergence_factor)
+    consolidate = (ConsolidateBeforeSave(setup.optimizer, outputs.checkpoint_every or setup.steps)
+                   if records.folder is not None and is_sharded(setup.optimizer) else None)
+    state = _train(setup, records, saver, feed, callbacks, max_grad_norm, cfg.divergence_factor,
+                   cfg.check_every, consolidate)
     return LMRun(setup.policy, records.history, setup.lr, state, setup.optimizer)
 
 

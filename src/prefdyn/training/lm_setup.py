@@ -19,6 +19,7 @@ from prefdyn.errors import TrainingError
 from prefdyn.losses import get_loss
 from prefdyn.models.loading import model_fingerprint
 from prefdyn.policies.lm import LMPolicy, ReferenceCache, apply_lora
+from prefdyn.training._sharded_optimizer import shard_optimizer
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.distributed import Distributed, launched_world_size, setup_distributed
 from prefdyn.training.lm_data import LMBatchStream
@@ -37,16 +38,17 @@ LM_DEFAULT_LR = 1e-5
 
 
 def make_lm_policy(loaded, mode: Literal["full", "lora"], *, seed: int = 0,
-                   lora_kwargs: dict | None = None) -> LMPolicy:
+                   lora_kwargs: dict | None = None, autocast: torch.dtype | None = None) -> LMPolicy:
     """The policy for ``mode``. Both modify ``loaded.model`` in place (LoRA injects its
     adapters, full mode trains every weight); full mode keeps W(0) on disk for pi_ref
-    and the drift (:class:`~prefdyn.training.start_weights.StartWeights`)."""
+    and the drift (:class:`~prefdyn.training.start_weights.StartWeights`). ``autocast``:
+    mixed precision (:class:`~prefdyn.policies.lm.LMPolicy`)."""
     if mode == "lora":
-        return LMPolicy(apply_lora(loaded.model, seed=seed, **(lora_kwargs or {})))
+        return LMPolicy(apply_lora(loaded.model, seed=seed, **(lora_kwargs or {})), autocast=autocast)
     if mode == "full":
         start = StartWeights(loaded.model)  # W(0) on disk, not a second model in memory
         loaded.model.requires_grad_(True)
-        return LMPolicy(loaded.model, start_weights=start)
+        return LMPolicy(loaded.model, start_weights=start, autocast=autocast)
     raise ValueError(f"mode must be 'full' or 'lora', got {mode!r}")
 
 
@@ -114,13 +116,16 @@ def setup_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *, mode: Literal[
     # run), recomputed here (~0.1 s): ``loaded.fingerprint`` is stale for a model trained
     # in place or copied from a trained one, and would serve the base model's values.
     start_fingerprint = model_fingerprint(loaded.model, loaded.tokenizer)
-    policy = make_lm_policy(loaded, mode, seed=cfg.seed, lora_kwargs=lora_kwargs)
+    policy = make_lm_policy(loaded, mode, seed=cfg.seed, lora_kwargs=lora_kwargs,
+                            autocast=cfg.autocast_dtype)
     lr = cfg.lr if cfg.lr is not None else LM_DEFAULT_LR
     log.info("%s mode: %s, lr %.3g (%s), %d steps", mode, cfg.optimizer_for(mode), lr,
              "given" if cfg.lr is not None else "LM default; cfg.lr is None", steps)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     log.info("%s mode: %d trainable parameters", mode, sum(p.numel() for p in params))
     optimizer = make_optimizer(params, cfg, lr, mode=mode)
+    if cfg.sharding == "optimizer" and dist.active:
+        optimizer = shard_optimizer(params, optimizer)
     return LMSetup(policy, optimizer, objective, mode, lr, steps, stream, dist, model_device,
                    start_fingerprint)
 

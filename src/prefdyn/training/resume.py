@@ -72,8 +72,13 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
 
 def config_dict(cfg: TrainConfig) -> dict:
     """What a resumed run must share with the checkpoint: the config without the step
-    count (``steps``/``epochs`` may grow between runs: train longer)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "epochs")}
+    count (``steps``/``epochs`` may grow between runs: train longer) and how often the
+    step's checks are read and whether the optimizer state is sharded (``check_every``,
+    ``sharding``: neither changes a number); ``precision`` only where
+    it is not the default fp32 (checkpoints written before it existed are fp32 runs)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("steps", "epochs", "check_every", "sharding")
+            and not (k == "precision" and v == "fp32")}
 
 
 _config_dict = config_dict
@@ -123,7 +128,7 @@ def fit_last_layer_resumable(W_init: Tensor, train_data: LastLayerData, cfg: Tra
     try:
         state = train(policy, run.objective, run.batches, optimizer, steps=cfg.steps,
                       callbacks=[tracker, saver, *callbacks], start_step=start_step,
-                      divergence_factor=cfg.divergence_factor)
+                      divergence_factor=cfg.divergence_factor, check_every=cfg.check_every)
     finally:
         sink.close()
     return LastLayerRun(policy, history, run.lr, run.lr_info, state)

@@ -117,5 +117,6 @@ def fit_last_layer(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig, 
     run = setup_last_layer(W_init, train_data, cfg, names=names, test_data=test_data,
                            group_names=group_names, yes=yes, no=no, reference=reference, sink=sink)
     state = train(run.policy, run.objective, run.batches, run.optimizer, steps=cfg.steps,
-                  callbacks=[run.tracker, *callbacks], divergence_factor=cfg.divergence_factor)
+                  callbacks=[run.tracker, *callbacks], divergence_factor=cfg.divergence_factor,
+                  check_every=cfg.check_every)
     return LastLayerRun(run.policy, run.history, run.lr, run.lr_info, state)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from prefdyn.errors import TrainingError
 from prefdyn.losses.types import LossOutput, cat_examples, compute_loss
+from prefdyn.training._checks import NONFINITE_GRAD, NONFINITE_LOSS, DeferredChecks, failure_message
 from prefdyn.training.divergence import DivergenceGuard, likely_cause, peak_abs_margin
 
 
@@ -66,7 +67,8 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
                   optimizer: torch.optim.Optimizer, *, step: int,
                   max_grad_norm: float | None = None,
                   grad_sync: GradSync | None = None,
-                  guard: DivergenceGuard | None = None) -> StepOutput:
+                  guard: DivergenceGuard | None = None,
+                  checks: DeferredChecks | None = None) -> StepOutput:
     """One update. Raises :class:`TrainingError` naming the step on a NaN/inf loss or
     gradient, or on a loss or margin that ``guard`` finds diverged
     (:mod:`prefdyn.training.divergence`), *before* the weights are touched, so the last
@@ -78,7 +80,13 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
     batch; one optimizer update follows. ``grad_sync`` (distributed runs) averages
     the accumulated gradients across processes, weighted by each one's number of
     examples, before clipping and the update; the loss reported is this process's.
+
+    With ``checks`` (:mod:`prefdyn.training._checks`; not with ``grad_sync``) nothing is
+    read back to the host: the checks become a device flag that skips the update, and
+    the error is raised when ``checks`` is read, naming the first bad step.
     """
+    if checks is not None and grad_sync is not None:
+        raise TrainingError("deferred checks cannot be combined with grad_sync", step=step)
     micro = batch if isinstance(batch, list) else [batch]
     if not micro and grad_sync is None:  # a process may get an empty shard; alone, no
         raise TrainingError("empty list of micro-batches", step=step)
@@ -92,7 +100,7 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
     for b, size in zip(micro, sizes):
         loss, problem_loss, out, logps = compute_loss(policy, objective, b)
         weight = size / total if len(micro) > 1 else 1.0
-        if not torch.isfinite(loss):
+        if checks is None and not torch.isfinite(loss):
             finite, loss_sum = False, loss.detach()
             break
         (loss * weight).backward()
@@ -103,7 +111,7 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
         if guard is not None:
             peaks.append(peak_abs_margin(out, getattr(b, "mask", None)))
     diverged = None
-    if finite and guard is not None and outs:
+    if checks is None and finite and guard is not None and outs:
         diverged = guard.check(loss_sum.item(), torch.stack(peaks).max().item())
         finite = diverged is None
     if grad_sync is not None:
@@ -119,15 +127,17 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
             raise TrainingError(f"{diverged}: {likely_cause(optimizer)}; weights left at step "
                                 f"{step - 1}", step=step)
         value = loss_sum.item() if loss_sum is not None and not torch.isfinite(loss_sum) else "nan"
-        raise TrainingError(f"loss is {value} (not finite); weights left at step {step - 1}",
-                            step=step)
+        raise TrainingError(failure_message(NONFINITE_LOSS, step, value, 0.0, guard, optimizer), step=step)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if max_grad_norm is not None:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
-    if not torch.isfinite(grad_norm):
-        raise TrainingError("gradient is not finite; weights left unchanged", step=step)
+    if checks is not None:
+        margin = torch.stack(peaks).max() if peaks else loss_sum.new_zeros(())
+        checks.record(step, loss_sum, margin, grad_norm)
+    elif not torch.isfinite(grad_norm):
+        raise TrainingError(failure_message(NONFINITE_GRAD, step, 0.0, 0.0, guard, optimizer), step=step)
     optimizer.step()
     if not outs:  # this process's shard was empty: nothing of its own to report
         return _empty_output(policy, objective, params[0].device, grad_norm.detach(), step)
