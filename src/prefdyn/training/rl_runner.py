@@ -34,6 +34,7 @@ from prefdyn.losses import get_loss
 from prefdyn.losses.registry import loss_parameters
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
+from prefdyn.tracking.step_metrics import StepMetrics
 from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.tracking.tensorboard import Tee
 from prefdyn.training.checkpoint import CheckpointCallback, restore
@@ -55,24 +56,6 @@ class RLRun:
     history: History
     state: TrainState
     optimizer: torch.optim.Optimizer
-
-
-class RLStepTracker(Callback):
-    """One record per logged step: the batch's mean loss, the mean of every named metric
-    the objective reports (``reward``, ``advantage``, ``kl``, ...) and the gradient norm."""
-
-    def __init__(self, history: History, *, name: str = "rl", log_every: int = 1):
-        self.history, self.name, self.log_every = history, name, log_every
-
-    def on_step_end(self, state, policy, out) -> None:
-        if state.step % self.log_every and state.step != state.max_steps:
-            return
-        record: dict[str, Any] = {"step": state.step, "split": "train", "problem": self.name,
-                                  "group": None, "loss": out.loss.item()}
-        for key, values in out.out.metrics.items():
-            record[key] = values.float().mean().item()
-        record["grad_norm"] = out.grad_norm.item()
-        self.history.add(record)
 
 
 class _OnModel(Callback):
@@ -159,7 +142,7 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
     if sink is not None:  # the caller's sink reads as the record of an unbroken run
         for record in history_records:
             sink.log(record)
-    tracker = RLStepTracker(history, name=name, log_every=cfg.log_every)
+    tracker = StepMetrics(history, name=name, log_every=cfg.log_every)
     model.train()
     try:
         state = train(policy, objective, stream, optimizer, steps=steps,
