@@ -44,7 +44,12 @@ from pathlib import Path
 
 from benchmarks._context import Skip
 from benchmarks._report import Row
-from benchmarks.workloads.trl_sides import _diffs, load_average, peak_rss_gb, persona_rows
+from benchmarks.workloads.trl_sides import (
+    _diffs,
+    load_average,
+    peak_rss_gb,
+    persona_rows,
+)
 
 SIDES = ("prefdyn", "trl", "prefdyn-bandit", "trl-bandit")
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,12 @@ import prefdyn.training.loop as loop_module
 from prefdyn.data.records import PreferencePair
 from prefdyn.errors import PrefdynError
 from prefdyn.policies.reward_model import HeadPolicy, feature_batches
-from prefdyn.training.reward_model import (RewardModelSettings, _features, build_reward_model,
-                                           fit_reward_model)
+from prefdyn.training.reward_model import (
+    RewardModelSettings,
+    _features,
+    build_reward_model,
+    fit_reward_model,
+)
 from tests._tiny import tiny_loaded
 
 PROMPTS = ["I like cats.", "Kindness matters.", "The quick brown fox.", "Help me.",

@@ -178,5 +178,11 @@ def persona_task(behavior: BehaviorData | None = None, *, path: str | None = Non
                           behavior.train_idx.tolist(), behavior.test_idx.tolist())
 
 
-__all__ = ["GenerationTask", "HH_DATA", "available_tasks", "load_task", "register_task",
-           "split_rows"]
+__all__ = [
+    "HH_DATA",
+    "GenerationTask",
+    "available_tasks",
+    "load_task",
+    "register_task",
+    "split_rows",
+]

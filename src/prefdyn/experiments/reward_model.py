@@ -27,8 +27,11 @@ from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import ExperimentSpec, Option, RunContext, register
 from prefdyn.models import LoadedModel
 from prefdyn.reports.plots import plot_curves
-from prefdyn.training.reward_model import (RewardModelSettings, TrainedRewardModel,
-                                           fit_reward_model)
+from prefdyn.training.reward_model import (
+    RewardModelSettings,
+    TrainedRewardModel,
+    fit_reward_model,
+)
 
 
 @dataclass

@@ -66,7 +66,7 @@ class HeadPolicy(RewardModelPolicy):
 
     def logps(self, batch: FeaturePairs) -> PairScores:
         head = self.model.head
-        score = lambda h: head(h.to(head.weight)).squeeze(-1)  # noqa: E731
+        score = lambda h: head(h.to(head.weight)).squeeze(-1)
         return PairScores(score(batch.chosen), score(batch.rejected))
 
 

@@ -42,8 +42,13 @@ from prefdyn.embeddings.cache import cached_embeddings
 from prefdyn.errors import PrefdynError
 from prefdyn.losses import get_loss
 from prefdyn.models.loading import LoadedModel
-from prefdyn.policies.reward_model import (FeaturePairs, HeadPolicy, RewardModelPolicy,
-                                           feature_batches, pairwise_accuracy)
+from prefdyn.policies.reward_model import (
+    FeaturePairs,
+    HeadPolicy,
+    RewardModelPolicy,
+    feature_batches,
+    pairwise_accuracy,
+)
 from prefdyn.rewards import Reward, RewardModel, get_reward
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History

@@ -34,8 +34,8 @@ from prefdyn.losses import get_loss
 from prefdyn.losses.registry import loss_parameters
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
-from prefdyn.tracking.step_metrics import StepMetrics
 from prefdyn.tracking.run_dir import read_metrics
+from prefdyn.tracking.step_metrics import StepMetrics
 from prefdyn.tracking.tensorboard import Tee
 from prefdyn.training.checkpoint import CheckpointCallback, restore
 from prefdyn.training.config import TrainConfig
