@@ -19,10 +19,16 @@ elsewhere the caller runs the plain forward.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
-from prefdyn.policies._shared_prefix import _dropout_active, _packing_exact, decoder_hidden
+from prefdyn.policies._shared_prefix import (
+    _dropout_active,
+    _packing_exact,
+    decoder_hidden,
+)
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
@@ -69,7 +75,7 @@ def packed_response_logps(model: nn.Module, input_ids: Tensor, attention_mask: T
     resp_len = response_mask.sum(-1)
     prompt_real = attention_mask[:, :prompt_len].sum(-1)
     starts = [0] + (torch.nonzero(groups[1:] != groups[:-1]).flatten() + 1).tolist() + [N]
-    spans = list(zip(starts[:-1], starts[1:]))
+    spans = list(itertools.pairwise(starts))
     widths = [int(prompt_real[a]) + int(resp_len[a:b].sum()) for a, b in spans]
     width = max(widths)
     P = len(spans)

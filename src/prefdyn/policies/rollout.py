@@ -63,7 +63,7 @@ def response_token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Te
     return logps.gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
 
 
-def rollout_logps(model: nn.Module, batch: "RolloutBatch", temperature: float = 1.0, *,
+def rollout_logps(model: nn.Module, batch: RolloutBatch, temperature: float = 1.0, *,
                   pack: bool = True) -> Tensor:
     """:func:`response_token_logps` of a batch's responses; with ``pack`` (where exact) each
     group's prompt is computed once (:mod:`prefdyn.policies._packed_rollout`), the same
