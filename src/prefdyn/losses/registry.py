@@ -42,6 +42,13 @@ def available_losses(takes: type | None = None) -> list[str]:
     return sorted(n for n in _LOSSES if takes is None or takes in loss_input_types(n))
 
 
+def loss_parameters(name: str) -> list[str]:
+    """The hyper-parameters the loss ``name`` takes (e.g. ``["beta"]``)."""
+    if name not in _LOSSES:
+        raise PrefdynError(f"unknown loss {name!r}; available: {', '.join(available_losses())}")
+    return list(inspect.signature(_LOSSES[name]).parameters)[1:]
+
+
 def get_loss(name: str, **params) -> Callable[[Any], LossOutput]:
     """The loss ``name`` with its hyper-parameters (e.g. ``beta``) bound: a function of
     the container its policy produces (e.g. ``PreferenceLogps``, ``RolloutLogps``)."""

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from prefdyn.errors import PrefdynError
+from prefdyn.policies._packed_rollout import can_pack, packed_response_logps
 from prefdyn.policies._rows import ShuffledRows
 from prefdyn.losses.policy_gradient import RolloutLogps
 
@@ -62,6 +63,20 @@ def response_token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Te
     return logps.gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
 
 
+def rollout_logps(model: nn.Module, batch: RolloutBatch, temperature: float = 1.0, *,
+                  pack: bool = True) -> Tensor:
+    """:func:`response_token_logps` of a batch's responses; with ``pack`` (where exact) each
+    group's prompt is computed once (:mod:`prefdyn.policies._packed_rollout`), the same
+    values up to float round-off."""
+    if pack and can_pack(model, batch.groups, batch.input_ids, batch.attention_mask,
+                         batch.response_mask, batch.prompt_len):
+        return packed_response_logps(model, batch.input_ids, batch.attention_mask,
+                                     batch.response_mask, batch.groups, batch.prompt_len,
+                                     temperature)
+    return response_token_logps(model, batch.input_ids, batch.attention_mask, batch.prompt_len,
+                                temperature)
+
+
 def _response_mask(response_ids: Tensor, eos_id: int | None) -> Tensor:
     """1 up to and including the first EOS of each response (generate pads after it)."""
     if eos_id is None:
@@ -79,7 +94,7 @@ class RolloutStream(ShuffledRows):
                  references: Sequence[str | None] | None = None, group_size: int = 4,
                  prompts_per_batch: int = 4, max_new_tokens: int = 32, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 reference: nn.Module | None = None):
+                 reference: nn.Module | None = None, pack: bool = True):
         if not temperature > 0:
             raise PrefdynError(
                 f"temperature {temperature}: policy-gradient estimators need samples from "
@@ -96,6 +111,7 @@ class RolloutStream(ShuffledRows):
         if references is not None and len(references) != len(prompts):
             raise PrefdynError(f"{len(prompts)} prompts but {len(references)} references")
         self.model, self.tokenizer, self.reward, self.reference = model, tokenizer, reward, reference
+        self.pack = pack
         self.prompts, self.references = list(prompts), references
         self.group_size, self.prompts_per_batch = group_size, min(prompts_per_batch, len(prompts))
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = (
@@ -139,30 +155,30 @@ class RolloutStream(ShuffledRows):
         refs = (None if self.references is None
                 else [self.references[r] for r in rows for _ in range(k)])
         rewards = torch.as_tensor(self.reward(prompts, texts, refs), dtype=torch.float32)
-        ref_logps = None
-        if self.reference is not None:
-            ref_logps = response_token_logps(self.reference, out, full_mask, L, self.temperature)
         groups = torch.arange(len(rows)).repeat_interleave(k)
-        return RolloutBatch(out, full_mask, response_mask, L, rewards.to(device), groups.to(device),
-                            torch.tensor(list(rows)), texts, ref_logps)
+        batch = RolloutBatch(out, full_mask, response_mask, L, rewards.to(device), groups.to(device),
+                             torch.tensor(list(rows)), texts)
+        if self.reference is not None:
+            batch.ref_logps = rollout_logps(self.reference, batch, self.temperature, pack=self.pack)
+        return batch
 
 
 class RolloutPolicy:
     """``logps(batch)``: the sampled responses' token log-probs under the model now (with
     gradient), as :class:`RolloutLogps` with the batch's rewards, groups and reference.
-    ``temperature`` must be the stream's (the distribution that was sampled)."""
+    ``temperature`` must be the stream's (the distribution that was sampled); ``pack``:
+    each group's prompt once in the forward where exact (:func:`rollout_logps`)."""
 
-    def __init__(self, model: nn.Module, *, temperature: float = 1.0):
+    def __init__(self, model: nn.Module, *, temperature: float = 1.0, pack: bool = True):
         if not temperature > 0:
             raise PrefdynError(f"temperature must be > 0, got {temperature}")
-        self.model, self.temperature = model, temperature
+        self.model, self.temperature, self.pack = model, temperature, pack
 
     def parameters(self):
         return self.model.parameters()
 
     def logps(self, batch: RolloutBatch) -> RolloutLogps:
-        logps = response_token_logps(self.model, batch.input_ids, batch.attention_mask,
-                                     batch.prompt_len, self.temperature)
+        logps = rollout_logps(self.model, batch, self.temperature, pack=self.pack)
         return RolloutLogps(logps, batch.response_mask.to(logps.dtype), batch.rewards,
                             batch.groups, batch.ref_logps)
 

@@ -3,8 +3,9 @@
 Im & Li (2024), Eq. 1: "Under the Bradley-Terry model (Bradley & Terry, 1952), the
 preference distribution is modeled as $p^*(y_w \\succ y_l|x) = \\sigma(r^*(x, y_w) -
 r^*(x, y_l))$"; the model ``r`` is fit by Eq. 2, the registered loss
-``bradley_terry`` (:mod:`prefdyn.losses.reward_model`). Training it on the HH-RLHF
-pairs through the one loop comes later; this module is the model and its use as a reward.
+``bradley_terry`` (:mod:`prefdyn.losses.reward_model`); it is trained on preference
+pairs through the one loop and cached by :mod:`prefdyn.training.reward_model`. This
+module is the model and its use as a reward.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class RewardModel(nn.Module):
         return self.head(h.to(self.head.weight.dtype)).squeeze(-1)
 
     def score_texts(self, tokenizer, texts: Sequence[str]) -> Tensor:
-        """Scores of whole texts (prompt + response already joined)."""
-        enc = tokenizer(list(texts), return_tensors="pt", padding=True)
+        """Scores of whole texts (prompt + response already joined), tokenized without added
+        special tokens, as the embedding cache's g(x) is (the head-only reward model trains on it)."""
+        enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
         device = self.head.weight.device
         return self(enc["input_ids"].to(device), enc["attention_mask"].to(device))
 

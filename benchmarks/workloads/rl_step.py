@@ -1,0 +1,341 @@
+"""RL step: prefdyn's GRPO step (rollouts) against TRL's GRPOTrainer, and the bandit's
+exact expected gradient (no generation) against TRL's sampled one-token GRPO.
+
+Same model (the embedded SmolLM2-135M-Instruct, fp32, full fine-tuning), same
+prompts (chat-templated persona prompts; each side draws them in its own order),
+prompts per step, group size k, max new tokens, sampling (temperature 1, no
+top-k/top-p), reward, AdamW lr (constant, no weight decay), gradient clipping 1.0,
+GRPO loss (group-normalised advantage, clip 0.2) and KL weight beta (k3 estimator,
+a frozen reference model on both sides). TRL's ``loss_type="dr_grpo"`` is prefdyn's
+sequence-summed loss divided by the constant ``max_completion_length``, so prefdyn's
+losses are printed divided by it (the same units). Sides, each in its own
+subprocess so that peak memory (max RSS) is per side, run one after the other:
+
+* ``prefdyn``         :func:`prefdyn.training.rl_runner.fit_rl` with a
+                      :class:`~prefdyn.policies.rollout.RolloutStream` (batched
+                      ``generate`` with a KV cache) and ``grpo``;
+* ``trl``             ``GRPOTrainer`` (``num_iterations=1``, one generation per step);
+* ``prefdyn-bandit``  ``expected_reward`` on the same prompts: the exact gradient of
+                      E_{y~pi}[r] over the whole vocabulary, one forward, no sampling;
+* ``trl-bandit``      ``GRPOTrainer`` with one new token and the same +1/-1 reward
+                      (the sampled estimator of that gradient).
+
+Reward: VADER sentiment of the response (prefdyn's ``sentiment`` reward, called by
+both sides); for the bandit +1 for the behavior's answer token, -1 otherwise.
+prompts/s = prompts per step / mean step time over ``--steps`` steps after one
+warm-up step (a step: sample, score, reference log-probs, forward, backward, AdamW).
+
+    python -m benchmarks --only rl_step,rl_bandit
+    python -m benchmarks.workloads.rl_step --steps 3 --sides prefdyn,trl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks._context import Skip
+from benchmarks._report import Row
+from benchmarks.workloads.trl_sides import (
+    _diffs,
+    load_average,
+    peak_rss_gb,
+    persona_rows,
+)
+
+SIDES = ("prefdyn", "trl", "prefdyn-bandit", "trl-bandit")
+ROOT = Path(__file__).resolve().parents[2]
+TARGET_VS_TRL = 3.0
+QUICK = {"steps": 2, "prompts": 4, "k": 4, "new_tokens": 16}
+FULL = {"steps": 5, "prompts": 8, "k": 8, "new_tokens": 64}
+
+
+def _data(args, tok):
+    total = (args.steps + 1) * args.prompts
+    prompts, prefers_yes, answers = persona_rows(tok, None, args.behavior, total)
+    targets = [answers[0] if y else answers[1] for y in prefers_yes]
+    return prompts, targets
+
+
+# ----------------------------------------------------------------------------- sides
+
+
+def run_prefdyn(args, bandit: bool) -> dict:
+    import torch
+
+    from prefdyn.models import answer_token_ids, load_model
+    from prefdyn.policies.bandit import BanditPolicy, BanditStream
+    from prefdyn.policies.rollout import RolloutPolicy, RolloutStream
+    from prefdyn.rewards import get_reward
+    from prefdyn.tracking.callbacks import Callback
+    from prefdyn.training import TrainConfig
+    from prefdyn.training.rl_runner import fit_rl
+
+    loaded = load_model(None)
+    tok, model = loaded.tokenizer, loaded.model
+    prompts, targets = _data(args, tok)
+    total = args.steps + 1
+
+    class Probe(Callback):
+        def __init__(self):
+            self.times, self.losses = [], []
+
+        def on_train_start(self, state, policy) -> None:
+            self.times.append(time.perf_counter())
+
+        def on_step_end(self, state, policy, out) -> None:
+            self.losses.append(out.loss.item() / (1 if bandit else args.new_tokens))
+            self.times.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    reference = copy.deepcopy(model).requires_grad_(False) if args.beta > 0 else None
+    model.requires_grad_(True)
+    if bandit:
+        ids = tok(prompts, add_special_tokens=False)["input_ids"]
+        stream = BanditStream(ids, answer_token_ids(tok, targets), vocab_size=model.config.vocab_size,
+                              pad_id=tok.pad_token_id, batch_size=args.prompts, seed=args.seed)
+        policy, loss, loss_kwargs = BanditPolicy(model, reference=reference), "expected_reward", {}
+    else:
+        stream = RolloutStream(model, tok, prompts, get_reward("sentiment"), group_size=args.k,
+                               prompts_per_batch=args.prompts, max_new_tokens=args.new_tokens,
+                               temperature=1.0, seed=args.seed, reference=reference)
+        policy, loss, loss_kwargs = RolloutPolicy(model), "grpo", {"scale": "group", "clip_eps": 0.2}
+    probe = Probe()
+    cfg = TrainConfig(loss=loss, optimizer="adamw", lr=args.lr, weight_decay=0.0, steps=total,
+                      log_every=total, seed=args.seed)
+    torch.manual_seed(args.seed)
+    fit_rl(model, policy, stream, cfg, loss_kwargs={**loss_kwargs, "beta": args.beta},
+           callbacks=[probe], max_grad_norm=1.0)
+    what = ("exact -E_pi[r] + beta KL over the vocabulary (no samples)" if bandit else
+            f"GRPO, sum over tokens / {args.new_tokens} (= TRL dr_grpo)")
+    return {"setup_s": probe.times[0] - t0, "step_times": _diffs(probe.times),
+            "losses": probe.losses, "peak_gb": peak_rss_gb(), "objective": what}
+
+
+def run_trl(args, bandit: bool) -> dict:
+    try:
+        from datasets import Dataset
+        from transformers import TrainerCallback
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError as e:  # pragma: no cover - optional benchmark dependency
+        raise SystemExit(f"the TRL sides need trl and datasets: pip install -e .[bench] ({e})") from e
+
+    from prefdyn.models import load_model
+    from prefdyn.rewards import get_reward
+
+    loaded = load_model(None)
+    tok = loaded.tokenizer
+    prompts, targets = _data(args, tok)
+    total = args.steps + 1
+    k = args.k
+    dataset = Dataset.from_list([{"prompt": p, "target": t} for p, t in zip(prompts, targets)])
+    sentiment = get_reward("sentiment")
+
+    def sentiment_reward(prompts, completions, **kwargs):
+        return sentiment(prompts, completions).tolist()
+
+    def answer_reward(prompts, completions, target, **kwargs):
+        return [1.0 if c == t else -1.0 for c, t in zip(completions, target)]
+
+    losses: list[float] = []
+    times: list[float] = []
+
+    class BenchGRPOTrainer(GRPOTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if model.training:
+                losses.append((out[0] if return_outputs else out).item())
+            return out
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **kw):
+            times.append(time.perf_counter())
+
+        def on_step_end(self, *a, **kw):
+            times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = GRPOConfig(
+            output_dir=out_dir, per_device_train_batch_size=args.prompts * k, num_generations=k,
+            max_completion_length=1 if bandit else args.new_tokens, temperature=1.0, top_k=0,
+            top_p=1.0, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
+            weight_decay=0.0, max_grad_norm=1.0, beta=args.beta, loss_type="dr_grpo",
+            scale_rewards="group", epsilon=0.2, num_iterations=1, max_steps=total,
+            logging_steps=1, report_to="none", save_strategy="no", bf16=False, fp16=False,
+            use_cpu=True, seed=args.seed, shuffle_dataset=False, dataloader_num_workers=0,
+            disable_tqdm=True)
+        t0 = time.perf_counter()
+        trainer = BenchGRPOTrainer(model=loaded.model,
+                                   reward_funcs=answer_reward if bandit else sentiment_reward,
+                                   args=config, train_dataset=dataset, processing_class=tok,
+                                   callbacks=[Clock()])
+        trainer.train()
+    what = (f"GRPO dr_grpo, 1 new token, {k} samples a prompt" if bandit else
+            f"GRPO dr_grpo (sum over tokens / {args.new_tokens})")
+    return {"setup_s": times[0] - t0, "step_times": _diffs(times), "losses": losses,
+            "peak_gb": peak_rss_gb(), "objective": what}
+
+
+def worker(args) -> None:
+    bandit = args.worker.endswith("bandit")
+    result = run_prefdyn(args, bandit) if args.worker.startswith("prefdyn") else run_trl(args, bandit)
+    Path(args.result).write_text(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def run_side(side: str, args) -> dict | None:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result_path = f.name
+    cmd = [sys.executable, "-m", "benchmarks.workloads.rl_step", "--worker", side,
+           "--result", result_path, "--steps", str(args.steps), "--prompts", str(args.prompts),
+           "--k", str(args.k), "--new-tokens", str(args.new_tokens), "--lr", str(args.lr),
+           "--beta", str(args.beta), "--behavior", args.behavior, "--seed", str(args.seed)]
+    env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT),
+                                                      env.get("PYTHONPATH")]))
+    print(f"[{time.strftime('%H:%M:%S')}] {side} ...", flush=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        print(f"    {side} FAILED (exit {proc.returncode}); left out", flush=True)
+        return None
+    result = json.loads(Path(result_path).read_text())
+    os.unlink(result_path)
+    steps = result["step_times"][1:]
+    print(f"    {side}: setup {result['setup_s']:.1f} s, warm-up {result['step_times'][0]:.1f} s, "
+          f"{statistics.fmean(steps):.2f} s/step, peak {result['peak_gb']:.2f} GB, "
+          f"losses {[round(x, 5) for x in result['losses']]}", flush=True)
+    return result
+
+
+def summarize(args, results: dict[str, dict]) -> dict[str, dict]:
+    """Per side: seconds a step, prompts/s, samples/s, peak GB, losses, objective."""
+    out = {}
+    for side, r in results.items():
+        s_step = statistics.fmean(r["step_times"][1:])
+        samples = args.prompts * (1 if side == "prefdyn-bandit" else args.k)
+        out[side] = {"s_step": s_step, "prompts_s": args.prompts / s_step,
+                     "samples_s": samples / s_step, "peak_gb": r["peak_gb"],
+                     "losses": r["losses"], "objective": r["objective"],
+                     "spread": _spread(r["step_times"][1:])}
+    return out
+
+
+def _spread(values: list[float]) -> float:
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
+
+
+def print_summary(args, summary: dict[str, dict], load_before: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"RL step: SmolLM2-135M fp32 full, {args.prompts} prompts x k={args.k}, "
+                        f"{args.new_tokens} new tokens, beta {args.beta:g}, AdamW {args.lr:g}, "
+                        f"{args.steps} steps after 1 warm-up, load {load_before} before")
+    for col in ("side", "s/step", "prompts/s", "samples/s", "peak GB", "loss per step", "objective"):
+        table.add_column(col, justify="left" if col in ("side", "objective", "loss per step") else "right")
+    for side, s in summary.items():
+        table.add_row(side, f"{s['s_step']:.2f}", f"{s['prompts_s']:.3f}", f"{s['samples_s']:.3f}",
+                      f"{s['peak_gb']:.2f}", " ".join(f"{x:.4f}" for x in s["losses"]), s["objective"])
+    console = Console(width=200)
+    console.print(table)
+    for ours, theirs in (("prefdyn", "trl"), ("prefdyn-bandit", "trl-bandit")):
+        if ours in summary and theirs in summary:
+            a, b = summary[ours], summary[theirs]
+            console.print(f"{ours}: {a['prompts_s'] / b['prompts_s']:.2f}x {theirs}'s prompts/s "
+                          f"(target >= {TARGET_VS_TRL:g}x) at {a['peak_gb'] / b['peak_gb']:.0%} of "
+                          f"its peak memory; load average now {load_average()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=QUICK["steps"], help="timed steps after one warm-up")
+    p.add_argument("--prompts", type=int, default=QUICK["prompts"], help="prompts a step")
+    p.add_argument("--k", type=int, default=QUICK["k"], help="samples a prompt (group size)")
+    p.add_argument("--new-tokens", type=int, default=QUICK["new_tokens"])
+    p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--beta", type=float, default=0.04)
+    p.add_argument("--behavior", default="agreeableness")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sides", default=",".join(SIDES), help=f"comma list of {', '.join(SIDES)}")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def run_sides(args, sides) -> dict[str, dict]:
+    results = {s: run_side(s, args) for s in sides}
+    return {s: r for s, r in results.items() if r is not None}
+
+
+# ----------------------------------------------------------------------------- suite rows
+
+
+def _row(ctx, ours: str, theirs: str, label: str) -> Row:
+    import importlib.util
+
+    ctx.fp32_only(ours)
+    if ctx.device.type != "cpu":
+        raise Skip("the RL sides run on CPU only so far (no --device)")
+    size = QUICK if ctx.quick else FULL
+    args = build_parser().parse_args([f"--{k.replace('_', '-')}={v}" for k, v in size.items()])
+    have_trl = all(importlib.util.find_spec(m) is not None for m in ("trl", "datasets"))
+    summary = summarize(args, run_sides(args, [ours] + ([theirs] if have_trl else [])))
+    if ours not in summary:
+        raise RuntimeError(f"the {ours} side failed (its output is above)")
+    a = summary[ours]
+    row = Row(workload=label.format(**size), unit="prompt", units=args.prompts,
+              prefdyn_s=a["s_step"], prefdyn_peak_mb=a["peak_gb"] * 1e3, noise=a["spread"],
+              extra={"samples_s": a["samples_s"], "losses": a["losses"]})
+    note = (f"{a['samples_s']:.3g} samples/s; losses {[round(x, 4) for x in a['losses']]} "
+            f"({a['objective']})")
+    b = summary.get(theirs)
+    if b is not None:
+        row.anchor, row.anchor_s = f"TRL GRPOTrainer ({theirs})", b["s_step"]
+        row.anchor_peak_mb, row.noise = b["peak_gb"] * 1e3, max(a["spread"], b["spread"])
+        note += (f"; TRL {b['samples_s']:.3g} samples/s, losses "
+                 f"{[round(x, 4) for x in b['losses']]} ({b['objective']}); target >= "
+                 f"{TARGET_VS_TRL:g}x TRL's prompts/s at no more memory")
+    else:
+        note += "; TRL anchor skipped: trl/datasets not installed (pip install -e .[bench])"
+    row.note = note
+    return row
+
+
+def run(ctx) -> Row:
+    """The suite's GRPO rollout row: prefdyn against TRL's GRPOTrainer."""
+    return _row(ctx, "prefdyn", "trl", "RL GRPO step, persona prompts x k={k}, {new_tokens} "
+                "new tokens, SmolLM2-135M full")
+
+
+def run_bandit(ctx) -> Row:
+    """The suite's bandit row: the exact expected gradient against TRL's sampled one-token GRPO."""
+    return _row(ctx, "prefdyn-bandit", "trl-bandit", "RL bandit exact expected gradient (no "
+                "generation) vs sampled 1-token GRPO x k={k}")
+
+
+def main() -> None:
+    p = build_parser()
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if [s for s in sides if s not in SIDES]:
+        p.error(f"unknown sides; choose from {', '.join(SIDES)}")
+    load_before = load_average()
+    print_summary(args, summarize(args, run_sides(args, sides)), load_before)
+
+
+if __name__ == "__main__":
+    main()
