@@ -43,6 +43,12 @@ RL_ATTRIBUTION = (
     "arXiv 2212.09251), CC-BY-4.0. GRUE (Ramamurthy et al. 2023), the paper's benchmark, is "
     "not available here.")
 
+PAPER_DEPARTURES = (
+    "Razin et al. ran RFT (PPO) on the GRUE benchmark (7 generation data sets) with GPT-2 and "
+    "T5-base. GRUE is not available here: the task is the persona bandit (or the registered "
+    "task named by experiment.task); the model is the one given (default: the embedded "
+    "SmolLM2-135M-Instruct); steps, batch and lr are prefdyn's choices (the slides state none).")
+
 RL_DEFAULT_LR = 1e-5
 SAMPLED = ("reinforce", "rloo", "grpo", "ppo_clip")
 
@@ -116,7 +122,11 @@ def rl_context(ctx: RunContext) -> tuple[Any, RLTask]:
     loaded = ctx.model()
     task = build_rl_task(ctx.cfg, loaded, ctx.params)
     ctx.footer.update({"task": task.name, "reward": task.reward_name,
-                       "inputs": f"{len(task.train_rows)} train, {len(task.test_rows)} held-out"})
+                       "inputs": f"{len(task.train_rows)} train, {len(task.test_rows)} held-out",
+                       "RFT objective": f"{ctx.train.loss}, KL beta {ctx.params.kl_beta:g} "
+                                        "(train.beta unused)"})
+    if ctx.cfg.preset == "paper":
+        ctx.footer["paper setting"] = PAPER_DEPARTURES
     return loaded, task
 
 

@@ -8,6 +8,11 @@ the trackers need from it: a training stream and policy, an SFT stream and polic
 * ``persona_bandit`` -- the persona statements as a one-step bandit: reward +1 for the
   answer token matching the behavior, -1 for every other token (the ``persona``
   reward's table); mean, std and gradients are exact.
+* ``persona_bandit_formats`` -- the same bandit with every other statement rendered
+  through the chat template and the rest as raw text: the embedded Instruct model gives
+  raw-text prompts a matching-answer probability ~1e-4 (reward std ~0.02) and chat
+  prompts a few percent (std ~0.2-0.6), so one task spans both regimes (what the mixes
+  of Finding III and the std bins of Finding II need).
 * ``persona_completion`` -- a small multi-token task built from the same data: the
   first words of a statement are the prompt, the rest is the reference, scored by a
   lexical reward (``rouge_l`` by default; ``exact_match``, ``sentiment`` also fit);
@@ -20,6 +25,7 @@ task (e.g. HH-RLHF prompts with the chosen response as reference) is one
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -226,16 +232,36 @@ def _persona(cfg, tokenizer):
     return mix_behaviors(build_behaviors(items, tokenizer, cfg.task), name="persona")
 
 
+def _persona_reward(params) -> None:
+    if params.reward not in (None, "persona"):
+        raise PrefdynError(f"{params.task}'s reward is the persona answer (+1/-1); got "
+                           f"experiment.reward {params.reward!r}")
+
+
 @register_rl_task("persona_bandit")
 def persona_bandit(cfg, loaded: LoadedModel, params) -> RLTask:
     """Persona prompts; reward +1 for the matching answer token, -1 for any other token."""
-    if params.reward not in (None, "persona"):
-        raise PrefdynError(f"persona_bandit's reward is the persona answer (+1/-1); got "
-                           f"experiment.reward {params.reward!r}")
+    _persona_reward(params)
     data = _persona(cfg, loaded.tokenizer)
     chosen = data.chosen_answers()
     return RLTask("persona_bandit", "persona", list(data.prompts), chosen, data.train_idx,
                   data.test_idx, loaded.tokenizer,
+                  targets=answer_token_ids(loaded.tokenizer, chosen))
+
+
+@register_rl_task("persona_bandit_formats")
+def persona_bandit_formats(cfg, loaded: LoadedModel, params) -> RLTask:
+    """Even rows chat-templated, odd rows raw text (``task.chat_template`` is ignored)."""
+    _persona_reward(params)
+    task_cfgs = [dataclasses.replace(cfg.task, chat_template=c, answers=None) for c in (True, False)]
+    chat, raw = (_persona(dataclasses.replace(cfg, task=t), loaded.tokenizer) for t in task_cfgs)
+    if chat.statements != raw.statements:  # the subsample and split depend on the seed only
+        raise PrefdynError("chat and raw renderings drew different statements")
+    answers = [chat.chosen_answers(), raw.chosen_answers()]
+    prompts = [(chat, raw)[i % 2].prompts[i] for i in range(chat.n)]
+    chosen = [answers[i % 2][i] for i in range(chat.n)]
+    return RLTask("persona_bandit_formats", "persona", prompts, chosen, chat.train_idx,
+                  chat.test_idx, loaded.tokenizer,
                   targets=answer_token_ids(loaded.tokenizer, chosen))
 
 
