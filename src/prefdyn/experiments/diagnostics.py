@@ -8,7 +8,7 @@ from prefdyn.experiments.distinguishability import diagnose_workspace
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, on_workspace, register
-from prefdyn.losses import get_loss
+from prefdyn.losses import loss_for_run
 from prefdyn.policies.last_layer import LastLayerPolicy
 from prefdyn.reports import plot_bars, plot_heatmap, plot_projection_2d, subplots_grid
 from prefdyn.training import TrainConfig, default_lr
@@ -20,7 +20,7 @@ def curvature_lr(ws: Workspace, train: TrainConfig) -> tuple[float, dict]:
         return train.lr, {"rule": "given"}
     data = ws.problems()
     policy = LastLayerPolicy(ws.W_answers, data.n_problems)
-    return default_lr(policy, get_loss(train.loss, beta=train.beta), policy.reference_for(data),
+    return default_lr(policy, loss_for_run(train.loss, beta=train.beta), policy.reference_for(data),
                       optimizer=train.optimizer_for("last_layer"), beta=train.beta, safety=train.lr_safety)
 
 
