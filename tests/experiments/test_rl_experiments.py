@@ -139,3 +139,23 @@ def test_params_and_tasks_fail_clearly():
     with pytest.raises(PrefdynError, match="group_size"):
         RLParams(group_size=1)
     assert {"persona_bandit", "persona_bandit_formats", "persona_completion"} <= set(available_rl_tasks())
+
+
+def test_diagnose_gains_a_reward_spread_table(tiny_model_dir, tmp_path):
+    spec = get_spec("diagnose")
+    cfg = resolve_config(spec, sets=[f"model.name={tiny_model_dir}", f"model.cache_dir={tmp_path}",
+                                     f"out={tmp_path}", "task.n_per_behavior=8", "task.test_fraction=0.0",
+                                     "data.behaviors=kindness,patience", "experiment.reward=persona",
+                                     "experiment.reward_k=3"])
+    result, _ = run_spec(spec, cfg)
+    spread = result.summary["reward_spread"]
+    assert spread["reward"] == "persona" and set(spread["behaviors"]) == {"kindness", "patience"}
+    for stats in spread["behaviors"].values():
+        assert stats["prompts"] == 8 and -1 <= stats["mean reward"] <= 1
+        assert 0 <= stats["p^k+(1-p)^k"] <= 1  # the exact bandit's success rate gives a prediction
+    assert any("Reward spread per behavior" in caption for caption, _ in result.tables)
+    plain, _ = run_spec(spec, resolve_config(spec, sets=[f"model.name={tiny_model_dir}",
+                                                         f"model.cache_dir={tmp_path}", f"out={tmp_path / 'p'}",
+                                                         "task.n_per_behavior=8", "task.test_fraction=0.0",
+                                                         "data.behaviors=kindness,patience"]))
+    assert "reward_spread" not in plain.summary

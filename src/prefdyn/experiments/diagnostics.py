@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from prefdyn.experiments.distinguishability import diagnose_workspace
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
-from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, on_workspace, register
+from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, Option, RunContext, register
 from prefdyn.losses import loss_for_run
 from prefdyn.policies.last_layer import LastLayerPolicy
 from prefdyn.reports import plot_bars, plot_heatmap, plot_projection_2d, subplots_grid
@@ -72,7 +74,30 @@ def run_diagnostics(ws: Workspace, train: TrainConfig, *, sink=None) -> Experime
     return res
 
 
+@dataclass
+class DiagnoseParams:
+    """``reward``: also tabulate each behavior's reward spread under the model (Razin et
+    al., ICLR 2024) with this registered reward (None: no table); ``reward_k``: samples
+    per prompt (frac_reward_zero_std; the Monte Carlo spread of a generation reward)."""
+
+    reward: str | None = None
+    reward_k: int = 8
+
+
+def _run_diagnose(ctx: RunContext) -> ExperimentResult:
+    ws = ctx.workspace()
+    res = run_diagnostics(ws, ctx.train, sink=ctx.sink)
+    params = ctx.params or DiagnoseParams()
+    if params.reward is not None:
+        from prefdyn.experiments._rl_diagnose import add_reward_spread
+
+        add_reward_spread(res, ws, ctx.model(), params.reward, k=params.reward_k, seed=ctx.cfg.seed)
+    return res
+
+
 SPEC = register(ExperimentSpec(
     name="diagnose", title="Before training: what the data predicts",
-    help="Before training: distinguishability, priority and Theorem 4.1's bound, ranked and explained.", run=on_workspace(run_diagnostics),
+    help="Before training: distinguishability, priority and Theorem 4.1's bound, ranked and explained.", run=_run_diagnose,
+    params=DiagnoseParams, options={"reward": Option("Also a reward-spread table with this reward "
+                                                     "(e.g. persona: the exact one-token bandit).")},
     folder=lambda cfg: "diagnostics", last_layer=True, attribution=PERSONA_ATTRIBUTION))
