@@ -11,8 +11,12 @@ from torch import nn
 from prefdyn.losses import get_loss
 from prefdyn.policies.bandit import BanditPolicy, BanditStream
 from prefdyn.tracking.history import History
-from prefdyn.tracking.reward_spread import (RewardSpreadTracker, _rloo_half_grad, bandit_spread,
-                                            sampled_spread)
+from prefdyn.tracking.reward_spread import (
+    RewardSpreadTracker,
+    _rloo_half_grad,
+    bandit_spread,
+    sampled_spread,
+)
 from prefdyn.training.loop import train
 from tests._tiny import tiny_llama, tiny_tokenizer
 
@@ -114,7 +118,7 @@ def test_monte_carlo_spread_of_one_token_covers_the_exact_bandit_value():
 
 def test_constant_reward_gives_zero_std_and_a_zero_gradient_estimate():
     tok, model = tiny_tokenizer(), tiny_llama(0, hidden=16)
-    const = lambda p, y, r: torch.ones(len(p))  # noqa: E731
+    const = lambda p, y, r: torch.ones(len(p))
     s = sampled_spread(model, tok, ["I like cats", "No"], const, rows=[0, 1], k=4,
                        max_new_tokens=3, grad_inputs=2)
     assert s.frac_reward_zero_std == 1.0 and s.predicted_frac_zero_std == pytest.approx(1.0)

@@ -10,8 +10,6 @@ scores ``k`` sampled responses per prompt against the preferred answer as refere
 
 from __future__ import annotations
 
-import torch
-
 from prefdyn.experiments.result import ExperimentResult
 from prefdyn.experiments.workspace import Workspace
 from prefdyn.policies.bandit import BanditStream
@@ -49,8 +47,8 @@ def add_reward_spread(res: ExperimentResult, ws: Workspace, loaded, reward: str,
         summary[name] = stats
         rows.append({"behavior": name, **stats})
     res.summary["reward_spread"] = {"reward": reward, "k": k, "behaviors": summary}
-    res.tables.append((f"Reward spread per behavior under the model ({reward}; "
-                       f"{'exact one-token bandit' if reward == 'persona' else f'{k} samples a prompt'})",
+    res.tables.append(((f"Reward spread per behavior under the model ({reward}; "
+                       f"{'exact one-token bandit' if reward == 'persona' else f'{k} samples a prompt'})"),
                        rows))
     res.notes.append("Reward spread (Razin et al., ICLR 2024): a prompt whose reward std under "
                      "the model is small gets a small expected policy gradient however poor its "

@@ -38,7 +38,12 @@ from prefdyn.errors import PrefdynError
 from prefdyn.losses.policy_gradient import RolloutLogps
 from prefdyn.models import LoadedModel, answer_token_ids
 from prefdyn.policies._rows import ShuffledRows
-from prefdyn.policies.bandit import BanditBatch, BanditPolicy, BanditStream, answer_logits
+from prefdyn.policies.bandit import (
+    BanditBatch,
+    BanditPolicy,
+    BanditStream,
+    answer_logits,
+)
 from prefdyn.policies.rollout import RolloutBatch, RolloutPolicy, RolloutStream
 from prefdyn.rewards import Reward, get_reward
 from prefdyn.tracking.reward_spread import InputSpread, bandit_spread, sampled_spread

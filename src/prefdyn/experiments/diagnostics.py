@@ -8,8 +8,14 @@ import torch
 
 from prefdyn.experiments.distinguishability import diagnose_workspace
 from prefdyn.experiments.result import ExperimentResult, fmt
+from prefdyn.experiments.spec import (
+    PERSONA_ATTRIBUTION,
+    ExperimentSpec,
+    Option,
+    RunContext,
+    register,
+)
 from prefdyn.experiments.workspace import Workspace
-from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, Option, RunContext, register
 from prefdyn.losses import loss_for_run
 from prefdyn.policies.last_layer import LastLayerPolicy
 from prefdyn.reports import plot_bars, plot_heatmap, plot_projection_2d, subplots_grid

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from prefdyn.errors import PrefdynError
 from prefdyn.experiments._rl_runs import RLParams, flags, rl_context, rl_spec
 from prefdyn.experiments._rl_task import build_rl_task
 from prefdyn.experiments.result import ExperimentResult
@@ -27,6 +28,12 @@ class CensusParams(RLParams):
     """``compare``: more tasks measured the same way, each ``task`` or ``task:reward``."""
 
     compare: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [c for c in self.compare if not c.partition(":")[0]]
+        if bad:
+            raise PrefdynError(f"experiment.compare entries are task or task:reward, got {bad}")
 
 
 def _variants(params: CensusParams) -> list[CensusParams]:

@@ -12,10 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from prefdyn.experiments._rl_runs import (RLParams, fresh_model, mean_or_nan, rl_context, rl_spec,
-                                          run_rft, std_bins)
+from prefdyn.errors import PrefdynError
+from prefdyn.experiments._rl_runs import (
+    RLParams,
+    fresh_model,
+    mean_or_nan,
+    rl_context,
+    rl_spec,
+    run_rft,
+    std_bins,
+)
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import RunContext
 from prefdyn.reports import plot_curves, spearman
@@ -29,6 +36,11 @@ class GainParams(RLParams):
     """``n_bins``: quantile bins of the initial std."""
 
     n_bins: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_bins < 1:
+            raise PrefdynError(f"experiment.n_bins must be >= 1, got {self.n_bins}")
 
 
 def gain_by_bin(first, last, n_bins: int) -> dict:

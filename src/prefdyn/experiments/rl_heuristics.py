@@ -13,10 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from prefdyn.experiments._rl_runs import (RLParams, fresh_model, mean_or_nan, rl_context, rl_spec,
-                                          run_rft)
+from prefdyn.errors import PrefdynError
+from prefdyn.experiments._rl_runs import (
+    RLParams,
+    fresh_model,
+    mean_or_nan,
+    rl_context,
+    rl_spec,
+    run_rft,
+)
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import RunContext
 from prefdyn.reports.plots_rl import plot_group_gains
@@ -32,6 +37,12 @@ class HeuristicParams(RLParams):
     lr_factor: float = 10.0
     hot_temperature: float = 2.0
     entropy_coef: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.lr_factor > 0 and self.hot_temperature > 0 and self.entropy_coef >= 0):
+            raise PrefdynError("experiment.lr_factor and hot_temperature must be > 0, "
+                               "entropy_coef >= 0")
 
 
 def run_rl_heuristics(ctx: RunContext) -> ExperimentResult:

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from prefdyn.experiments._rl_runs import RLParams, fresh_model, rl_context, rl_spec, run_rft
+from prefdyn.errors import PrefdynError
+from prefdyn.experiments._rl_runs import (
+    RLParams,
+    fresh_model,
+    rl_context,
+    rl_spec,
+    run_rft,
+)
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import RunContext
 from prefdyn.reports.plots_rl import plot_prevalence
@@ -22,11 +29,18 @@ from prefdyn.reports.plots_rl import plot_prevalence
 
 @dataclass(frozen=True)
 class PrevalenceParams(RLParams):
-    """``shares``: shares of small-std inputs in the mixes; ``mix_size``: inputs per mix
-    (None: the most both groups allow)."""
+    """``shares``: shares of small-std inputs in the mixes (each in [0, 1]); ``mix_size``:
+    inputs per mix, at most what the smaller group holds (None: that many)."""
 
     shares: tuple[float, ...] = (0.0, 0.5, 1.0)
     mix_size: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.shares or any(not 0 <= s <= 1 for s in self.shares):
+            raise PrefdynError(f"experiment.shares must be in [0, 1], got {self.shares}")
+        if self.mix_size is not None and self.mix_size < 1:
+            raise PrefdynError(f"experiment.mix_size must be >= 1, got {self.mix_size}")
 
 
 def split_by_std(rows: torch.Tensor, std: torch.Tensor, threshold: float
@@ -51,16 +65,15 @@ def run_rl_prevalence(ctx: RunContext) -> ExperimentResult:
     small, rest, threshold, how = split_by_std(task.train_rows, base.std, params.small_std)
     gen = torch.Generator().manual_seed(ctx.cfg.seed)
     small, rest = small[torch.randperm(len(small), generator=gen)], rest[torch.randperm(len(rest), generator=gen)]
-    size = params.mix_size or min(len(small), len(rest))
-    size = min(size, len(small), len(rest)) if any(0 < s < 1 for s in params.shares) else size
+    # Every mix has the same size, so the largest is what the smaller group allows.
+    size = min(params.mix_size or len(task.train_rows), len(small), len(rest))
+    if size < 1:
+        raise PrefdynError(f"cannot mix: {len(small)} small-std and {len(rest)} other train inputs")
     rows, held, mixed, summary = [], [], [], {}
     start = None
     for share in params.shares:
         n_small = round(share * size)
         mix = torch.cat([small[:n_small], rest[:size - n_small]])
-        if len(mix) < size:
-            raise_note = f"share {share:g}: only {len(mix)} of {size} inputs available"
-            summary.setdefault("notes", []).append(raise_note)
         model = fresh_model(loaded, params.mode, ctx.cfg.seed)
         name = f"share_{share:g}"
         phase = run_rft(task, model, mix, params, ctx.train, sink=ctx.sink, name=name,
@@ -89,8 +102,8 @@ def run_rl_prevalence(ctx: RunContext) -> ExperimentResult:
                  "finding_iii_holds_held_out": worse},
         headlines=[("Finding III (held-out): more small-std inputs, lower reward",
                     "yes" if worse else "no",
-                    f"share {params.shares[0]:g}: {fmt(held[0], 3)}; share {params.shares[-1]:g}: "
-                    f"{fmt(held[-1], 3)}")])
+                    (f"share {params.shares[0]:g}: {fmt(held[0], 3)}; share {params.shares[-1]:g}: "
+                    f"{fmt(held[-1], 3)}"))])
     res.add_figure("prevalence", plot_prevalence(params.shares, {"held-out": held, "training mix": mixed},
                                                  start=start),
                    "Mean reward after the same RFT budget against the share of small-std inputs "

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prefdyn.experiments._rl_runs import RLParams, fresh_model, rl_context, rl_spec, run_rft
+from prefdyn.experiments._rl_runs import (
+    RLParams,
+    fresh_model,
+    rl_context,
+    rl_spec,
+    run_rft,
+)
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import RunContext
 from prefdyn.reports.plots_rl import plot_grad_vs_std

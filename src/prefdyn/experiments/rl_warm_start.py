@@ -16,7 +16,15 @@ from dataclasses import dataclass
 
 import torch
 
-from prefdyn.experiments._rl_runs import RLParams, fresh_model, rl_context, rl_spec, run_rft, run_sft
+from prefdyn.errors import PrefdynError
+from prefdyn.experiments._rl_runs import (
+    RLParams,
+    fresh_model,
+    rl_context,
+    rl_spec,
+    run_rft,
+    run_sft,
+)
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import RunContext
 from prefdyn.reports.plots_rl import plot_warm_start
@@ -32,6 +40,13 @@ class WarmStartParams(RLParams):
     label_fraction: float = 0.01
     step_fractions: tuple[float, ...] = (0.1, 0.4, 1.0)
     sft_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sft_steps < 1 or not 0 < self.label_fraction <= 1:
+            raise PrefdynError("experiment.sft_steps must be >= 1 and label_fraction in (0, 1]")
+        if any(not 0 < f <= 1 for f in self.step_fractions):
+            raise PrefdynError(f"experiment.step_fractions must be in (0, 1], got {self.step_fractions}")
 
 
 def variants(params: WarmStartParams) -> dict[str, tuple[float, int]]:

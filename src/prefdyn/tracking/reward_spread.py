@@ -42,8 +42,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prefdyn.diagnostics.reward_spread import (bandit_reward_spread, expected_gradient_norms,
-                                               monte_carlo_spread)
+from prefdyn.diagnostics.reward_spread import (
+    bandit_reward_spread,
+    expected_gradient_norms,
+    monte_carlo_spread,
+)
 from prefdyn.errors import PrefdynError
 from prefdyn.policies.bandit import BanditBatch, answer_logits
 from prefdyn.policies.rollout import RolloutStream, response_token_logps
@@ -119,23 +122,15 @@ class InputSpread:
                  "grad_norm_sq", "logit_grad_norm", "logit_bound")
         return {n: getattr(self, n).tolist() for n in names if getattr(self, n) is not None}
 
-    def select(self, idx: Tensor) -> "InputSpread":
-        """The inputs at positions ``idx`` (bool mask or indices)."""
-        pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        return InputSpread(self.rows[idx], self.mean[idx], self.std[idx], self.zero_std[idx],
-                           self.k, self.exact, pick(self.success), pick(self.ci_low),
-                           pick(self.ci_high), pick(self.grad_norm), pick(self.grad_norm_sq),
-                           pick(self.logit_grad_norm), pick(self.logit_bound))
-
 
 @contextlib.contextmanager
 def _measuring(model: nn.Module, with_grad: bool):
-    """Eval mode (no dropout noise) and, for gradient norms, every weight requiring grad
-    (the base model may be frozen); the model's modes are restored after."""
+    """Eval mode (no dropout noise) and, for gradient norms of a frozen model (the base
+    model before training), every weight requiring grad; modes restored after."""
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
     model.eval()
-    if with_grad:
+    if with_grad and not any(flags):
         for p in model.parameters():
             p.requires_grad_(True)
     try:
