@@ -91,10 +91,13 @@ def test_warm_start_variants_and_small_std_counts(tiny_model_dir, tmp_path):
 
 
 def test_sampled_rft_on_the_completion_task(tiny_model_dir, tmp_path):
-    res, _ = _run("rl gain", tiny_model_dir, tmp_path, "experiment.task=persona_completion",
-                  "train.loss=rloo", "experiment.group_size=2", "experiment.max_new_tokens=3",
-                  "experiment.n_bins=2")
+    res, out = _run("rl gain", tiny_model_dir, tmp_path, "experiment.task=persona_completion",
+                    "train.loss=rloo", "experiment.group_size=2", "experiment.max_new_tokens=3",
+                    "experiment.n_bins=2")
     assert res.summary["steps"] == 2
+    steps = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(0 <= r["frac_reward_zero_std"] <= 1 for r in steps)  # what GRPO trainers log
 
 
 def test_the_cli_verb_runs_a_spec(tiny_model_dir, tmp_path):

@@ -15,6 +15,7 @@ from prefdyn.tracking.reward_spread import (
     RewardSpreadTracker,
     _rloo_half_grad,
     bandit_spread,
+    group_frac_zero_std,
     sampled_spread,
 )
 from prefdyn.training.loop import train
@@ -144,3 +145,9 @@ def test_tracker_records_step_zero_every_and_last_into_the_history():
     record = sink[-1]
     assert record["problem"] == "bandit" and record["per_input"]["rows"] == [0, 1]
     assert record["reward_mean"] == pytest.approx(float(last.mean.mean()))
+
+
+def test_group_frac_zero_std_by_hand():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, -1.0, -1.0])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert group_frac_zero_std(rewards, groups) == pytest.approx(2 / 3)  # groups 0 and 2 agree

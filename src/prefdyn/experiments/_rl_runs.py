@@ -30,7 +30,11 @@ from prefdyn.losses.entropy import with_entropy_bonus
 from prefdyn.policies.lm import apply_lora
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
-from prefdyn.tracking.reward_spread import InputSpread, RewardSpreadTracker
+from prefdyn.tracking.reward_spread import (
+    InputSpread,
+    RewardSpreadTracker,
+    group_frac_zero_std,
+)
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.loop import train
 from prefdyn.training.runner import make_optimizer
@@ -133,8 +137,9 @@ def rl_context(ctx: RunContext) -> tuple[Any, RLTask]:
 # ------------------------------------------------------------------ phases ---
 
 class StepLog(Callback):
-    """The loop's own per-step record: loss, the objective's metrics (means) and the
-    update's gradient norm, split ``"train"``."""
+    """The loop's own per-step record: loss, the objective's metrics (means), the update's
+    gradient norm and, for sampled groups, the batch's ``frac_reward_zero_std``; split
+    ``"train"``."""
 
     def __init__(self, history: History, name: str, every: int = 1):
         self.history, self.name, self.every = history, name, every
@@ -145,6 +150,9 @@ class StepLog(Callback):
         record = {"step": state.step, "split": "train", "problem": self.name, "group": None,
                   "loss": float(out.loss), "grad_norm": float(out.grad_norm)}
         record.update({k: float(v.float().mean()) for k, v in out.out.metrics.items() if v.numel()})
+        rewards, groups = getattr(out.logps, "rewards", None), getattr(out.logps, "groups", None)
+        if rewards is not None and groups is not None and groups.numel():
+            record["frac_reward_zero_std"] = group_frac_zero_std(rewards, groups)
         self.history.add(record)
 
 

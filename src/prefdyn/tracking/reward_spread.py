@@ -53,7 +53,8 @@ from prefdyn.policies.rollout import RolloutStream, response_token_logps
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 
-__all__ = ["InputSpread", "RewardSpreadTracker", "bandit_spread", "sampled_spread"]
+__all__ = ["InputSpread", "RewardSpreadTracker", "bandit_spread", "group_frac_zero_std",
+           "sampled_spread"]
 
 
 @dataclass
@@ -249,6 +250,17 @@ def sampled_spread(model: nn.Module, tokenizer, prompts: Sequence[str], reward: 
     grad = grad_sq.clamp_min(0).sqrt()
     return InputSpread(torch.tensor(rows), mc.mean, mc.std, _zero_std(rewards), k, False,
                        success, mc.ci_low, mc.ci_high, grad, grad_sq)
+
+
+def group_frac_zero_std(rewards: Tensor, groups: Tensor, *, atol: float = 1e-8) -> float:
+    """Share of a training batch's groups (prompts) whose sampled rewards all agree: what
+    TRL's GRPO trainer logs as ``frac_reward_zero_std`` each step. ``rewards``, ``groups``
+    are ``(N,)`` per sample."""
+    ids = torch.unique(groups)
+    if not len(ids):
+        return float("nan")
+    spread = torch.stack([rewards[groups == g].amax() - rewards[groups == g].amin() for g in ids])
+    return float((spread <= atol).double().mean())
 
 
 Measure = Callable[[nn.Module], InputSpread]
