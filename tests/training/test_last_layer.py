@@ -139,3 +139,11 @@ def test_operator_norm_matches_svd():
     torch.testing.assert_close(operator_norm(M), torch.linalg.matrix_norm(M, ord=2))
     tall = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(operator_norm(tall), torch.linalg.matrix_norm(tall, ord=2))
+
+
+def test_the_runner_trains_with_sft_which_takes_no_beta():
+    """--loss sft used to fail with "loss 'sft' takes no parameter(s) ['beta']"."""
+    run = fit_last_layer(_w0(), synthetic_data(seps=(2.0,)), TrainConfig(steps=5, lr=0.05, loss="sft"),
+                         names=["a"])
+    _, loss = run.history.curves("loss")
+    assert loss["a"][-1] < loss["a"][0]

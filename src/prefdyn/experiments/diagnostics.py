@@ -16,8 +16,8 @@ from prefdyn.experiments.config import ExperimentConfig
 from prefdyn.experiments.distinguishability import diagnose_workspace
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.workspace import Workspace
-from prefdyn.experiments.spec import ExperimentSpec, RunContext, on_workspace, register
-from prefdyn.losses import get_loss
+from prefdyn.experiments.spec import ExperimentSpec, RunContext, register
+from prefdyn.losses import loss_for_run
 from prefdyn.policies.last_layer import LastLayerPolicy
 from prefdyn.reports import plot_bars, plot_heatmap, plot_projection_2d, subplots_grid
 from prefdyn.training import TrainConfig, default_lr
@@ -29,7 +29,7 @@ def curvature_lr(ws: Workspace, train: TrainConfig) -> tuple[float, dict]:
         return train.lr, {"rule": "given"}
     data = ws.problems()
     policy = LastLayerPolicy(ws.W_answers, data.n_problems)
-    return default_lr(policy, get_loss(train.loss, beta=train.beta), policy.reference_for(data),
+    return default_lr(policy, loss_for_run(train.loss, beta=train.beta), policy.reference_for(data),
                       optimizer=train.optimizer_for("last_layer"), beta=train.beta, safety=train.lr_safety)
 
 
@@ -87,7 +87,17 @@ def is_persona(cfg: ExperimentConfig) -> bool:
     return cfg.data.path is None or detect_source(cfg.data.path) == "persona"
 
 
-_run_persona = on_workspace(run_diagnostics)
+def _run_persona(ctx: RunContext) -> ExperimentResult:
+    """Im & Li's diagnostics of the persona behaviors; with ``--reward`` also each behavior's
+    reward spread under the model (Razin et al., ICLR 2024), before any training."""
+    ws = ctx.workspace()
+    res = run_diagnostics(ws, ctx.train, sink=ctx.sink)
+    if ctx.params is not None and ctx.params.reward is not None:
+        from prefdyn.experiments._rl_diagnose import add_reward_spread
+
+        add_reward_spread(res, ws, ctx.model(), ctx.params.reward, k=ctx.params.reward_k,
+                          seed=ctx.cfg.seed)
+    return res
 DIAGNOSE_ATTRIBUTION = (
     "Theory: Im & Li, 'Understanding the Learning Dynamics of Alignment with Human Feedback', ICML 2024 "
     "(for multi-token pairs, prefdyn's extension); CHES: Razin et al., 'Unintentional Unalignment', 2024. "

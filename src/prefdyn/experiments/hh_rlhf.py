@@ -34,7 +34,7 @@ from prefdyn.experiments._resume import ResumableRun, run_identity
 from prefdyn.experiments.misalignment import _Tagged
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import ExperimentSpec, Option, RunContext, register
-from prefdyn.losses import get_loss
+from prefdyn.losses import loss_for_run
 from prefdyn.models import LoadedModel
 from prefdyn.reports import plot_pair_curves
 from prefdyn.reports import plot_fallback_curves
@@ -164,7 +164,7 @@ def fit_with_probe(loaded: LoadedModel, train_pairs, probe_splits, tokenizer, cf
     batches = pair_batches(train_pairs, tokenizer, preset.batch_size, seed)
     resumable = ResumableRun(tagged, tag, run_identity(loaded, batches, cfg, mode))
     probe_history = resumable.history()
-    probe = LMEvalTracker(get_loss(cfg.loss, beta=cfg.beta), probe_splits, history=probe_history,
+    probe = LMEvalTracker(loss_for_run(cfg.loss, beta=cfg.beta), probe_splits, history=probe_history,
                           every=preset.eval_every, name=tag)
     log.info("hh-rlhf %s: %d steps on %d pairs", tag, steps, len(train_pairs))
     lora = {"r": preset.lora_r, "alpha": preset.lora_alpha, "dropout": preset.lora_dropout}

@@ -41,7 +41,7 @@ from prefdyn.errors import PrefdynError
 from prefdyn.experiments._resume import ResumableRun, run_identity
 from prefdyn.experiments.spec import PERSONA_ATTRIBUTION, ExperimentSpec, Option, RunContext, register
 from prefdyn.experiments.workspace import Workspace
-from prefdyn.losses import get_loss
+from prefdyn.losses import loss_for_run
 from prefdyn.models import LoadedModel
 from prefdyn.policies.lm import AnswerBatch
 from prefdyn.tracking.history import History
@@ -282,7 +282,7 @@ def train_lm(loaded: LoadedModel, task: LMTask, train: TrainConfig, preset: LMEx
     test = task.eval_batches("test", limit=preset.eval_rows)
     if test:
         splits["test"] = test
-    evals = LMEvalTracker(get_loss(train.loss, beta=train.beta), splits, history=history,
+    evals = LMEvalTracker(loss_for_run(train.loss, beta=train.beta), splits, history=history,
                           every=train.eval_every, name=name, row_groups=task.row_groups,
                           group_names=task.group_names)
     cbs: list[Any] = [evals]

@@ -60,3 +60,11 @@ def get_loss(name: str, **params) -> Callable[[Any], LossOutput]:
     if unknown:
         raise PrefdynError(f"loss {name!r} takes no parameter(s) {unknown}")
     return functools.partial(fn, **params)
+
+
+def loss_for_run(name: str, *, beta: float) -> Callable[[Any], LossOutput]:
+    """The loss ``name`` with a run's ``TrainConfig.beta`` bound when the loss takes a
+    ``beta`` (``sft`` takes none: its runs ignore beta instead of failing)."""
+    if name in _LOSSES and "beta" not in inspect.signature(_LOSSES[name]).parameters:
+        return get_loss(name)
+    return get_loss(name, beta=beta)

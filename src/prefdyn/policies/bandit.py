@@ -108,13 +108,18 @@ class BanditPolicy:
     ``expected_reward``) when ``group_size`` is None, else ``group_size`` answers per
     prompt sampled from it with the batch's ``sample_seed`` (:class:`RolloutLogps` of
     one token, rewards read off the batch's table, group = prompt) for the sampled
-    estimators. ``reference``: a frozen model for pi_ref (needed only with a KL penalty)."""
+    estimators. ``reference``: a frozen model for pi_ref (needed only with a KL penalty).
+    ``temperature``: the policy is ``softmax(z / temperature)`` (the sampling heuristic of
+    Razin et al.'s "Increasing learning rate, temperature, entropy regularization")."""
 
     def __init__(self, model: nn.Module, *, group_size: int | None = None,
-                 reference: nn.Module | None = None):
+                 reference: nn.Module | None = None, temperature: float = 1.0):
         if group_size is not None and group_size < 1:
             raise PrefdynError(f"group_size must be >= 1, got {group_size}")
+        if not temperature > 0:
+            raise PrefdynError(f"temperature must be > 0, got {temperature}")
         self.model, self.group_size, self.reference = model, group_size, reference
+        self.temperature = temperature
 
     def parameters(self):
         return self.model.parameters()
@@ -125,11 +130,11 @@ class BanditPolicy:
     def logps(self, batch: BanditBatch) -> BanditLogps | RolloutLogps:
         device = self._device()
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-        logps = torch.log_softmax(answer_logits(self.model, ids, mask), -1)
+        logps = torch.log_softmax(answer_logits(self.model, ids, mask) / self.temperature, -1)
         ref = None
         if self.reference is not None:
             with torch.no_grad():
-                ref = torch.log_softmax(answer_logits(self.reference, ids, mask), -1)
+                ref = torch.log_softmax(answer_logits(self.reference, ids, mask) / self.temperature, -1)
         table = batch.rewards.to(device)
         if self.group_size is None:
             return BanditLogps(logps, table, ref)

@@ -16,7 +16,7 @@ import torch
 
 from prefdyn._runtime import resolve_device
 from prefdyn.errors import TrainingError
-from prefdyn.losses import get_loss
+from prefdyn.losses import loss_for_run
 from prefdyn.models.loading import model_fingerprint
 from prefdyn.policies.lm import LMPolicy, ReferenceCache, apply_lora
 from prefdyn.training._sharded_optimizer import shard_optimizer
@@ -111,7 +111,7 @@ def setup_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *, mode: Literal[
     if stream is not None:
         stream.layout(micro_batches=cfg.grad_accum, rank=dist.rank, world=dist.world)
     steps = _total_steps(cfg, steps, stream)
-    objective = get_loss(cfg.loss, beta=cfg.beta)
+    objective = loss_for_run(cfg.loss, beta=cfg.beta)
     # The reference cache is keyed on the weights pi_ref actually has (the start of this
     # run), recomputed here (~0.1 s): ``loaded.fingerprint`` is stale for a model trained
     # in place or copied from a trained one, and would serve the base model's values.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prefdyn.losses import get_loss
+from prefdyn.losses import loss_for_run
 from prefdyn.policies.last_layer import LastLayerData, LastLayerPolicy
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
@@ -72,7 +72,7 @@ def setup_last_layer(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig
     start), reference log-probs, step size (``lr`` = (value, how) overrides the rule),
     optimizer, batch stream and tracker."""
     B = train_data.n_problems
-    objective = get_loss(cfg.loss, beta=cfg.beta)
+    objective = loss_for_run(cfg.loss, beta=cfg.beta)
     policy = LastLayerPolicy(reference if reference is not None else W_init, B, yes=yes, no=no)
     train_data = policy.reference_for(train_data)
     test_data = policy.reference_for(test_data) if test_data is not None else None
