@@ -24,11 +24,8 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from prefdyn.policies._shared_prefix import (
-    _dropout_active,
-    _packing_exact,
-    decoder_hidden,
-)
+from prefdyn.embeddings._prefix import packing_exact
+from prefdyn.policies._shared_prefix import _dropout_active, decoder_hidden
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
@@ -56,7 +53,7 @@ def can_pack(model: nn.Module, groups: Tensor, input_ids: Tensor, attention_mask
     if not torch.equal(response_mask.bool(), steps < response_mask.sum(-1, keepdim=True)):
         return False  # a response with a hole: not a prefix of its row
     longest = int(attention_mask[:, :prompt_len].sum(-1).max()) + attention_mask.shape[1] - prompt_len
-    return _packing_exact(decoder, longest)
+    return packing_exact(decoder, longest)
 
 
 def packed_response_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
