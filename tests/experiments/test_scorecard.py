@@ -107,7 +107,7 @@ def test_failed_missing_and_unbuilt_parts_are_not_testable(tmp_path):
     evidence, why = judge(claim, failed)
     assert evidence is None and "behaviors missing" in why
     assert "not part of this suite" in judge(claim, None)[1]
-    assert judge(CLAIMS["rv-vanish"], None)[0] is None
+    assert judge(CLAIMS["rv-vanish"], None)[0] is None  # its run is not in this suite
     # a summary without the key the test reads is reported, not raised
     evidence, why = judge(claim, _outcome({"other": 1}))
     assert evidence is None and "lacks" in why
@@ -209,3 +209,31 @@ def test_q_effect_and_cluster_claims_read_the_scaling_summary():
     assert _verdict("dv-clusters", {"cluster_structure_by_class": clusters}) is Verdict.REPRODUCED
     clusters["separated"] = False
     assert _verdict("dv-clusters", {"cluster_structure_by_class": clusters}) is Verdict.NOT_REPRODUCED
+
+
+def test_rl_claims_follow_their_runs_summaries():
+    theorem = {"slope": 1.9, "slope_small_std_half": 1.2, "points": 40}
+    assert _verdict("rv-vanish", theorem) is Verdict.REPRODUCED
+    assert _verdict("rv-vanish", {**theorem, "slope_small_std_half": 0.4}) is Verdict.NOT_REPRODUCED
+    assert _verdict("rv-vanish", {**theorem, "points": 2}) is Verdict.NOT_TESTABLE
+    census = {"tasks": {"persona / persona": {"train": {"frac_small_std_and_low_reward": 0.25}},
+                        "other / sentiment": {"train": {"frac_small_std_and_low_reward": 0.0}}}}
+    assert _verdict("rv-finding-i", census) is Verdict.REPRODUCED  # the run's own task, first
+    census["tasks"]["persona / persona"]["train"]["frac_small_std_and_low_reward"] = 0.05
+    assert _verdict("rv-finding-i", census) is Verdict.NOT_REPRODUCED
+    gain = {"splits": {"held-out": {"bin_gain": [0.01, 0.4]}}, "finding_ii_holds_held_out": True}
+    assert _verdict("rv-finding-ii", gain) is Verdict.REPRODUCED
+    heur = {"runs": {"baseline": {"held-out": {"gain_small_std": 0.0, "gain_other": 0.3}},
+                     "lr x10": {"held-out": {"gain_small_std": 0.05, "gain_other": 0.5}},
+                     "temperature 2": {"held-out": {"gain_small_std": 0.1, "gain_other": 0.4}}}}
+    assert _verdict("rv-heuristics", heur) is Verdict.REPRODUCED
+    heur["runs"]["lr x10"]["held-out"]["gain_small_std"] = 0.3  # this heuristic closes the gap
+    assert _verdict("rv-heuristics", heur) is Verdict.NOT_REPRODUCED
+    heur["runs"]["lr x10"]["held-out"]["gain_other"] = 0.0  # nothing moved: no gap to judge
+    assert _verdict("rv-heuristics", heur) is Verdict.NOT_TESTABLE
+    warm = {"cheap_variant": "1% labels, 40% steps", "cheap_within_10pct_of_full": False,
+            "variants": {"full SFT": {"held_out_reward_after_rft": 0.8, "small_std_train_before_sft": 30,
+                                      "small_std_train_after_sft": 4},
+                         "1% labels, 40% steps": {"held_out_reward_after_rft": 0.2}}}
+    assert _verdict("rv-sft-std", warm) is Verdict.REPRODUCED
+    assert _verdict("rv-sft", warm) is Verdict.NOT_REPRODUCED

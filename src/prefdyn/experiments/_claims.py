@@ -39,6 +39,12 @@ PARTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("displacement_tokens", "displacement tokens", {}),
     ("displacement_predictors", "displacement predictors", {}),
     ("displacement_mitigation", "displacement mitigation", {}),
+    ("rl_census", "rl census", {}),
+    ("rl_gain", "rl gain", {}),
+    ("rl_theorem", "rl theorem", {}),
+    ("rl_prevalence", "rl prevalence", {}),
+    ("rl_heuristics", "rl heuristics", {}),
+    ("rl_warm_start", "rl warm-start", {}),
 )
 """(folder, spec, params overrides) of every run of the scorecard; each resolves its own
 preset (``quick`` or ``paper`` where the spec ships one, else its default)."""
@@ -266,6 +272,70 @@ def _filtering(s: S) -> Evidence:
                     "dropping top-CHES must beat dropping as many random pairs and the SFT term")
 
 
+
+# RL fine-tuning (Razin et al., ICLR 2024): each test reads its ``rl ...`` run's summary.
+
+CONSIDERABLE = 0.1
+"""prefdyn's reading of the slides' "considerable #": at least 10% of the train inputs."""
+
+
+def _vanish(s: S) -> Evidence:
+    slope, small, n = s["slope"], s["slope_small_std_half"], s["points"]
+    shown = f"log-log slope {_fmt(slope)} (small-std half {_fmt(small)}) over {n} inputs"
+    if small is None or not math.isfinite(small) or n < 3:
+        return Evidence(shown, None, "too few inputs with a measured gradient to fit a slope")
+    return Evidence(shown, small >= 2 / 3, "a norm that is O(std^(2/3)) falls at least as fast as "
+                    "std^(2/3) as std -> 0: slope >= 2/3 on the small-std half (the slides give no constant)")
+
+
+def _finding_i(s: S) -> Evidence:
+    label, splits = next(iter(s["tasks"].items()))  # the run's own task comes first
+    share = splits["train"]["frac_small_std_and_low_reward"]
+    return Evidence(f"{label}: {_fmt(100 * share)}% of train inputs", share >= CONSIDERABLE,
+                    f"'considerable' read as >= {CONSIDERABLE:.0%} of the train inputs (prefdyn's threshold)")
+
+
+def _finding_ii(s: S) -> Evidence:
+    gains = s["splits"]["held-out"]["bin_gain"]
+    shown = f"held-out gain, lowest vs highest std bin: {_fmt(gains[0])} vs {_fmt(gains[-1])}"
+    return Evidence(shown, bool(s["finding_ii_holds_held_out"]), "the lowest-std bin must gain less")
+
+
+def _finding_iii(s: S) -> Evidence:
+    mixes = s["mixes"]
+    shown = "held-out reward after RFT by small-std share: " + ", ".join(
+        f"{k} {_fmt(v['held_out_reward'])}" for k, v in mixes.items())
+    return Evidence(shown, bool(s["finding_iii_holds_held_out"]),
+                    "the mix with the most small-std inputs must end below the one with the fewest")
+
+
+def _heuristics(s: S) -> Evidence:
+    runs = {name: r["held-out"] for name, r in s["runs"].items() if name != "baseline"}
+    shown = ", ".join(f"{n}: small-std gain {_fmt(r['gain_small_std'])} vs other {_fmt(r['gain_other'])}"
+                      for n, r in runs.items())
+    if not runs or any(not r["gain_other"] > 0 for r in runs.values()):
+        return Evidence(shown, None, "RFT did not raise the other inputs' reward in every run: no gap to keep")
+    kept = all(r["gain_small_std"] < 0.5 * r["gain_other"] for r in runs.values())
+    return Evidence(shown, kept, "each heuristic leaves the small-std group gaining less than half of "
+                    "the other inputs' gain (prefdyn's reading of 'does not fix')")
+
+
+def _sft_reduces(s: S) -> Evidence:
+    full = s["variants"]["full SFT"]
+    before, after = full["small_std_train_before_sft"], full["small_std_train_after_sft"]
+    return Evidence(f"small-std train inputs {before} -> {after} after the full SFT phase", after < before,
+                    "fewer small-std inputs after SFT")
+
+
+def _sft_cheap(s: S) -> Evidence:
+    v = s["variants"]
+    cheap, full = v[s["cheap_variant"]], v["full SFT"]
+    shown = (f"held-out reward after RFT: {s['cheap_variant']} {_fmt(cheap['held_out_reward_after_rft'])}, "
+             f"full SFT {_fmt(full['held_out_reward_after_rft'])}")
+    return Evidence(shown, bool(s["cheap_within_10pct_of_full"]),
+                    "'roughly same' read as within 10% of the reward's range (prefdyn's threshold)")
+
+
 # ----------------------------------------------------------------- claims ---
 
 _SEC5 = "Sec. 5 runs: full fine-tuning of every weight"
@@ -402,10 +472,29 @@ CLAIMS: tuple[Claim, ...] = (
           "drop-top-CHES above drop-random and all + SFT", "displacement_mitigation", _filtering),
     Claim("rv-vanish", RV, "Theorem (expected gradient)",
           "Expected gradient for an input vanishes when reward std is small, even if reward mean is "
-          "suboptimal", "expected gradient norm vs reward std per input", "O(std^(2/3))", None,
-          why_untested="prefdyn has the library layer (exact bandit spread and gradient) but no RL "
-          "experiment in this suite yet"),
+          "suboptimal", "log-log slope of the expected-gradient norm against reward std, per input",
+          "slope >= 2/3 on the small-std half (O(std^(2/3)))", "rl_theorem", _vanish),
+    Claim("rv-finding-i", RV, "Finding I",
+          "3 of 7 datasets contain considerable # of train inputs with small reward std and low reward",
+          "share of train inputs with small reward std and low reward under the base model",
+          ">= 10% (prefdyn's threshold)", "rl_census", _finding_i),
+    Claim("rv-finding-ii", RV, "Finding II",
+          "As expected, RFT has limited impact on the reward of inputs with small reward std",
+          "held-out reward gain after RFT per initial-std bin", "lowest-std bin gains less than the highest",
+          "rl_gain", _finding_ii),
+    Claim("rv-finding-iii", RV, "Finding III",
+          "RFT performance is worse when inputs with small reward std are prevalent",
+          "held-out reward after the same RFT budget per small-std share of the training mix",
+          "the largest share ends below the smallest", "rl_prevalence", _finding_iii),
+    Claim("rv-heuristics", RV, "Exploring ways to overcome vanishing gradients in RFT",
+          "Common Heuristics: Increasing learning rate, temperature, entropy regularization",
+          "held-out gain of the small-std inputs vs the others, per heuristic",
+          "small-std gain < half the others' in every heuristic run", "rl_heuristics", _heuristics),
+    Claim("rv-sft-std", RV, "Observation",
+          "Initial SFT phase reduces number of inputs with small reward std",
+          "small-std train inputs before and after the full SFT phase", "fewer after", "rl_warm_start",
+          _sft_reduces),
     Claim("rv-sft", RV, "Result", "Using 1% of labeled samples and 40% of steps for initial SFT allows RFT to "
-          "reach roughly same reward as with \"full\" initial SFT", "reward after RFT per initial SFT budget",
-          "roughly equal", None, why_untested="no RL experiment in this suite yet"),
+          "reach roughly same reward as with \"full\" initial SFT", "held-out reward after RFT per initial SFT budget",
+          "within 10% of the reward's range (prefdyn's threshold)", "rl_warm_start", _sft_cheap),
 )
