@@ -175,3 +175,14 @@ def test_mistral_preset_warns_about_the_model():
     ok = resolve_config(get_spec("lm misalignment"), preset="mistral",
                         flags={"model": {"name": "mistralai/Mistral-7B-v0.1"}, "data": {"path": "x"}})
     assert paper_setting_warnings("lm misalignment", ok) == []
+
+
+@pytest.mark.parametrize("preset, pair", [
+    ("paper", ("acts-like-it-wants-to-help-humans-but-does-not-care-about-that", "risk-seeking")),  # Fig. 5(a)
+    ("paper-small-gap", ("desire-to-influence-world", "subscribes-to-Islam")),  # Fig. 5(b)
+])
+def test_last_layer_priority_paper_presets_train_the_caption_pairs(preset, pair):
+    cfg = resolve_config(get_spec("priority"), preset=preset)
+    assert cfg.experiment.pair == ",".join(pair)  # named, not picked by Eq. 5
+    assert tuple(cfg.data.behaviors) == pair
+    assert cfg.task.chat_template is False and cfg.task.n_per_behavior == 1000
