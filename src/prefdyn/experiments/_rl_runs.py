@@ -104,7 +104,7 @@ class RLParams:
 
 
 RL_OPTIONS = {
-    "task": Option("RL task: persona_bandit (exact), persona_completion, or any registered task."),
+    "task": Option("RL task: persona_bandit (exact), persona_completion, hh, or any registered task."),
     "reward": Option("Reward of the task (default: the task's own)."),
     "group_size": Option("k: samples per prompt (sampled objectives, frac_reward_zero_std)."),
 }

@@ -126,9 +126,10 @@ class InputSpread:
     @classmethod
     def from_record(cls, record: dict) -> InputSpread:
         """The spread a tracker's record holds (``per_input``, ``k``, ``exact``): how a
-        resumed run gets back the measurements made before its checkpoint."""
+        resumed run gets back the measurements made before its checkpoint (a NaN comes
+        back from ``metrics.jsonl`` as the string ``"nan"``)."""
         per = record["per_input"]
-        fields = {n: torch.tensor(v, dtype=torch.float) for n, v in per.items()
+        fields = {n: torch.tensor([float(x) for x in v]) for n, v in per.items()
                   if n not in ("rows", "zero_std")}
         return cls(rows=torch.tensor(per["rows"], dtype=torch.long),
                    zero_std=torch.tensor(per["zero_std"], dtype=torch.bool),
