@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
+from prefdyn.experiments._rl_task import build_rl_task
 from prefdyn.experiments.configure import resolve_config
 from prefdyn.experiments.harness import run_spec
 from prefdyn.experiments.registry import get_spec
@@ -74,8 +75,6 @@ def test_census_on_the_hh_task(tiny_model_dir, tmp_path, hh_file):
 
 
 def test_rft_on_the_hh_task_references_the_chosen_responses(tiny_model_dir, tmp_path, hh_file):
-    from prefdyn.experiments._rl_task import build_rl_task
-
     spec = get_spec("rl gain")
     cfg = resolve_config(spec, preset="quick", sets=[
         f"model.name={tiny_model_dir}", f"out={tmp_path}", *TINY, f"data.path={hh_file}",
