@@ -151,3 +151,24 @@ def test_group_frac_zero_std_by_hand():
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, -1.0, -1.0])
     groups = torch.tensor([0, 0, 1, 1, 2, 2])
     assert group_frac_zero_std(rewards, groups) == pytest.approx(2 / 3)  # groups 0 and 2 agree
+
+
+def test_a_resumed_tracker_takes_back_the_spreads_its_history_holds(tmp_path):
+    from prefdyn.tracking.run_dir import RunDir, read_metrics
+
+    batch = _stream().collate([0, 1])
+    with RunDir(tmp_path) as run:  # the records go through metrics.jsonl (NaN as "nan")
+        tracker = RewardSpreadTracker({"probe": lambda m: bandit_spread(m, batch, k=2)},
+                                      history=History(run), every=2, name="bandit")
+        tracker.record(0, _bigram())
+    resumed = History()
+    resumed.records = read_metrics(tmp_path / "metrics.jsonl")
+    again = RewardSpreadTracker({"probe": lambda m: pytest.fail("measured again")},
+                                history=resumed, every=2, name="bandit")
+    again.on_train_start(SimpleNamespace(step=0), SimpleNamespace(model=_bigram()))
+    got, want = again.first("probe"), tracker.first("probe")
+    torch.testing.assert_close(got.mean, torch.tensor([0.0, -0.8]))
+    assert got.rows.tolist() == [0, 1] and got.k == 2 and got.exact
+    assert got.zero_std.dtype == torch.bool and got.zero_std.tolist() == want.zero_std.tolist()
+    torch.testing.assert_close(got.std, want.std.float())
+

@@ -13,15 +13,19 @@ train and held-out inputs' spread at step 0, every ``train.eval_every`` steps an
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from prefdyn._hashing import hash_obj, hash_tensor
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments._rl_task import RLTask, build_rl_task
 from prefdyn.experiments.spec import ExperimentSpec, Option, RunContext, register
@@ -30,14 +34,9 @@ from prefdyn.losses.entropy import with_entropy_bonus
 from prefdyn.policies.lm import apply_lora
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
-from prefdyn.tracking.reward_spread import (
-    InputSpread,
-    RewardSpreadTracker,
-    group_frac_zero_std,
-)
+from prefdyn.tracking.reward_spread import InputSpread, RewardSpreadTracker
 from prefdyn.training.config import TrainConfig
-from prefdyn.training.loop import train
-from prefdyn.training.runner import make_optimizer
+from prefdyn.training.rl_runner import fit_rl
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ class RLParams:
 
 
 RL_OPTIONS = {
-    "task": Option("RL task: persona_bandit (exact), persona_completion, or any registered task."),
+    "task": Option("RL task: persona_bandit (exact), persona_completion, hh, or any registered task."),
     "reward": Option("Reward of the task (default: the task's own)."),
     "group_size": Option("k: samples per prompt (sampled objectives, frac_reward_zero_std)."),
 }
@@ -135,26 +134,6 @@ def rl_context(ctx: RunContext) -> tuple[Any, RLTask]:
 
 
 # ------------------------------------------------------------------ phases ---
-
-class StepLog(Callback):
-    """The loop's own per-step record: loss, the objective's metrics (means), the update's
-    gradient norm and, for sampled groups, the batch's ``frac_reward_zero_std``; split
-    ``"train"``."""
-
-    def __init__(self, history: History, name: str, every: int = 1):
-        self.history, self.name, self.every = history, name, every
-
-    def on_step_end(self, state, policy, out) -> None:
-        if state.step % self.every and state.step != state.max_steps:
-            return
-        record = {"step": state.step, "split": "train", "problem": self.name, "group": None,
-                  "loss": float(out.loss), "grad_norm": float(out.grad_norm)}
-        record.update({k: float(v.float().mean()) for k, v in out.out.metrics.items() if v.numel()})
-        rewards, groups = getattr(out.logps, "rewards", None), getattr(out.logps, "groups", None)
-        if rewards is not None and groups is not None and groups.numel():
-            record["frac_reward_zero_std"] = group_frac_zero_std(rewards, groups)
-        self.history.add(record)
-
 
 def trainable(model: nn.Module, mode: str, seed: int) -> nn.Module:
     """``model`` ready to train in ``mode``: every weight, or LoRA adapters (injected)."""
@@ -188,18 +167,19 @@ def spread_tracker(task: RLTask, params: RLParams, history: History, *, name: st
 def run_rft(task: RLTask, model: nn.Module, rows: Tensor, params: RLParams, train_cfg: TrainConfig,
             *, sink=None, name: str = "rft", splits: dict[str, Tensor] | None = None,
             steps: int | None = None, lr: float | None = None, temperature: float | None = None,
-            entropy_coef: float = 0.0, callbacks: Sequence[Callback] = ()) -> Phase:
+            entropy_coef: float = 0.0, callbacks: Sequence[Callback] = (),
+            run_folder: str | Path | None = None) -> Phase:
     """RL fine-tuning of ``model`` (in place) on ``rows`` with ``train_cfg.loss``:
     ``expected_reward`` (the bandit's exact gradient) or a sampled estimator with
     ``params.group_size`` samples per prompt; ``splits`` (default: the task's train and
-    held-out rows) are measured by the spread tracker."""
+    held-out rows) are measured by the spread tracker. ``run_folder`` (default:
+    :func:`phase_folder` of ``sink`` and ``name``) makes the phase resumable."""
     loss = train_cfg.loss
     if loss not in ("expected_reward", *SAMPLED):
         raise PrefdynError(f"RFT objective must be expected_reward or one of {SAMPLED}, got "
                            f"train.loss {loss!r}")
     temperature = temperature or params.temperature
     steps = steps or train_cfg.steps
-    history = History(sink)
     reference = None
     if params.kl_beta > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -212,37 +192,69 @@ def run_rft(task: RLTask, model: nn.Module, rows: Tensor, params: RLParams, trai
                               group_size=params.group_size, temperature=temperature,
                               seed=train_cfg.seed, reference=reference)
     splits = splits if splits is not None else {"train_eval": task.train_rows, "test": task.test_rows}
-    tracker = spread_tracker(task, params, history, name=name, every=train_cfg.eval_every,
-                             splits=splits, seed=train_cfg.seed) if splits else None
-    return _phase(model, policy, objective, batches, train_cfg, steps, lr, history,
-                  [StepLog(history, name, train_cfg.log_every), *([tracker] if tracker else []),
-                   *callbacks], tracker, params.mode)
+    made: list[RewardSpreadTracker] = []
+
+    def track(history: History) -> list[Callback]:  # the tracker records into the run's history
+        if splits:
+            made.append(spread_tracker(task, params, history, name=name,
+                                       every=train_cfg.eval_every, splits=splits,
+                                       seed=train_cfg.seed))
+        return made
+
+    cfg = dataclasses.replace(train_cfg, lr=lr or train_cfg.lr or RL_DEFAULT_LR)
+    setting = {"task": task.name, "reward": task.reward_name, "rows": _rows_id(task, rows),
+               "params": dataclasses.asdict(params), "temperature": temperature,
+               "entropy_coef": entropy_coef, "splits": {k: v.tolist() for k, v in splits.items()}}
+    phase = _phase(model, policy, batches, cfg, steps=steps, name=name, sink=sink,
+                   run_folder=run_folder, mode=params.mode, loss_kwargs={"beta": params.kl_beta},
+                   objective=objective, trackers=track, callbacks=callbacks, setting=setting)
+    phase.tracker = made[0] if made else None
+    return phase
 
 
 def run_sft(task: RLTask, model: nn.Module, rows: Tensor, train_cfg: TrainConfig, *, steps: int,
-            mode: str = "full", sink=None, name: str = "sft", lr: float | None = None) -> Phase:
+            mode: str = "full", sink=None, name: str = "sft", lr: float | None = None,
+            run_folder: str | Path | None = None) -> Phase:
     """SFT of ``model`` (in place) on the labelled answers of ``rows`` for ``steps`` steps."""
-    history = History(sink)
     batches = task.sft_batches(model, rows, batch_size=train_cfg.batch_size or 8,
                                seed=train_cfg.seed)
-    return _phase(model, task.sft_policy(model), get_loss("sft"), batches, train_cfg, steps, lr,
-                  history, [StepLog(history, name, train_cfg.log_every)], None, mode)
+    cfg = dataclasses.replace(train_cfg, loss="sft", lr=lr or train_cfg.lr or RL_DEFAULT_LR)
+    setting = {"task": task.name, "rows": _rows_id(task, rows)}
+    return _phase(model, task.sft_policy(model), batches, cfg, steps=steps, name=name, sink=sink,
+                  run_folder=run_folder, mode=mode, loss_kwargs={}, objective=get_loss("sft"),
+                  setting=setting)
 
 
-def _phase(model, policy, objective, batches, train_cfg: TrainConfig, steps: int, lr, history,
-           callbacks, tracker, mode: str) -> Phase:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def phase_folder(sink, name: str, setting: dict) -> Path | None:
+    """``<sink's run folder>/runs/<name>-<hash of setting>`` (the name made path-safe);
+    None when the sink is no run folder (a test's list, None)."""
+    root = getattr(sink, "path", None)
+    if root is None:
+        return None
+    return Path(root) / "runs" / f"{re.sub(r'[^A-Za-z0-9.-]+', '_', name)}-{hash_obj(setting)[:10]}"
+
+
+def _rows_id(task: RLTask, rows: Tensor) -> str:
+    rows = rows.tolist()
+    return hash_obj([[task.prompts[r] for r in rows], [task.references[r] for r in rows]])
+
+
+def _phase(model, policy, batches, cfg: TrainConfig, *, steps: int, name: str, sink, run_folder,
+           mode: str, loss_kwargs: dict, objective, setting: dict, trackers=None,
+           callbacks: Sequence[Callback] = ()) -> Phase:
+    trainable_now = [p for p in model.parameters() if p.requires_grad]
+    if not trainable_now:
         raise PrefdynError("no trainable weights: call trainable(model, mode, seed) first")
-    optimizer = make_optimizer(params, train_cfg, lr or train_cfg.lr or RL_DEFAULT_LR, mode=mode)
+    if run_folder is None:  # what the phase starts from, so a changed setting starts afresh
+        start_weights = [hash_tensor(p) for p in trainable_now]
+        run_folder = phase_folder(sink, name, {**setting, "config": dataclasses.asdict(cfg),
+                                               "mode": mode, "loss_kwargs": loss_kwargs,
+                                               "weights": hash_obj(start_weights)})
     start = time.perf_counter()
-    model.train()
-    try:
-        train(policy, objective, batches, optimizer, steps=steps, callbacks=callbacks,
-              divergence_factor=train_cfg.divergence_factor)
-    finally:
-        model.eval()
-    return Phase(model, history, tracker, steps, time.perf_counter() - start)
+    run = fit_rl(model, policy, batches, cfg, loss_kwargs=loss_kwargs, steps=steps,
+                 callbacks=callbacks, sink=sink, name=name, mode=mode, objective=objective,
+                 trackers=trackers, run_folder=run_folder)
+    return Phase(model, run.history, None, steps, time.perf_counter() - start)
 
 
 def fresh_model(loaded, mode: str, seed: int) -> nn.Module:

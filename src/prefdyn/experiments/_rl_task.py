@@ -17,10 +17,14 @@ the trackers need from it: a training stream and policy, an SFT stream and polic
   first words of a statement are the prompt, the rest is the reference, scored by a
   lexical reward (``rouge_l`` by default; ``exact_match``, ``sentiment`` also fit);
   spreads are Monte Carlo.
+* ``hh`` -- HH-RLHF dialogues up to their last assistant turn as prompts, the *chosen*
+  response as the reference (:func:`prefdyn.data.generation.load_task` ``"hh"``; the
+  file is ``data.path``, default the shared HH-RLHF test split), scored by ``rouge_l``
+  by default; spreads are Monte Carlo.
 
 ``experiment.task`` names the task, ``experiment.reward`` overrides its reward: another
-task (e.g. HH-RLHF prompts with the chosen response as reference) is one
-``@register_rl_task("name")`` builder ``(cfg, loaded, params) -> RLTask`` away.
+task is one ``@register_rl_task("name")`` builder ``(cfg, loaded, params) -> RLTask``
+away (:func:`from_generation` turns a registered generation task into one).
 """
 
 from __future__ import annotations
@@ -33,18 +37,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prefdyn.data import build_behaviors, load_demo, load_persona_dir, mix_behaviors
+from prefdyn.data import (
+    GenerationTask,
+    build_behaviors,
+    load_demo,
+    load_persona_dir,
+    load_task,
+    mix_behaviors,
+)
+from prefdyn.data.generation import HH_DATA
 from prefdyn.errors import PrefdynError
 from prefdyn.losses.policy_gradient import RolloutLogps
 from prefdyn.models import LoadedModel, answer_token_ids
-from prefdyn.policies._rows import ShuffledRows
 from prefdyn.policies.bandit import (
     BanditBatch,
     BanditPolicy,
     BanditStream,
     answer_logits,
 )
-from prefdyn.policies.rollout import RolloutBatch, RolloutPolicy, RolloutStream
+from prefdyn.policies.rollout import RolloutPolicy, RolloutStream
+from prefdyn.policies.teacher_forcing import ReferenceStream
 from prefdyn.rewards import Reward, get_reward
 from prefdyn.tracking.reward_spread import InputSpread, bandit_spread, sampled_spread
 
@@ -133,7 +145,9 @@ class RLTask:
         """Endless shuffled batches of the labelled answers of ``rows``."""
         if self.exact:
             return self.bandit_stream(rows.tolist(), model, batch_size=batch_size, seed=seed)
-        return ReferenceStream(self, rows.tolist(), batch_size=batch_size, seed=seed)
+        rows = rows.tolist()
+        return ReferenceStream(self.tokenizer, [self.prompts[r] for r in rows],
+                               [self.references[r] for r in rows], batch_size=batch_size, seed=seed)
 
     def sft_policy(self, model: nn.Module):
         return TargetTokenPolicy(model) if self.exact else RolloutPolicy(model)
@@ -156,34 +170,6 @@ class TargetTokenPolicy:
         target = batch.rewards.to(device).argmax(-1, keepdim=True)
         token = logps.gather(-1, target)
         return RolloutLogps(token, torch.ones_like(token))
-
-
-class ReferenceStream(ShuffledRows):
-    """Endless batches of prompts with their reference responses (and EOS) as the
-    response: teacher-forced SFT of a generation task, read by :class:`RolloutPolicy`."""
-
-    def __init__(self, task: RLTask, rows: Sequence[int], *, batch_size: int, seed: int):
-        self.task, self.rows = task, list(rows)
-        super().__init__(len(self.rows), min(batch_size, len(self.rows)), seed)
-
-    def __next__(self) -> RolloutBatch:
-        tok = self.task.tokenizer
-        rows = [self.rows[i] for i in self.next_rows()]
-        enc = tok([self.task.prompts[r] for r in rows], return_tensors="pt", padding=True,
-                  padding_side="left", add_special_tokens=False)
-        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-        answers = [tok(self.task.references[r], add_special_tokens=False)["input_ids"] + eos
-                   for r in rows]
-        width = max(len(a) for a in answers)
-        resp = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        resp_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, a in enumerate(answers):
-            resp[i, :len(a)], resp_mask[i, :len(a)] = torch.tensor(a), 1
-        n = len(rows)
-        return RolloutBatch(torch.cat([enc["input_ids"], resp], 1),
-                            torch.cat([enc["attention_mask"], resp_mask], 1), resp_mask,
-                            enc["input_ids"].shape[1], torch.zeros(n), torch.arange(n),
-                            torch.tensor(rows), [self.task.references[r] for r in rows])
 
 
 # ------------------------------------------------------------------ registry ---
@@ -237,6 +223,22 @@ def _persona(cfg, tokenizer):
     return mix_behaviors(build_behaviors(items, tokenizer, cfg.task), name="persona")
 
 
+def from_generation(gen: GenerationTask, tokenizer, *, name: str, reward_name: str,
+                    **kwargs: Any) -> RLTask:
+    """The RL task of a generation task's prompts, references and split."""
+    return RLTask(name, reward_name, list(gen.prompts), list(gen.references),
+                  torch.tensor(gen.train_idx, dtype=torch.long),
+                  torch.tensor(gen.test_idx, dtype=torch.long), tokenizer, **kwargs)
+
+
+def _sampled(name: str, gen: GenerationTask, loaded: LoadedModel, params) -> RLTask:
+    """A generation task scored by ``params.reward`` (default ``rouge_l``) on samples."""
+    reward = params.reward or "rouge_l"
+    return from_generation(gen, loaded.tokenizer, name=name, reward_name=reward,
+                           reward=get_reward(reward), max_new_tokens=params.max_new_tokens,
+                           value_range=(-1.0, 1.0) if reward == "sentiment" else (0.0, 1.0))
+
+
 def _persona_reward(params) -> None:
     if params.reward not in (None, "persona"):
         raise PrefdynError(f"{params.task}'s reward is the persona answer (+1/-1); got "
@@ -247,11 +249,9 @@ def _persona_reward(params) -> None:
 def persona_bandit(cfg, loaded: LoadedModel, params) -> RLTask:
     """Persona prompts; reward +1 for the matching answer token, -1 for any other token."""
     _persona_reward(params)
-    data = _persona(cfg, loaded.tokenizer)
-    chosen = data.chosen_answers()
-    return RLTask("persona_bandit", "persona", list(data.prompts), chosen, data.train_idx,
-                  data.test_idx, loaded.tokenizer,
-                  targets=answer_token_ids(loaded.tokenizer, chosen))
+    gen = load_task("persona", behavior=_persona(cfg, loaded.tokenizer))
+    return from_generation(gen, loaded.tokenizer, name="persona_bandit", reward_name="persona",
+                           targets=answer_token_ids(loaded.tokenizer, gen.references))
 
 
 @register_rl_task("persona_bandit_formats")
@@ -280,7 +280,22 @@ def persona_completion(cfg, loaded: LoadedModel, params) -> RLTask:
         cut = max(1, len(words) // 2)
         prompts.append(" ".join(words[:cut]))
         refs.append(" " + " ".join(words[cut:]) if len(words) > 1 else " .")
-    name = params.reward or "rouge_l"
-    return RLTask("persona_completion", name, prompts, refs, data.train_idx, data.test_idx,
-                  loaded.tokenizer, reward=get_reward(name), max_new_tokens=params.max_new_tokens,
-                  value_range=(-1.0, 1.0) if name == "sentiment" else (0.0, 1.0))
+    gen = GenerationTask("persona_completion", prompts, refs, list(data.sources),
+                         data.train_idx.tolist(), data.test_idx.tolist())
+    return _sampled("persona_completion", gen, loaded, params)
+
+
+HH_MAX_PROMPT_TOKENS = 192
+"""Longer HH-RLHF dialogues are left out of the ``hh`` task (each sample re-reads the
+prompt; most single- and two-turn dialogues fit)."""
+
+
+@register_rl_task("hh")
+def hh(cfg, loaded: LoadedModel, params) -> RLTask:
+    """HH-RLHF prompts (``data.path``: an HH-format JSONL file, default the shared test
+    split) with the chosen response as the reference; ``task.test_fraction`` held out
+    with ``task.seed``, then ``experiment.train_inputs`` / ``test_inputs`` drawn."""
+    gen = load_task("hh", path=cfg.data.path or HH_DATA, tokenizer=loaded.tokenizer,
+                    max_prompt_tokens=HH_MAX_PROMPT_TOKENS,
+                    test_fraction=cfg.task.test_fraction, seed=cfg.task.seed)
+    return _sampled("hh", gen, loaded, params)

@@ -123,6 +123,18 @@ class InputSpread:
                  "grad_norm_sq", "logit_grad_norm", "logit_bound")
         return {n: getattr(self, n).tolist() for n in names if getattr(self, n) is not None}
 
+    @classmethod
+    def from_record(cls, record: dict) -> InputSpread:
+        """The spread a tracker's record holds (``per_input``, ``k``, ``exact``): how a
+        resumed run gets back the measurements made before its checkpoint (a NaN comes
+        back from ``metrics.jsonl`` as the string ``"nan"``)."""
+        per = record["per_input"]
+        fields = {n: torch.tensor([float(x) for x in v]) for n, v in per.items()
+                  if n not in ("rows", "zero_std")}
+        return cls(rows=torch.tensor(per["rows"], dtype=torch.long),
+                   zero_std=torch.tensor(per["zero_std"], dtype=torch.bool),
+                   k=int(record["k"]), exact=bool(record["exact"]), **fields)
+
 
 @contextlib.contextmanager
 def _measuring(model: nn.Module, with_grad: bool):
@@ -291,8 +303,17 @@ class RewardSpreadTracker(Callback):
         return all(step in per for per in self.spreads.values())
 
     def on_train_start(self, state, policy) -> None:
+        self._restore()
         if not self._recorded(state.step):
             self.record(state.step, policy.model)
+
+    def _restore(self) -> None:
+        """Take back the spreads already in the history (a resumed run's, read from its
+        ``metrics.jsonl``), so ``first()`` is still the step-0 measurement."""
+        for r in self.history.records:
+            if (r.get("problem") == self.name and r.get("split") in self.spreads
+                    and "per_input" in r and r["step"] not in self.spreads[r["split"]]):
+                self.spreads[r["split"]][r["step"]] = InputSpread.from_record(r)
 
     def on_step_end(self, state, policy, out) -> None:
         if state.step % self.every == 0 or state.step == state.max_steps:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +88,9 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
            loss_kwargs: dict | None = None, steps: int | None = None,
            callbacks: Sequence[Callback] = (), max_grad_norm: float | None = None,
            sink=None, name: str = "rl", run_folder: str | os.PathLike | None = None,
-           checkpoint_every: int | None = None, mode: str = "full") -> RLRun:
+           checkpoint_every: int | None = None, mode: str = "full",
+           objective: Callable | None = None,
+           trackers: Callable[[History], Sequence[Callback]] | None = None) -> RLRun:
     """Train ``model``'s trainable parameters with ``policy`` on ``stream`` for ``steps``
     (default ``cfg.steps``) updates of ``cfg.loss``.
 
@@ -100,10 +102,17 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
     train mode during the run (the streams sample in eval mode) and in eval mode after.
     ``run_folder`` / ``checkpoint_every``: see the module docstring; ``sink`` receives
     every record too.
+
+    ``objective`` replaces ``get_loss(cfg.loss, **loss_kwargs)`` when the loss is more
+    than a registry entry (e.g. :func:`~prefdyn.losses.entropy.with_entropy_bonus`);
+    ``loss_kwargs`` still name it in the resume identity. ``trackers(history)`` builds
+    callbacks that record into the run's history (e.g. a held-out
+    :class:`~prefdyn.tracking.reward_spread.RewardSpreadTracker`): they exist only
+    once that history does, restored records included on a resume.
     """
     steps = steps if steps is not None else cfg.steps
     loss_kwargs = dict(loss_kwargs) if loss_kwargs is not None else _default_loss_kwargs(cfg)
-    objective = get_loss(cfg.loss, **loss_kwargs)
+    objective = objective if objective is not None else get_loss(cfg.loss, **loss_kwargs)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the model has no trainable parameters (requires_grad is off "
@@ -143,10 +152,11 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
         for record in history_records:
             sink.log(record)
     tracker = StepMetrics(history, name=name, log_every=cfg.log_every)
+    extra = list(trackers(history)) if trackers is not None else []
     model.train()
     try:
         state = train(policy, objective, stream, optimizer, steps=steps,
-                      callbacks=[tracker, *([saver] if saver else []), *callbacks],
+                      callbacks=[tracker, *extra, *([saver] if saver else []), *callbacks],
                       max_grad_norm=max_grad_norm, start_step=start_step,
                       divergence_factor=cfg.divergence_factor)
     except TrainingError as e:
