@@ -32,20 +32,9 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh-rlhf
 def load_records(path: Path) -> list:
     """Every record of ``path`` as a pair, in the load order ``prefdyn diagnose`` numbers
     them (record i is pair i; None where a record has no pair)."""
-    try:
-        from prefdyn.data import (
-            load_source,  # prefdyn diagnose's loader: keeps bad records
-        )
-        return list(load_source(path).pairs)
-    except ImportError:  # before it: the JSONL reader; a record's index from its line
-        from prefdyn.data import load_pairs
+    from prefdyn.data import load_source  # prefdyn diagnose's loader: keeps bad records
 
-        pairs = load_pairs(path, on_error="skip")
-        index = [int(p.source.rsplit(":", 1)[1]) - 1 for p in pairs]  # the file has no blank line
-        records: list = [None] * (max(index) + 1)
-        for i, p in zip(index, pairs):
-            records[i] = p
-        return records
+    return list(load_source(path).pairs)
 
 
 def hand_made_diagnosis(loaded, records: list, train: list[int], path: Path, data: Path) -> Path:

@@ -46,6 +46,7 @@ from benchmarks._context import Skip
 from benchmarks._report import Row
 from benchmarks.workloads.trl_sides import (
     _diffs,
+    trainer_clock,
     load_average,
     peak_rss_gb,
     persona_rows,
@@ -123,7 +124,6 @@ def run_prefdyn(args, bandit: bool) -> dict:
 def run_trl(args, bandit: bool) -> dict:
     try:
         from datasets import Dataset
-        from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
     except ImportError as e:  # pragma: no cover - optional benchmark dependency
         raise SystemExit(f"the TRL sides need trl and datasets: pip install -e .[bench] ({e})") from e
@@ -146,7 +146,7 @@ def run_trl(args, bandit: bool) -> dict:
         return [1.0 if c == t else -1.0 for c, t in zip(completions, target)]
 
     losses: list[float] = []
-    times: list[float] = []
+    clock, times = trainer_clock()
 
     class BenchGRPOTrainer(GRPOTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -154,13 +154,6 @@ def run_trl(args, bandit: bool) -> dict:
             if model.training:
                 losses.append((out[0] if return_outputs else out).item())
             return out
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **kw):
-            times.append(time.perf_counter())
-
-        def on_step_end(self, *a, **kw):
-            times.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as out_dir:
         config = GRPOConfig(
@@ -176,7 +169,7 @@ def run_trl(args, bandit: bool) -> dict:
         trainer = BenchGRPOTrainer(model=loaded.model,
                                    reward_funcs=answer_reward if bandit else sentiment_reward,
                                    args=config, train_dataset=dataset, processing_class=tok,
-                                   callbacks=[Clock()])
+                                   callbacks=[clock])
         trainer.train()
     what = (f"GRPO dr_grpo, 1 new token, {k} samples a prompt" if bandit else
             f"GRPO dr_grpo (sum over tokens / {args.new_tokens})")

@@ -167,7 +167,6 @@ def run_trl(args, precompute: bool) -> dict:
 
     try:
         from datasets import Dataset
-        from transformers import TrainerCallback
         from trl import DPOConfig, DPOTrainer
     except ImportError as e:  # pragma: no cover - optional benchmark dependency
         raise SystemExit(f"the TRL sides need trl and datasets: pip install -e .[bench] ({e})") from e
@@ -219,14 +218,7 @@ def run_trl(args, precompute: bool) -> dict:
                 losses.append((out[0] if return_outputs else out).item())
             return out
 
-    times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            times.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter())
+    clock, times = trainer_clock()
 
     with tempfile.TemporaryDirectory() as out_dir:
         config = DPOConfig(
@@ -239,13 +231,29 @@ def run_trl(args, precompute: bool) -> dict:
         t0 = time.perf_counter()
         ref_model = None if precompute else copy.deepcopy(loaded.model)  # what prefdyn keeps too
         trainer = BenchDPOTrainer(model=loaded.model, ref_model=ref_model, args=config,
-                                  train_dataset=dataset, processing_class=tok, callbacks=[Clock()])
+                                  train_dataset=dataset, processing_class=tok, callbacks=[clock])
         trainer.train()
     objective = (f"log pi(answer|x): TRL's appended end-of-turn token {tok.eos_token!r} dropped"
                  if drop_eos else
                  f"log pi(answer|x) + log pi({tok.eos_token!r}|x, answer): TRL's default data")
     return {"setup_s": times[0] - t0, "step_times": _diffs(times), "losses": losses,
             "peak_gb": peak_rss_gb(args.device), "objective": objective}
+
+
+def trainer_clock():
+    """(a TrainerCallback, the list it fills): the time at train start and after every step."""
+    from transformers import TrainerCallback
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            times.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter())
+
+    return Clock(), times
 
 
 def _diffs(times: list[float]) -> list[float]:
