@@ -132,7 +132,14 @@ def test_embedded_model_on_hh_pairs():
     batched = pair_hidden_sums(loaded.model, loaded.tokenizer, pairs, batch_size=8)
     naive = pair_hidden_sums_naive(loaded.model, loaded.tokenizer, pairs)
     for got, want in zip(batched, naive):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        if not want.is_floating_point():  # token counts
+            assert torch.equal(got, want)
+            continue
+        # Sums over up to hundreds of tokens reach |x| ~ 5e3: the packed rows (prompt once)
+        # change the summation order, so they agree to float32 round-off relative to each
+        # pair's norm (measured 5e-7), not to a fixed absolute 1e-4.
+        rel = (got - want).norm(dim=-1) / want.norm(dim=-1)
+        assert rel.max() < 1e-5, rel.max()
     scores = ches_from_sums(*batched)
     assert torch.isfinite(scores["ches"]).all() and torch.isfinite(scores["ches_normalized"]).all()
 
