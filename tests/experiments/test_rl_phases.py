@@ -28,6 +28,8 @@ def test_a_rerun_restores_the_finished_phase_and_gives_the_same_result(tiny_mode
     assert phase.name.startswith("rft-")
     assert json.loads((phase / "summary.json").read_text())["status"] == "finished"
     assert (phase / "checkpoints" / "latest").read_text() == "step_00000002"
+    kept = sorted(p.name for p in (phase / "checkpoints" / "step_00000002").iterdir())
+    assert "model.safetensors" in kept and not any(n.startswith("optimizer") for n in kept)
     before = read_metrics(out / "metrics.jsonl")
     with caplog.at_level(logging.INFO, logger="prefdyn.training.lm_resume"):
         again, _ = run_spec(spec, cfg)

@@ -9,7 +9,7 @@ import torch
 import prefdyn.training.loop as loop_module
 from prefdyn.errors import PrefdynError
 from prefdyn.losses import get_loss
-from prefdyn.policies.rollout import RolloutPolicy, RolloutStream
+from prefdyn.policies.rollout import RolloutPolicy, RolloutStream, shared_prefill
 from prefdyn.rewards import RewardError, get_reward
 from prefdyn.training.loop import train
 from tests._tiny import chat_prompts, tiny_llama, tiny_tokenizer
@@ -52,6 +52,27 @@ def test_sampling_is_reproducible_and_resumes_with_the_generator_state(setup):
     b.load_state(json.loads(json.dumps(saved)))  # as a checkpoint's state.json holds it
     for w in want:
         assert torch.equal(next(b).input_ids, w)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_prefilling_each_prompt_once_draws_the_samples_of_a_full_prefill(setup, lora):
+    from prefdyn.policies.lm import apply_lora
+
+    tok, prompts = setup  # prompts of different lengths: left padding in the shared cache
+    model = tiny_llama()
+    if lora:
+        model = apply_lora(model, seed=0)
+    for seed in range(3):
+        shared = _stream(model, tok, prompts, prompts_per_batch=3, seed=seed)
+        plain = _stream(model, tok, prompts, prompts_per_batch=3, seed=seed, share_prefill=False)
+        a, b = next(shared), next(plain)
+        assert torch.equal(a.input_ids, b.input_ids) and a.responses == b.responses
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left",
+              add_special_tokens=False)
+    cache = shared_prefill(model, enc["input_ids"], enc["attention_mask"], 3)
+    assert cache.get_seq_length() == enc["input_ids"].shape[1] - 1
+    assert cache.layers[0].keys.shape[0] == 3 * len(prompts)
+    assert shared_prefill(model, enc["input_ids"], enc["attention_mask"], 1) is None
 
 
 def test_policy_logps_match_a_plain_forward_of_each_unpadded_sample(setup):

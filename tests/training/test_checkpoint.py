@@ -15,6 +15,7 @@ from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.training import random_minibatches
 from prefdyn.training.checkpoint import (
     ResumableMinibatches,
+    finalize,
     load_checkpoint,
     restore,
     save_checkpoint,
@@ -69,6 +70,28 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path):
     (tmp_path / "step_00000010" / "model.safetensors").write_bytes(b"garbage")
     with pytest.warns(UserWarning):
         assert load_checkpoint(tmp_path) is None
+
+
+def test_finalize_keeps_the_last_weights_only_and_refuses_to_train_on(tmp_path):
+    policy, opt = _policy_and_adamw()
+    save_checkpoint(tmp_path, step=2, policy=policy, optimizer=opt, batch_state={"n": 2})
+    opt.step()
+    policy.W.data += 1
+    save_checkpoint(tmp_path, step=4, policy=policy, optimizer=opt, batch_state={"n": 4})
+    kept = finalize(tmp_path)
+    assert kept == tmp_path / "step_00000004"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000004"]
+    assert not (kept / "optimizer.safetensors").exists()
+    assert not (kept / "optimizer.json").exists()
+    assert finalize(tmp_path) == kept  # idempotent
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.step == 4 and ckpt.optimizer is None and ckpt.batch_state == {"n": 4}
+    fresh, fresh_opt = _policy_and_adamw(seed=5)
+    restore(ckpt, fresh)
+    assert torch.equal(fresh.W, policy.W)
+    with pytest.raises(ValueError, match="cannot train on"):
+        restore(ckpt, fresh, fresh_opt)
+    assert finalize(tmp_path / "nothing") is None
 
 
 def test_resumable_minibatches_draw_what_random_minibatches_draw():

@@ -115,3 +115,28 @@ def test_the_loss_takes_cfg_beta_by_default_and_a_frozen_model_is_refused():
     model.requires_grad_(False)
     with pytest.raises(TrainingError, match="no trainable parameters"):
         fit_rl(model, policy, stream, TrainConfig(loss="rloo", lr=0.1, steps=1))
+
+
+def test_a_finished_run_without_its_optimizer_restores_and_refuses_more_steps(tmp_path):
+    from prefdyn.training import TrainConfig
+    from prefdyn.training.rl_runner import fit_rl
+
+    cfg = TrainConfig(loss="rloo", optimizer="adamw", lr=0.1, steps=2)
+    model, policy, stream = _bandit_setup()
+    done = fit_rl(model, policy, stream, cfg, loss_kwargs={"beta": 0.0}, run_folder=tmp_path,
+                  keep_optimizer=False)
+    kept = tmp_path / "checkpoints" / "step_00000002"
+    assert kept.is_dir() and not (kept / "optimizer.safetensors").exists()
+    want = {k: v.detach().clone() for k, v in done.model.state_dict().items()}
+
+    model, policy, stream = _bandit_setup()
+    again = fit_rl(model, policy, stream, cfg, loss_kwargs={"beta": 0.0}, run_folder=tmp_path,
+                   keep_optimizer=False)
+    for k, v in again.model.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    assert [r["step"] for r in again.history.records] == [1, 2]
+
+    model, policy, stream = _bandit_setup()
+    with pytest.raises(PrefdynError, match="finished at step 2.*cannot train on to step 3"):
+        fit_rl(model, policy, stream, TrainConfig(loss="rloo", optimizer="adamw", lr=0.1, steps=3),
+               loss_kwargs={"beta": 0.0}, run_folder=tmp_path)

@@ -227,7 +227,8 @@ def run_sft(task: RLTask, model: nn.Module, rows: Tensor, train_cfg: TrainConfig
 
 def phase_folder(sink, name: str, setting: dict) -> Path | None:
     """``<sink's run folder>/runs/<name>-<hash of setting>`` (the name made path-safe);
-    None when the sink is no run folder (a test's list, None)."""
+    None when the sink is no run folder (a test's list, None). A finished phase keeps
+    its final weights there (not the optimizer state), so a rerun restores it."""
     root = getattr(sink, "path", None)
     if root is None:
         return None
@@ -248,12 +249,13 @@ def _phase(model, policy, batches, cfg: TrainConfig, *, steps: int, name: str, s
     if run_folder is None:  # what the phase starts from, so a changed setting starts afresh
         start_weights = [hash_tensor(p) for p in trainable_now]
         run_folder = phase_folder(sink, name, {**setting, "config": dataclasses.asdict(cfg),
-                                               "mode": mode, "loss_kwargs": loss_kwargs,
+                                               "steps": steps, "mode": mode,
+                                               "loss_kwargs": loss_kwargs,
                                                "weights": hash_obj(start_weights)})
     start = time.perf_counter()
     run = fit_rl(model, policy, batches, cfg, loss_kwargs=loss_kwargs, steps=steps,
                  callbacks=callbacks, sink=sink, name=name, mode=mode, objective=objective,
-                 trackers=trackers, run_folder=run_folder)
+                 trackers=trackers, run_folder=run_folder, keep_optimizer=False)
     return Phase(model, run.history, None, steps, time.perf_counter() - start)
 
 

@@ -4,7 +4,8 @@ Razin et al. (ICLR 2024) maximize "$V_{\\mathbf{x}}(\\theta) = \\mathbb{E}_{\\ma
 \\pi_{\\theta}(\\cdot | \\mathbf{x})} [r(\\mathbf{x}, \\mathbf{y})]$" "via policy gradient
 methods". :class:`RolloutStream` is the batch stream: each ``next()`` samples a group
 of ``group_size`` responses per prompt from the model *as it is now* (batched
-``model.generate`` with its KV cache; temperature, top-k, top-p), scores them with a
+``model.generate`` with its KV cache; temperature, top-k, top-p; each prompt is
+prefilled once and its cache copied to its k samples), scores them with a
 reward (:mod:`prefdyn.rewards`) and, for a KL penalty, takes the reference's token
 log-probs. :class:`RolloutPolicy` then recomputes the responses' token log-probs with
 gradient for the objective (:class:`~prefdyn.losses.RolloutLogps`), inside the one
@@ -85,6 +86,25 @@ def _response_mask(response_ids: Tensor, eos_id: int | None) -> Tensor:
     return ((is_eos.cumsum(-1) - is_eos) == 0).long()
 
 
+def shared_prefill(model: nn.Module, ids: Tensor, mask: Tensor, k: int):
+    """The KV cache of each left-padded prompt but its last token, computed once and
+    repeated for its ``k`` samples (``generate`` then runs the last token and samples):
+    the same cache as prefilling all ``n * k`` rows, for 1/k of the compute. None where
+    the model generates with another cache than the dynamic one (e.g. a static or
+    sliding-window cache), or a prompt is a single token (nothing to share)."""
+    config = getattr(model, "generation_config", None)
+    if k < 2 or ids.shape[1] < 2 or getattr(config, "cache_implementation", None) not in (
+            None, "dynamic"):
+        return None
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                  position_ids=position_ids[:, :-1], use_cache=True, logits_to_keep=1).cache
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(k)
+    return cache
+
+
 class RolloutStream(ShuffledRows):
     """Endless on-policy batches: ``prompts_per_batch`` prompts (shuffled, epoch by epoch)
     x ``group_size`` samples each. ``reward`` is ``(prompts, responses, references) ->
@@ -94,7 +114,8 @@ class RolloutStream(ShuffledRows):
                  references: Sequence[str | None] | None = None, group_size: int = 4,
                  prompts_per_batch: int = 4, max_new_tokens: int = 32, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 reference: nn.Module | None = None, pack: bool = True):
+                 reference: nn.Module | None = None, pack: bool = True,
+                 share_prefill: bool = True):
         if not temperature > 0:
             raise PrefdynError(
                 f"temperature {temperature}: policy-gradient estimators need samples from "
@@ -111,7 +132,7 @@ class RolloutStream(ShuffledRows):
         if references is not None and len(references) != len(prompts):
             raise PrefdynError(f"{len(prompts)} prompts but {len(references)} references")
         self.model, self.tokenizer, self.reward, self.reference = model, tokenizer, reward, reference
-        self.pack = pack
+        self.pack, self.share_prefill = pack, share_prefill
         self.prompts, self.references = list(prompts), references
         self.group_size, self.prompts_per_batch = group_size, min(prompts_per_batch, len(prompts))
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = (
@@ -128,8 +149,8 @@ class RolloutStream(ShuffledRows):
         device = next(self.model.parameters()).device
         enc = tok([self.prompts[r] for r in rows], return_tensors="pt", padding=True,
                   padding_side="left", add_special_tokens=False)
-        ids = enc["input_ids"].to(device).repeat_interleave(k, 0)
-        mask = enc["attention_mask"].to(device).repeat_interleave(k, 0)
+        prompt_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        ids, mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
         L = ids.shape[1]
         was_training = self.model.training
         self.model.eval()
@@ -137,13 +158,16 @@ class RolloutStream(ShuffledRows):
         # so the run is reproducible and resumable and the caller's RNG is untouched.
         seed = int(torch.randint(2**62, (), generator=self.generator))
         try:
+            cache = (shared_prefill(self.model, prompt_ids, prompt_mask, k)
+                     if self.share_prefill else None)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, do_sample=True,
                     temperature=self.temperature, top_k=self.top_k or 0, top_p=self.top_p or 1.0,
                     max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id, use_cache=True)
+                    eos_token_id=tok.eos_token_id, use_cache=True,
+                    **({"cache": cache} if cache is not None else {}))
         finally:
             self.model.train(was_training)
         response_ids = out[:, L:]

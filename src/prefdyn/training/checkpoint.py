@@ -8,6 +8,11 @@ the rest of its state (``optimizer.json``), every RNG state (``rng.safetensors``
 never pickled, so loading a checkpoint cannot execute code. Each checkpoint is
 written into a temporary folder and renamed into place, and ``latest`` is
 updated last, so a kill at any moment leaves the previous checkpoint usable.
+
+A run that has finished and will not train further can be finalized (:func:`finalize`): its
+last checkpoint keeps the weights, RNG and stream state but drops the optimizer's
+state (for AdamW twice the weights' size) and every older checkpoint. A finalized
+checkpoint restores the weights; it refuses to continue training.
 """
 
 from __future__ import annotations
@@ -36,16 +41,18 @@ log = logging.getLogger(__name__)
 
 FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json",
          "rng.safetensors", "rng.json", "state.json")
+OPTIMIZER_FILES = ("optimizer.safetensors", "optimizer.json")
 
 
 @dataclass
 class Checkpoint:
-    """One loaded checkpoint: plain tensors and JSON, nothing bound to live objects yet."""
+    """One loaded checkpoint: plain tensors and JSON, nothing bound to live objects yet.
+    ``optimizer`` is None for a finalized checkpoint (:func:`finalize`)."""
 
     path: Path
     step: int
     model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
+    optimizer: dict[str, Any] | None
     rng: dict[str, Any]
     batch_state: dict | None
     extra: dict | None
@@ -123,16 +130,43 @@ def save_checkpoint(folder: str | Path, *, step: int, policy: torch.nn.Module,
 
 
 def _read(path: Path) -> Checkpoint:
-    missing = [f for f in FILES if not (path / f).is_file()]
+    state = json.loads((path / "state.json").read_text())
+    final = bool(state.get("final"))
+    missing = [f for f in FILES if not (path / f).is_file()
+               and not (final and f in OPTIMIZER_FILES)]
     if missing:
         raise FileNotFoundError(f"{path} lacks {', '.join(missing)}")
-    state = json.loads((path / "state.json").read_text())
     rng = json.loads((path / "rng.json").read_text())
     rng.update(load_file(path / "rng.safetensors"))
-    optimizer = _join_optimizer(load_file(path / "optimizer.safetensors"),
-                                json.loads((path / "optimizer.json").read_text()))
+    optimizer = None if final else _join_optimizer(
+        load_file(path / "optimizer.safetensors"),
+        json.loads((path / "optimizer.json").read_text()))
     return Checkpoint(path, int(state["step"]), load_file(path / "model.safetensors"),
                       optimizer, rng, state.get("batch_state"), state.get("extra"))
+
+
+def finalize(folder: str | Path) -> Path | None:
+    """Keep only the newest checkpoint of a finished run, without its optimizer state.
+
+    ``state.json`` is marked ``final`` before the optimizer files go, so a kill at any
+    moment leaves a readable checkpoint. Returns the kept checkpoint (None if none)."""
+    folder = Path(folder)
+    latest = folder / "latest"
+    if not latest.is_file():
+        return None
+    keep = folder / latest.read_text().strip()
+    state_file = keep / "state.json"
+    state = json.loads(state_file.read_text())
+    if not state.get("final"):
+        tmp = keep / ".state.json.tmp"
+        _write_json(tmp, {**state, "final": True})
+        os.replace(tmp, state_file)
+    for name in OPTIMIZER_FILES:
+        (keep / name).unlink(missing_ok=True)
+    for old in folder.glob("step_*"):
+        if old.is_dir() and old != keep:
+            shutil.rmtree(old)
+    return keep
 
 
 def load_checkpoint(folder: str | Path) -> Checkpoint | None:
@@ -158,7 +192,9 @@ def restore(checkpoint: Checkpoint, policy: torch.nn.Module,
             optimizer: torch.optim.Optimizer | None = None) -> None:
     """Put weights, optimizer state and every global RNG back as they were at the save.
 
-    A checkpoint holding only the trainable parameters must hold all of them."""
+    A checkpoint holding only the trainable parameters must hold all of them. A
+    finalized checkpoint (:func:`finalize`) has no optimizer state to restore: passing an
+    optimizer for it is an error (training on would restart the optimizer silently)."""
     trainable = set(trainable_state(policy))
     if set(checkpoint.model) == set(policy.state_dict()):
         policy.load_state_dict(checkpoint.model)
@@ -170,6 +206,9 @@ def restore(checkpoint: Checkpoint, policy: torch.nn.Module,
         raise ValueError(f"{checkpoint.path}: weights do not match the model "
                          f"(missing e.g. {missing}, unexpected e.g. {unexpected})")
     if optimizer is not None:
+        if checkpoint.optimizer is None:
+            raise ValueError(f"{checkpoint.path} is a finished run's final checkpoint: it kept "
+                             "the weights but not the optimizer state, so it cannot train on")
         optimizer.load_state_dict(checkpoint.optimizer)
     torch.set_rng_state(checkpoint.rng["torch_cpu"])
     cuda = [checkpoint.rng[f"torch_cuda_{i}"] for i in range(len(checkpoint.rng))

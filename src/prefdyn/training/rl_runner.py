@@ -14,7 +14,11 @@ With ``run_folder`` the run writes ``config.yaml``, ``metrics.jsonl`` and
 trainable weights as safetensors, the optimizer, every global RNG and the stream's
 position and sampling generator); a folder holding a checkpoint is resumed from
 it, so a run killed with SIGKILL and started again with the same command draws the
-same samples and ends with the same metrics as an unbroken one.
+same samples and ends with the same metrics as an unbroken one. With
+``keep_optimizer=False`` a run that finishes keeps only its final weights (the
+optimizer state and older checkpoints are dropped:
+:func:`~prefdyn.training.checkpoint.finalize`); running it again restores them and
+trains no further.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from prefdyn.tracking.history import History
 from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.tracking.step_metrics import StepMetrics
 from prefdyn.tracking.tensorboard import Tee
-from prefdyn.training.checkpoint import CheckpointCallback, restore
+from prefdyn.training.checkpoint import CheckpointCallback, finalize, restore
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_resume import open_run_folder, write_outcome
 from prefdyn.training.lm_setup import LM_DEFAULT_LR
@@ -90,7 +94,8 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
            sink=None, name: str = "rl", run_folder: str | os.PathLike | None = None,
            checkpoint_every: int | None = None, mode: str = "full",
            objective: Callable | None = None,
-           trackers: Callable[[History], Sequence[Callback]] | None = None) -> RLRun:
+           trackers: Callable[[History], Sequence[Callback]] | None = None,
+           keep_optimizer: bool = True) -> RLRun:
     """Train ``model``'s trainable parameters with ``policy`` on ``stream`` for ``steps``
     (default ``cfg.steps``) updates of ``cfg.loss``.
 
@@ -109,6 +114,8 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
     callbacks that record into the run's history (e.g. a held-out
     :class:`~prefdyn.tracking.reward_spread.RewardSpreadTracker`): they exist only
     once that history does, restored records included on a resume.
+    ``keep_optimizer=False``: see the module docstring (for runs that are never
+    continued, e.g. the phases of an experiment, whose settings fix their steps).
     """
     steps = steps if steps is not None else cfg.steps
     loss_kwargs = dict(loss_kwargs) if loss_kwargs is not None else _default_loss_kwargs(cfg)
@@ -136,9 +143,15 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
                 raise PrefdynError(f"{folder.checkpoint.path} was written by another RL run: "
                                    f"{saved}; this run is {rl_identity}. Use another run folder "
                                    "or delete it")
-            restore(folder.checkpoint, model, optimizer)
-            stream.load_state(folder.checkpoint.batch_state)
             start_step = folder.start_step
+            finished = folder.checkpoint.optimizer is None
+            if finished and start_step < steps:
+                raise PrefdynError(f"{folder.checkpoint.path} is the final checkpoint of a run "
+                                   f"that finished at step {start_step}; it kept no optimizer "
+                                   f"state, so it cannot train on to step {steps}. Use another "
+                                   "run folder or delete it")
+            restore(folder.checkpoint, model, None if finished else optimizer)
+            stream.load_state(folder.checkpoint.batch_state)
             path = folder.path / "metrics.jsonl"
             history_records = [r for r in (read_metrics(path) if path.is_file() else [])
                                if r.get("problem") == name]
@@ -170,6 +183,8 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
     if folder is not None:
         write_outcome(folder, steps=steps, last_step=state.step, error=None,
                       last_checkpoint=saver.inner.last_saved if saver else None)
+        if not keep_optimizer:
+            finalize(folder.checkpoints)
     return RLRun(model, history, state, optimizer)
 
 
