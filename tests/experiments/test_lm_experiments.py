@@ -57,12 +57,19 @@ def test_lm_priority_two_pairs(tiny_workspace):
     assert res.figures[0].name == "fig7_priority_pairs"
 
 
-def test_distribution_change_before_is_the_base_model(tiny_workspace):
+@pytest.mark.parametrize("per_behavior", [True, False])
+def test_distribution_change_before_is_the_base_model(tiny_workspace, per_behavior):
+    from prefdyn.experiments.distribution_change import DistributionParams
+
     ws = tiny_workspace
-    res = run_distribution_change(ws, TRAIN, loaded=tiny_loaded(), preset=TINY,
+    preset = DistributionParams(**dataclasses.asdict(TINY), per_behavior=per_behavior)
+    res = run_distribution_change(ws, TRAIN, loaded=tiny_loaded(), preset=preset,
                                   which=[0, 1], projections=("pca",))
-    ch = res.summary["change"]
-    assert set(ch) == set(ws.names[:2])
+    s, ch = res.summary, res.summary["change"]
+    assert set(ch) == set(ws.names[:2]) and s["per_behavior"] is per_behavior
+    # one run per behavior (the paper's protocol), or one joint run of both
+    assert list(s["steps"]) == (ws.names[:2] if per_behavior else ["+".join(ws.names[:2])])
+    assert set(s["final_train_loss"]) == set(ws.names[:2])
     for name in ch:
         assert ch[name]["D"]["before"] > 0 and ch[name]["D"]["after"] != ch[name]["D"]["before"]
         assert math.isfinite(ch[name]["spread_ratio"]["ratio"])

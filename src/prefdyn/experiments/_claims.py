@@ -387,7 +387,7 @@ CLAIMS: tuple[Claim, ...] = (
           "smaller for the low-gap pair", "lm_priority", _lm_priority_low),
     Claim("il-fig8-D", IL, "Sec. 5.2 (Fig. 8)",
           "the positive and negative examples generally become more distinguishable after DPO",
-          "D of each behavior's probe rows before vs after joint DPO", "D grew for more than half",
+          "D of each behavior's probe rows before vs after DPO on that behavior alone", "D grew for more than half",
           "lm_distribution", _d_grew),
     Claim("il-fig8-conc", IL, "Sec. 5.2 (Fig. 8)",
           "their distributions are more concentrated as their ratios of variance to distinguishability are "
