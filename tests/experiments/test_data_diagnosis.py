@@ -91,12 +91,21 @@ def test_a_rerun_reuses_every_cached_stage(tmp_path, monkeypatch):
     path.write_text("".join(json.dumps({"prompt": p, "chosen": " I like to help people.",
                                         "rejected": f" No {i}."}) + "\n" for i, p in enumerate(prompts)))
     settings = DiagnoseSettings(cache_dir=str(tmp_path / "cache"), clusters=2)
+    passes = []
+    one_pass = multitoken.pair_hidden_sums
+
+    def counted(model, tokenizer, pairs, **kwargs):
+        passes.append(len(pairs))
+        return one_pass(model, tokenizer, pairs, **kwargs)
+
+    monkeypatch.setattr(multitoken, "pair_hidden_sums", counted)
     first = diagnose_data(loaded, load_source(path), settings).to_json()
+    assert passes == [6]  # the concept Gram and CHES from one pass over the pairs
 
     def no_forward(*args, **kwargs):
         raise AssertionError("recomputed a cached stage")
 
-    monkeypatch.setattr(multitoken, "concept_gram", no_forward)
+    monkeypatch.setattr(multitoken, "pair_hidden_sums", no_forward)
     monkeypatch.setattr(ches, "pair_hidden_sums", no_forward)
     monkeypatch.setattr(embedding_cache, "extract_embeddings", no_forward)
     assert diagnose_data(loaded, load_source(path), settings).to_json() == first

@@ -28,6 +28,9 @@ from prefdyn.embeddings._prefix import segment_mask
 from prefdyn.embeddings.extract import _length_sorted_batches
 
 Encoded = Sequence[tuple[list[int], int]]  # (ids, P): chosen of pair i at 2i, rejected at 2i+1
+# reader(j, hidden): sequence j's hidden states at the positions predicting its response
+# tokens, in order, (|y_j|, d) float64 on the CPU.
+Reader = Callable[[int, torch.Tensor], None]
 
 _PROMPT, _PAD = -1, -2
 
@@ -59,9 +62,11 @@ def packed_tokens(encoded: Encoded) -> int:
 
 def packed_pair_sums(decoder, encoded: Encoded, *, pairs_per_forward: int, pad_id: int,
                      device: torch.device, hidden_size: int,
-                     advance: Callable[[int], None] = lambda n: None) -> torch.Tensor:
+                     advance: Callable[[int], None] = lambda n: None,
+                     reader: Reader | None = None) -> torch.Tensor:
     """(2n, d) float64 hidden sums, chosen of pair i at 2i and rejected at 2i+1, as the
-    plain path returns them; ``advance`` is called with the sequences done (2 a pair)."""
+    plain path returns them; ``advance`` is called with the sequences done (2 a pair),
+    ``reader`` (if given) with each sequence's summed hidden states, one by one."""
     rows = [packed_row(encoded[2 * i], encoded[2 * i + 1]) for i in range(len(encoded) // 2)]
     sums = torch.zeros(len(encoded), hidden_size, dtype=torch.float64)
     for batch in _length_sorted_batches([len(tokens) for tokens, _, _ in rows], pairs_per_forward):
@@ -83,7 +88,12 @@ def packed_pair_sums(decoder, encoded: Encoded, *, pairs_per_forward: int, pad_i
         segment = segment.to(device)
         hidden = decoder(input_ids=tokens.to(device), attention_mask=segment_mask(decoder, segment),
                          position_ids=positions.to(device), use_cache=False).last_hidden_state
-        side_sums = torch.einsum("bst,btd->bsd", read, hidden.to("cpu", torch.float64))
+        hidden = hidden.to("cpu", torch.float64)
+        side_sums = torch.einsum("bst,btd->bsd", read, hidden)
+        if reader is not None:  # positions ascending: P-1, then the side's own tokens in order
+            for b, i in enumerate(batch):
+                for side in (0, 1):
+                    reader(2 * i + side, hidden[b, read[b, side].bool()])
         index = torch.tensor(batch)
         sums[2 * index], sums[2 * index + 1] = side_sums[:, 0], side_sums[:, 1]
         advance(2 * len(batch))

@@ -35,14 +35,14 @@ import torch
 from prefdyn._hashing import hash_texts
 from prefdyn._store import ArtifactKey, ArtifactStore, TensorSpec
 from prefdyn.data.records import PreferencePair
-from prefdyn.diagnostics._ches_pack import packed_pair_sums
+from prefdyn.diagnostics._ches_pack import Reader, packed_pair_sums
 from prefdyn.embeddings._prefix import packing_exact
 from prefdyn.embeddings.extract import _length_sorted_batches, _progress_bar
 from prefdyn.errors import DataError
 
 HiddenSums = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 # Bump the version when the positions summed or the tokenization change.
-_STORE = ArtifactStore("ches", version=1, label="CHES")
+STORE = ArtifactStore("ches", version=1, label="CHES")
 
 
 def response_token_ids(tokenizer, prompt: str, response: str, *, source: str = "",
@@ -92,6 +92,7 @@ def pair_hidden_sums(
     progress: bool = False,
     share_prompt: bool = True,
     autocast: torch.dtype | None = None,
+    reader: Reader | None = None,
 ) -> HiddenSums:
     """S+ and S- of every pair, and the response lengths, batched.
 
@@ -109,6 +110,9 @@ def pair_hidden_sums(
     alone. Both paths equal one unpadded forward per sequence up to float round-off.
     ``autocast`` (e.g. ``torch.bfloat16``) runs the matrix products in that dtype under
     :func:`torch.autocast`, the weights and the sums staying as they are.
+    ``reader(j, hidden)``, if given, sees the hidden states that go into sequence j's sum
+    (chosen of pair i at 2i, rejected at 2i+1), ``(|y_j|, d)`` float64 in response order,
+    in the same pass (e.g. :func:`prefdyn.diagnostics.multitoken.concept_gram_and_sums`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -123,14 +127,16 @@ def pair_hidden_sums(
     with torch.inference_mode(), mixed, _progress_bar(len(encoded), progress) as advance:
         if share_prompt and packing_exact(decoder, longest):
             sums = packed_pair_sums(decoder, encoded, pairs_per_forward=max(1, batch_size // 2),
-                                    pad_id=pad_id, device=device, hidden_size=hidden_size, advance=advance)
+                                    pad_id=pad_id, device=device, hidden_size=hidden_size,
+                                    advance=advance, reader=reader)
         else:
-            sums = _padded_sums(decoder, encoded, batch_size, pad_id, device, hidden_size, advance)
+            sums = _padded_sums(decoder, encoded, batch_size, pad_id, device, hidden_size, advance,
+                                reader)
     return _split(sums, lengths)
 
 
 def _padded_sums(decoder, encoded, batch_size: int, pad_id: int, device: torch.device,
-                 hidden_size: int, advance) -> torch.Tensor:
+                 hidden_size: int, advance, reader: Reader | None = None) -> torch.Tensor:
     """(2n, d) float64 sums of the 2n sequences in left-padded, length-sorted batches."""
     sums = torch.zeros(len(encoded), hidden_size, dtype=torch.float64)
     for batch in _length_sorted_batches([len(ids) for ids, _ in encoded], batch_size):
@@ -148,7 +154,11 @@ def _padded_sums(decoder, encoded, batch_size: int, pad_id: int, device: torch.d
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                          position_ids=position_ids.to(device), use_cache=False).last_hidden_state
-        sums[batch] = torch.einsum("bt,btd->bd", predicting, hidden.to("cpu", torch.float64))
+        hidden = hidden.to("cpu", torch.float64)
+        sums[batch] = torch.einsum("bt,btd->bd", predicting, hidden)
+        if reader is not None:
+            for row, i in enumerate(batch):
+                reader(i, hidden[row, predicting[row].bool()])
         advance(len(batch))
     return sums
 
@@ -204,8 +214,15 @@ def ches_cache_key(loaded, pairs: Sequence[PreferencePair], *,
 
     texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
     mixed = {} if autocast is None else {"autocast": str(autocast)}
-    return _STORE.key(model=loaded.fingerprint, tokenizer=tokenizer_fingerprint(loaded.tokenizer),
+    return STORE.key(model=loaded.fingerprint, tokenizer=tokenizer_fingerprint(loaded.tokenizer),
                       texts=hash_texts(texts), **mixed)
+
+
+def sums_spec(n: int, hidden_size: int) -> dict[str, TensorSpec]:
+    """What the ``ches`` store holds for ``n`` pairs: the four :data:`HiddenSums`, by name."""
+    return {"sum_chosen": TensorSpec((n, hidden_size), torch.float64),
+            "sum_rejected": TensorSpec((n, hidden_size), torch.float64),
+            "len_chosen": TensorSpec((n,), torch.long), "len_rejected": TensorSpec((n,), torch.long)}
 
 
 def cached_pair_hidden_sums(loaded, pairs: Sequence[PreferencePair], *,
@@ -218,16 +235,13 @@ def cached_pair_hidden_sums(loaded, pairs: Sequence[PreferencePair], *,
     and recomputed). Refresh ``loaded.fingerprint`` after changing weights.
     """
     pairs = list(pairs)
-    n, hidden_size = len(pairs), loaded.model.get_output_embeddings().weight.shape[1]
-    expected = {"sum_chosen": TensorSpec((n, hidden_size), torch.float64),
-                "sum_rejected": TensorSpec((n, hidden_size), torch.float64),
-                "len_chosen": TensorSpec((n,), torch.long), "len_rejected": TensorSpec((n,), torch.long)}
+    expected = sums_spec(len(pairs), loaded.model.get_output_embeddings().weight.shape[1])
 
     def compute() -> dict[str, torch.Tensor]:
         sums = pair_hidden_sums(loaded.model, loaded.tokenizer, pairs, batch_size=batch_size,
                                 device=device, progress=progress, autocast=autocast)
         return dict(zip(expected, sums))
 
-    tensors = _STORE.get_or_compute(ches_cache_key(loaded, pairs, autocast=autocast), expected, compute,
+    tensors = STORE.get_or_compute(ches_cache_key(loaded, pairs, autocast=autocast), expected, compute,
                                     cache_dir=cache_dir, info={"model": loaded.name})
     return tuple(tensors[name] for name in expected)  # type: ignore[return-value]

@@ -33,7 +33,8 @@ projections and the pairwise gaps are Eq. 5's exactly.
 
 Only inner products of the ``B_c`` are needed: :func:`concept_gram` accumulates the
 label parts per concept over the tokens that occur in the responses and returns the
-(m, m) Gram matrix; :func:`concept_priority` factors it (``K = X X^T``) and hands ``X``
+(m, m) Gram matrix (in the same pass as the CHES sums, which read the same hidden
+states: :func:`concept_gram_and_sums`); :func:`concept_priority` factors it (``K = X X^T``) and hands ``X``
 to :func:`~prefdyn.diagnostics.priority.priority_levels`, which depends on inner products only.
 """
 
@@ -48,86 +49,138 @@ import torch
 from torch import Tensor
 
 from prefdyn._hashing import hash_obj, hash_texts
-from prefdyn._store import ArtifactStore, TensorSpec
+from prefdyn._store import ArtifactKey, ArtifactStore, TensorSpec
 from prefdyn.data.records import PreferencePair
-from prefdyn.diagnostics.ches import response_token_ids
+from prefdyn.diagnostics import ches
+from prefdyn.diagnostics.ches import HiddenSums, pair_hidden_sums, response_token_ids
 from prefdyn.diagnostics.priority import PriorityGaps, PriorityResult, priority_gap_matrix, priority_levels
-from prefdyn.embeddings.extract import _length_sorted_batches, _progress_bar
 from prefdyn.errors import DataError
 
 # Bump when the label part or the scaling changes.
-_STORE = ArtifactStore("concept_gram", version=1, label="concept Gram")
+STORE = ArtifactStore("concept_gram", version=1, label="concept Gram")
 
 
-def _encoded(tokenizer, pairs: Sequence[PreferencePair], max_length: int | None):
-    """(ids, P, pair index, sign) of every response: chosen +1, rejected -1."""
-    out = []
-    for i, pair in enumerate(pairs):
-        for sign, field, response in ((1.0, "chosen", pair.chosen), (-1.0, "rejected", pair.rejected)):
-            ids, n_prompt = response_token_ids(tokenizer, pair.prompt, response, source=pair.source,
-                                               field=field, max_length=max_length)
-            out.append((ids, n_prompt, i, sign))
-    return out
+class _GramReader:
+    """Accumulates each concept's label part from the hidden states a CHES pass reads
+    (:func:`~prefdyn.diagnostics.ches.pair_hidden_sums`' ``reader``): sequence j is pair
+    j // 2's chosen (+1, j even) or rejected (-1) response."""
+
+    def __init__(self, tokenizer, pairs: Sequence[PreferencePair], concepts: Tensor, k: int,
+                 d: int, max_length: int | None):
+        self.responses = []
+        for pair in pairs:
+            for field, response in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+                ids, n_prompt = response_token_ids(tokenizer, pair.prompt, response, source=pair.source,
+                                                   field=field, max_length=max_length)
+                self.responses.append(ids[n_prompt:])
+        vocab = sorted({t for ids in self.responses for t in ids})
+        self.row_of = {t: r for r, t in enumerate(vocab)}
+        self.concepts = concepts
+        used = concepts[concepts >= 0]
+        self.counts = torch.bincount(used, minlength=k).double()
+        self.buffers = torch.zeros(k, len(vocab), d, dtype=torch.float64)
+
+    def __call__(self, j: int, hidden: Tensor) -> None:
+        c = int(self.concepts[j // 2])
+        if c < 0:  # a pair outside every concept (CHES only)
+            return
+        rows = torch.tensor([self.row_of[t] for t in self.responses[j]])
+        sign = 1.0 if j % 2 == 0 else -1.0
+        self.buffers[c].index_add_(0, rows, hidden * (sign / self.counts[c]))
+
+    def gram(self) -> Tensor:
+        flat = self.buffers.reshape(len(self.buffers), -1)
+        return 2.0 * (flat @ flat.T)
+
+
+def concept_gram_and_sums(model, tokenizer, pairs: Sequence[PreferencePair], concepts: Tensor, k: int,
+                          *, batch_size: int = 8, progress: bool = False) -> tuple[Tensor, HiddenSums]:
+    """``(K, hidden sums)``: the concepts' Gram ``K[c, c'] = 2 <B_c, B_c'>_F`` (module
+    docstring), (k, k) float64, and every pair's CHES hidden sums
+    (:func:`~prefdyn.diagnostics.ches.pair_hidden_sums`), from one pass of the model.
+
+    Both read the same lm_head inputs, those at the positions that predict the response
+    tokens; each pair's prompt runs once where that is exact. ``concepts`` (n,) holds
+    each pair's concept in ``0..k-1``, or -1 for a pair that only needs its sums.
+    """
+    d = model.get_output_embeddings().weight.shape[1]
+    reader = _GramReader(tokenizer, pairs, concepts, k, d,
+                         getattr(model.config, "max_position_embeddings", None))
+    sums = pair_hidden_sums(model, tokenizer, pairs, batch_size=batch_size, progress=progress,
+                            reader=reader)
+    return reader.gram(), sums
 
 
 def concept_gram(model, tokenizer, pairs: Sequence[PreferencePair], concepts: Tensor, k: int, *,
                  batch_size: int = 8, progress: bool = False) -> Tensor:
-    """``K[c, c'] = 2 <B_c, B_c'>_F`` (module docstring), (k, k) float64.
+    """``K[c, c'] = 2 <B_c, B_c'>_F`` (module docstring), (k, k) float64: the first half of
+    :func:`concept_gram_and_sums`."""
+    return concept_gram_and_sums(model, tokenizer, pairs, concepts, k, batch_size=batch_size,
+                                 progress=progress)[0]
 
-    ``concepts`` (n,) holds each pair's concept in ``0..k-1``. One forward per response
-    (left-padded, longest first), reading the lm_head inputs at the positions that
-    predict the response tokens (as :mod:`prefdyn.diagnostics.ches`).
-    """
-    device = next(model.parameters()).device
-    decoder = model.get_decoder()
-    d = model.get_output_embeddings().weight.shape[1]
-    encoded = _encoded(tokenizer, pairs, getattr(model.config, "max_position_embeddings", None))
-    vocab = sorted({t for ids, p, _, _ in encoded for t in ids[p:]})
-    row_of = {t: r for r, t in enumerate(vocab)}
-    counts = torch.bincount(concepts, minlength=k).double()
-    buffers = torch.zeros(k, len(vocab), d, dtype=torch.float64)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.inference_mode(), _progress_bar(len(encoded), progress, "concept Gram") as advance:
-        for batch in _length_sorted_batches([len(e[0]) for e in encoded], batch_size):
-            width = max(len(encoded[j][0]) for j in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, j in enumerate(batch):
-                ids = encoded[j][0]
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                mask[row, width - len(ids):] = 1
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            hidden = decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                             position_ids=position_ids.to(device), use_cache=False).last_hidden_state
-            hidden = hidden.to("cpu", torch.float64)
-            for row, j in enumerate(batch):
-                ids, n_prompt, pair, sign = encoded[j]
-                start = width - len(ids) + n_prompt - 1  # predicts the first response token
-                rows = torch.tensor([row_of[t] for t in ids[n_prompt:]])
-                c = int(concepts[pair])
-                buffers[c].index_add_(0, rows, hidden[row, start:width - 1] * (sign / counts[c]))
-            advance(len(batch))
-    flat = buffers.reshape(k, -1)
-    return 2.0 * (flat @ flat.T)
+
+def concept_gram_key(loaded, pairs: Sequence[PreferencePair], concepts: Tensor, k: int) -> ArtifactKey:
+    """Content key of the Gram of ``pairs`` in ``concepts`` under ``loaded``."""
+    from prefdyn.models.loading import tokenizer_fingerprint
+
+    return STORE.key(model=loaded.fingerprint, tokenizer=tokenizer_fingerprint(loaded.tokenizer),
+                     texts=hash_texts(t for p in pairs for t in (p.prompt, p.chosen, p.rejected)),
+                     concepts=hash_obj(concepts.tolist()), k=k)
 
 
 def cached_concept_gram(loaded, pairs: Sequence[PreferencePair], concepts: Tensor, k: int, *,
                         cache_dir: str | os.PathLike | None = None, batch_size: int = 8,
                         progress: bool = False) -> Tensor:
     """:func:`concept_gram`, memoised in the ``concept_gram`` store (model, texts, concepts)."""
-    from prefdyn.models.loading import tokenizer_fingerprint
-
-    key = _STORE.key(model=loaded.fingerprint, tokenizer=tokenizer_fingerprint(loaded.tokenizer),
-                     texts=hash_texts(t for p in pairs for t in (p.prompt, p.chosen, p.rejected)),
-                     concepts=hash_obj(concepts.tolist()), k=k)
     expected = {"gram": TensorSpec((k, k), torch.float64)}
 
     def compute() -> dict[str, Tensor]:
         return {"gram": concept_gram(loaded.model, loaded.tokenizer, pairs, concepts, k,
                                      batch_size=batch_size, progress=progress)}
 
-    return _STORE.get_or_compute(key, expected, compute, cache_dir=cache_dir,
-                                 info={"model": loaded.name})["gram"]
+    return STORE.get_or_compute(concept_gram_key(loaded, pairs, concepts, k), expected, compute,
+                                cache_dir=cache_dir, info={"model": loaded.name})["gram"]
+
+
+def cached_gram_and_sums(loaded, pairs: Sequence[PreferencePair], concepts: Tensor, k: int,
+                         ches_rows: Sequence[int], *, cache_dir: str | os.PathLike | None = None,
+                         batch_size: int = 8, progress: bool = False
+                         ) -> tuple[Tensor, HiddenSums | None]:
+    """The Gram of the pairs with a concept (``concepts >= 0``) and the CHES hidden sums of
+    the pairs ``ches_rows`` (None when empty), each read from its own store
+    (``concept_gram``, ``ches``: the keys of :func:`cached_concept_gram` and
+    :func:`~prefdyn.diagnostics.ches.cached_pair_hidden_sums`) where it is there; what
+    is missing comes from one pass of the model over the pairs either needs
+    (:func:`concept_gram_and_sums`), and is stored."""
+    members = [j for j in range(len(pairs)) if int(concepts[j]) >= 0]
+    member_pairs = [pairs[j] for j in members]
+    gram_key = concept_gram_key(loaded, member_pairs, concepts[members], k)
+    gram_spec = {"gram": TensorSpec((k, k), torch.float64)}
+    cached = STORE.load(gram_key, gram_spec, cache_dir=cache_dir)
+    gram = cached["gram"] if cached is not None else None
+    ches_rows = list(ches_rows)
+    sums_spec = ches.sums_spec(len(ches_rows), loaded.model.get_output_embeddings().weight.shape[1])
+    ches_key = ches.ches_cache_key(loaded, [pairs[j] for j in ches_rows]) if ches_rows else None
+    sums = None
+    if ches_key is not None:
+        cached = ches.STORE.load(ches_key, sums_spec, cache_dir=cache_dir)
+        sums = tuple(cached[name] for name in sums_spec) if cached is not None else None
+    if gram is not None and (sums is not None or ches_key is None):
+        return gram, sums
+    run = sorted(set(members if gram is None else []) | set(ches_rows if sums is None else []))
+    at = {j: r for r, j in enumerate(run)}
+    run_concepts = concepts[run] if gram is None else torch.full((len(run),), -1, dtype=torch.long)
+    got_gram, got_sums = concept_gram_and_sums(loaded.model, loaded.tokenizer, [pairs[j] for j in run],
+                                               run_concepts, k, batch_size=batch_size, progress=progress)
+    info = {"model": loaded.name}
+    if gram is None:
+        gram = got_gram
+        STORE.save(gram_key, {"gram": gram}, cache_dir=cache_dir, info=info)
+    if sums is None and ches_key is not None:
+        rows = torch.tensor([at[j] for j in ches_rows], dtype=torch.long)
+        sums = tuple(t[rows].contiguous() for t in got_sums)
+        ches.STORE.save(ches_key, dict(zip(sums_spec, sums)), cache_dir=cache_dir, info=info)
+    return gram, sums
 
 
 @dataclass(frozen=True, eq=False)

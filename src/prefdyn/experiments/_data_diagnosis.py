@@ -3,8 +3,9 @@
 Stages (each heavy one cached in prefdyn's store, so an interrupted run reuses them):
 problems -> concepts (a column, or clusters of the prompts' g(x)) -> per-concept D and
 priority (:mod:`prefdyn.diagnostics.multitoken`, prefdyn's extension of Im & Li to
-multi-token pairs) -> displacement risk per pair (CHES, Razin et al. 2024; the token
-geometry for single-token pairs) -> reward spread (optional). The outcome is
+multi-token pairs) and displacement risk per pair (CHES, Razin et al. 2024; the token
+geometry for single-token pairs), both from one pass of the model over the pairs ->
+reward spread (optional). The outcome is
 :class:`DataDiagnosis`, whose :meth:`~DataDiagnosis.to_json` is ``diagnosis.json``
 (shape: ``prefdyn.diagnosis/1``).
 """
@@ -19,9 +20,9 @@ import torch
 
 from prefdyn.data.problems import Problem, find_problems, raise_if_strict, unusable_records
 from prefdyn.data.sources import PairsData
-from prefdyn.diagnostics.ches import cached_pair_hidden_sums, ches_from_sums
+from prefdyn.diagnostics.ches import ches_from_sums
 from prefdyn.diagnostics.clusters import Clustering, choose_clusters
-from prefdyn.diagnostics.multitoken import ConceptPriority, cached_concept_gram, concept_priority
+from prefdyn.diagnostics.multitoken import ConceptPriority, cached_gram_and_sums, concept_priority
 from prefdyn.diagnostics.summary import LOW_PRIORITY
 from prefdyn.diagnostics.token_geometry import predicted_gainers, token_pair_geometry
 from prefdyn.embeddings import cached_embeddings
@@ -176,13 +177,11 @@ def _single_token(tok, pair) -> tuple[int, int] | None:
     return ids[0], ids[1]
 
 
-def displacement_risk(loaded, data: PairsData, usable: list[int], s: DiagnoseSettings):
-    """Per pair: CHES and length-normalised CHES (multi-token pairs), the token-geometry
-    prediction (single-token pairs: the logit of y+ itself falls to first order when
-    <W_y+, W_y-> > ||W_y+||^2, and the tokens predicted to gain most), and the risky pairs
-    (CHES above the threshold, or that geometry)."""
-    n = len(data.pairs)
-    ches, ches_norm = [None] * n, [None] * n
+def token_geometry_risk(loaded, data: PairsData, usable: list[int]
+                        ) -> tuple[list[int], dict[int, dict[str, Any]]]:
+    """(the multi-token pairs, the token-geometry prediction of each single-token pair): the
+    logit of y+ itself falls to first order when <W_y+, W_y-> > ||W_y+||^2, with the tokens
+    predicted to gain most."""
     geometry: dict[int, dict[str, Any]] = {}
     multi = []
     by_tokens: dict[tuple[int, int], dict[str, Any]] = {}  # one geometry per (y+, y-)
@@ -199,25 +198,39 @@ def displacement_risk(loaded, data: PairsData, usable: list[int], s: DiagnoseSet
                                  "norm_plus_sq": geo.norm_plus_sq, "risky": geo.inner > geo.norm_plus_sq,
                                  "top_gainers": [text for _, text, _ in gainers]}
         geometry[i] = by_tokens[tokens]
-    if multi:
-        sums = cached_pair_hidden_sums(loaded, [data.pairs[i] for i in multi], cache_dir=s.cache_dir,
-                                       batch_size=s.batch_size, progress=s.progress)
-        scores = ches_from_sums(*sums)
-        for j, i in enumerate(multi):
-            ches[i], ches_norm[i] = float(scores["ches"][j]), float(scores["ches_normalized"][j])
-    risky = sorted([i for i in multi if ches[i] > s.risk_threshold]
-                   + [i for i, g in geometry.items() if g["risky"]])
-    return ches, ches_norm, geometry, risky
+    return multi, geometry
 
 
-def concept_dynamics(loaded, data: PairsData, usable: list[int], assignment: list[int], k: int,
-                     s: DiagnoseSettings) -> tuple[ConceptPriority, list[bool]]:
+def model_pass(loaded, data: PairsData, usable: list[int], assignment: list[int], k: int,
+               multi: list[int], s: DiagnoseSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The concepts' Gram matrix (the usable pairs with a concept) and the CHES scores of the
+    multi-token pairs, from one pass of the model over the pairs (each cached)."""
+    rows = sorted(set(i for i in usable if assignment[i] >= 0) | set(multi))
+    at = {i: r for r, i in enumerate(rows)}
+    concepts = torch.tensor([assignment[i] for i in rows], dtype=torch.long)
+    gram, sums = cached_gram_and_sums(loaded, [data.pairs[i] for i in rows], concepts, k,
+                                      [at[i] for i in multi], cache_dir=s.cache_dir,
+                                      batch_size=s.batch_size, progress=s.progress)
+    return gram, (ches_from_sums(*sums) if sums is not None else None)
+
+
+def displacement_risk(data: PairsData, multi: list[int], geometry: dict[int, dict[str, Any]],
+                      scores: dict[str, torch.Tensor] | None, threshold: float):
+    """Per pair: CHES and length-normalised CHES (multi-token pairs, from ``scores``), and the
+    risky pairs (CHES above ``threshold``, or a risky token geometry)."""
+    n = len(data.pairs)
+    ches, ches_norm = [None] * n, [None] * n
+    for j, i in enumerate(multi):
+        ches[i], ches_norm[i] = float(scores["ches"][j]), float(scores["ches_normalized"][j])
+    return ches, ches_norm, sorted([i for i in multi if ches[i] > threshold]
+                                   + [i for i, g in geometry.items() if g["risky"]])
+
+
+def concept_dynamics(gram: torch.Tensor, usable: list[int], assignment: list[int], k: int
+                     ) -> tuple[ConceptPriority, list[bool]]:
     """D, priority and predicted order of the concepts, and which starve: a projection on the
     mean direction <= 0 (pushed the wrong way first) or P below prefdyn's LOW_PRIORITY."""
-    members = [i for i in usable if assignment[i] >= 0]
-    concepts = torch.tensor([assignment[i] for i in members], dtype=torch.long)
-    gram = cached_concept_gram(loaded, [data.pairs[i] for i in members], concepts, k, cache_dir=s.cache_dir,
-                               batch_size=s.batch_size, progress=s.progress)
+    concepts = torch.tensor([assignment[i] for i in usable if assignment[i] >= 0], dtype=torch.long)
     counts = torch.bincount(concepts, minlength=k)
     result = concept_priority(gram, counts)
     proj, P = result.priority.projection.tolist(), result.priority.P.tolist()
@@ -235,8 +248,10 @@ def diagnose_data(loaded, data: PairsData, s: DiagnoseSettings) -> DataDiagnosis
                         f"({len(problems)} problems, first: record {problems[0].record}: {problems[0].kind})",
                         source=data.source)
     source, names, assignment, clustering = assign_concepts(loaded, data, usable, s)
-    priority, starved = concept_dynamics(loaded, data, usable, assignment, len(names), s)
-    ches, ches_norm, geometry, risky = displacement_risk(loaded, data, usable, s)
+    multi, geometry = token_geometry_risk(loaded, data, usable)
+    gram, scores = model_pass(loaded, data, usable, assignment, len(names), multi, s)
+    priority, starved = concept_dynamics(gram, usable, assignment, len(names))
+    ches, ches_norm, risky = displacement_risk(data, multi, geometry, scores, s.risk_threshold)
     counts = [assignment.count(c) for c in range(len(names))]
     return DataDiagnosis(data=data, model=loaded.name, problems=problems, usable=usable,
                          concept_source=source, concept_names=names, assignment=assignment,
