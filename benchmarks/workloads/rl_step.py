@@ -34,16 +34,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks._context import Skip
 from benchmarks._report import Row
+from benchmarks.workloads._worker import run_worker
 from benchmarks.workloads.trl_sides import (
     _diffs,
     trainer_clock,
@@ -53,7 +51,6 @@ from benchmarks.workloads.trl_sides import (
 )
 
 SIDES = ("prefdyn", "trl", "prefdyn-bandit", "trl-bandit")
-ROOT = Path(__file__).resolve().parents[2]
 TARGET_VS_TRL = 3.0
 QUICK = {"steps": 2, "prompts": 4, "k": 4, "new_tokens": 16}
 FULL = {"steps": 5, "prompts": 8, "k": 8, "new_tokens": 64}
@@ -187,28 +184,10 @@ def worker(args) -> None:
 
 
 def run_side(side: str, args) -> dict | None:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        result_path = f.name
-    cmd = [sys.executable, "-m", "benchmarks.workloads.rl_step", "--worker", side,
-           "--result", result_path, "--steps", str(args.steps), "--prompts", str(args.prompts),
-           "--k", str(args.k), "--new-tokens", str(args.new_tokens), "--lr", str(args.lr),
-           "--beta", str(args.beta), "--behavior", args.behavior, "--seed", str(args.seed)]
-    env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT),
-                                                      env.get("PYTHONPATH")]))
-    print(f"[{time.strftime('%H:%M:%S')}] {side} ...", flush=True)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=ROOT)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        print(f"    {side} FAILED (exit {proc.returncode}); left out", flush=True)
-        return None
-    result = json.loads(Path(result_path).read_text())
-    os.unlink(result_path)
-    steps = result["step_times"][1:]
-    print(f"    {side}: setup {result['setup_s']:.1f} s, warm-up {result['step_times'][0]:.1f} s, "
-          f"{statistics.fmean(steps):.2f} s/step, peak {result['peak_gb']:.2f} GB, "
-          f"losses {[round(x, 5) for x in result['losses']]}", flush=True)
-    return result
+    return run_worker("benchmarks.workloads.rl_step", side, [
+        "--steps", str(args.steps), "--prompts", str(args.prompts), "--k", str(args.k),
+        "--new-tokens", str(args.new_tokens), "--lr", str(args.lr), "--beta", str(args.beta),
+        "--behavior", args.behavior, "--seed", str(args.seed)])
 
 
 def summarize(args, results: dict[str, dict]) -> dict[str, dict]:

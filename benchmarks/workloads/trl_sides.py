@@ -45,14 +45,13 @@ import argparse
 import dataclasses
 import itertools
 import json
-import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.workloads._worker import run_worker
 
 SIDES = ("prefdyn-plain", "prefdyn-shared", "trl", "trl-precompute", "trl-keepmem")
 # glibc malloc that never hands memory back (no mmap, no trim): TRL's fastest CPU setting found.
@@ -272,33 +271,13 @@ def worker(args) -> None:
 # ----------------------------------------------------------------------------- parent
 
 
-def run_side(side: str, args) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        result_path = f.name
-    cmd = [sys.executable, "-m", "benchmarks.workloads.trl_sides", "--worker", side, "--result", result_path,
-           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-           "--beta", str(args.beta), "--behavior", args.behavior, "--trl-eos", args.trl_eos,
-           "--seed", str(args.seed), "--dtype", args.dtype, "--device", args.device] + (
-               ["--data", args.data] if args.data else [])
-    env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
-    if side == "trl-keepmem":
-        env["GLIBC_TUNABLES"] = KEEP_MEMORY
-    print(f"[{time.strftime('%H:%M:%S')}] {side} ...", flush=True)
-    t = time.perf_counter()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=ROOT)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        print(f"    {side} FAILED (exit {proc.returncode}); left out of the table", flush=True)
-        return None
-    result = json.loads(Path(result_path).read_text())
-    os.unlink(result_path)
-    result["wall_s"] = time.perf_counter() - t
-    steps = result["step_times"][1:]
-    print(f"    {side}: setup {result['setup_s']:.1f} s, warm-up {result['step_times'][0]:.1f} s, "
-          f"{statistics.fmean(steps):.2f} s/step, peak {result['peak_gb']:.2f} GB, "
-          f"losses {[round(x, 5) for x in result['losses']]}", flush=True)
-    return result
+def run_side(side: str, args) -> dict | None:
+    return run_worker("benchmarks.workloads.trl_sides", side, [
+        "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        "--beta", str(args.beta), "--behavior", args.behavior, "--trl-eos", args.trl_eos,
+        "--seed", str(args.seed), "--dtype", args.dtype, "--device", args.device,
+        *(["--data", args.data] if args.data else [])],
+        env={"GLIBC_TUNABLES": KEEP_MEMORY} if side == "trl-keepmem" else None)
 
 
 def load_average() -> str:

@@ -18,3 +18,21 @@ def test_rates_skip_the_warm_up_step_and_the_bandit_has_one_sample_a_prompt():
 
 def test_the_suite_lists_both_rl_rows():
     assert {"rl_step", "rl_bandit"} <= set(WORKLOADS)
+
+
+def test_a_side_runs_in_its_own_process_and_a_failed_one_is_left_out(tmp_path, capsys):
+    from benchmarks.workloads._worker import run_worker
+
+    (tmp_path / "fake_side.py").write_text(
+        "import json, sys\n"
+        "args = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
+        "if args['--worker'] == 'bad':\n"
+        "    sys.exit(3)\n"
+        "json.dump({'setup_s': 0.5, 'step_times': [3.0, 1.0, 2.0], 'peak_gb': 0.1,\n"
+        "           'losses': [float(args['--lr'])]}, open(args['--result'], 'w'))\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    got = run_worker("fake_side", "good", ["--lr", "0.25"], env=env)
+    assert got["losses"] == [0.25] and got["step_times"] == [3.0, 1.0, 2.0] and got["wall_s"] > 0
+    assert "good: setup 0.5 s, warm-up 3.0 s, 1.50 s/step" in capsys.readouterr().out
+    assert run_worker("fake_side", "bad", [], env=env) is None
+    assert "bad FAILED (exit 3)" in capsys.readouterr().out
