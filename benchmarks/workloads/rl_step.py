@@ -13,7 +13,8 @@ subprocess so that peak memory (max RSS) is per side, run one after the other:
 
 * ``prefdyn``         :func:`prefdyn.training.rl_runner.fit_rl` with a
                       :class:`~prefdyn.policies.rollout.RolloutStream` (batched
-                      ``generate`` with a KV cache) and ``grpo``;
+                      ``generate`` with a KV cache, each prompt prefilled once for its
+                      k samples; log-probs with each group's prompt once) and ``grpo``;
 * ``trl``             ``GRPOTrainer`` (``num_iterations=1``, one generation per step);
 * ``prefdyn-bandit``  ``expected_reward`` on the same prompts: the exact gradient of
                       E_{y~pi}[r] over the whole vocabulary, one forward, no sampling;
