@@ -92,6 +92,10 @@ def test_killed_lm_experiment_resumes_to_the_unbroken_summary(tiny_model_dir, tm
     runs = out / "misalignment_lora" / "checkpoints"
     assert (runs / "flip_from_base" / "checkpoints" / "latest").read_text() == "step_00000002"
     assert not (out / "misalignment_lora" / "summary.json").exists()
+    # a finished run keeps its final weights only; the interrupted one its optimizer state too
+    assert not (runs / "align" / "checkpoints" / "step_00000006" / "optimizer.safetensors").exists()
+    assert (runs / "align" / "checkpoints" / "step_00000006" / "model.safetensors").exists()
+    assert (runs / "flip_from_base" / "checkpoints" / "step_00000002" / "optimizer.safetensors").exists()
 
     resumed = _run([*args, "--out", str(out)], cache=cache)
     assert resumed.returncode == 0, resumed.stderr

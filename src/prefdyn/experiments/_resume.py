@@ -138,10 +138,13 @@ class ResumableRun:
         return history
 
     def fit_kwargs(self, steps: int, eval_every: int | None = None) -> dict[str, Any]:
-        """``run_folder`` and ``checkpoint_every`` for :func:`fit_lm` (nothing without a folder)."""
+        """``run_folder`` and ``checkpoint_every`` for :func:`fit_lm` (nothing without a
+        folder); a finished run keeps only its final weights (``keep_optimizer=False``:
+        its identity fixes its steps, so it is never continued)."""
         if self.folder is None:
             return {}
-        return {"run_folder": self.folder, "checkpoint_every": checkpoint_every(steps, eval_every)}
+        return {"run_folder": self.folder, "checkpoint_every": checkpoint_every(steps, eval_every),
+                "keep_optimizer": False}
 
     def callbacks(self) -> list[Callback]:
         """Callbacks to add to the run (pruning old checkpoints)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prefdyn.errors import PrefdynError
 from prefdyn.tracking.run_dir import RunDir
-from prefdyn.training.checkpoint import Checkpoint, load_checkpoint
+from prefdyn.training.checkpoint import Checkpoint, load_checkpoint, restore
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.resume import config_dict, truncate_metrics
 
@@ -62,6 +62,19 @@ def open_run_folder(path: str | Path, cfg: TrainConfig, *, mode: str, is_main: b
     if ckpt is not None:
         log.info("resuming %s from %s (step %d)", path, ckpt.path, ckpt.step)
     return LMRunFolder(path, run_dir, ckpt, identity)
+
+
+def restore_run(folder: LMRunFolder, model, optimizer, steps: int) -> None:
+    """Put the folder's checkpoint back into ``model`` and ``optimizer``. A finished run's
+    final checkpoint (:func:`~prefdyn.training.checkpoint.finalize`: weights, no optimizer
+    state) restores the weights only, and is refused when the run would train past it."""
+    ckpt = folder.checkpoint
+    finished = ckpt.optimizer is None
+    if finished and ckpt.step < steps:
+        raise PrefdynError(f"{ckpt.path} is the final checkpoint of a run that finished at step "
+                           f"{ckpt.step}; it kept no optimizer state, so it cannot train on to step "
+                           f"{steps}. Use another run folder or delete it")
+    restore(ckpt, model, None if finished else optimizer)
 
 
 def write_outcome(folder: LMRunFolder, *, steps: int, last_step: int,

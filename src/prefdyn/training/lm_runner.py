@@ -25,9 +25,9 @@ from prefdyn.tracking.preference import per_example_metrics
 from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.tracking.tensorboard import Tee, TensorBoardSink
 from prefdyn.training._sharded_optimizer import ConsolidateBeforeSave, is_sharded
-from prefdyn.training.checkpoint import CheckpointCallback, restore
+from prefdyn.training.checkpoint import CheckpointCallback, finalize
 from prefdyn.training.config import TrainConfig
-from prefdyn.training.lm_resume import LMRunFolder, open_run_folder, write_outcome
+from prefdyn.training.lm_resume import LMRunFolder, open_run_folder, restore_run, write_outcome
 from prefdyn.training.lm_setup import LMSetup, ReferenceOptions, reference_for, setup_lm
 from prefdyn.training.loop import TrainState, train
 
@@ -115,13 +115,16 @@ class LMTracker(Callback):
 class RunOutputs:
     """Where a run's records go (see :func:`fit_lm`): ``name`` tags them (``problem``),
     ``sink`` receives them too, ``run_folder`` keeps them with checkpoints every
-    ``checkpoint_every`` steps (and resumes), ``tensorboard_dir`` mirrors them."""
+    ``checkpoint_every`` steps (and resumes), ``tensorboard_dir`` mirrors them;
+    ``keep_optimizer=False`` keeps only the final weights of a finished run
+    (:func:`~prefdyn.training.checkpoint.finalize`)."""
 
     name: str = "lm"
     sink: Any = None
     run_folder: str | os.PathLike | None = None
     checkpoint_every: int | None = None
     tensorboard_dir: str | os.PathLike | None = None
+    keep_optimizer: bool = True
 
 
 @dataclass
@@ -158,7 +161,7 @@ def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs) -> Checkpoi
     if folder is None:
         return None
     if folder.checkpoint is not None:
-        restore(folder.checkpoint, setup.policy, setup.optimizer)
+        restore_run(folder, setup.policy, setup.optimizer, setup.steps)
         setup.stream.load_state(folder.checkpoint.batch_state)
         records.history.records = [r for r in _read_records(folder)
                                    if r.get("problem") == outputs.name]
@@ -212,7 +215,7 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
            run_folder: str | os.PathLike | None = None, checkpoint_every: int | None = None,
            tensorboard_dir: str | os.PathLike | None = None, device: str | None = None,
            cache_reference: bool | None = None, reference_cache_dir: str | os.PathLike | None = None,
-           reference_batch_size: int = 8) -> LMRun:
+           reference_batch_size: int = 8, keep_optimizer: bool = True) -> LMRun:
     """Train ``loaded.model`` on ``batches`` (from :mod:`prefdyn.training.lm_data`).
 
     The loss is ``get_loss(cfg.loss, beta=cfg.beta)``; the optimizer is
@@ -236,7 +239,10 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     steps (and at the end) into ``run_folder/checkpoints``; a folder holding a
     checkpoint is resumed from it. A NaN/inf loss keeps the last checkpoint and the
     metrics, and ``summary.json`` names the failing step; the :class:`TrainingError`
-    is re-raised. ``tensorboard_dir``: mirror the records as TensorBoard scalars.
+    is re-raised. ``keep_optimizer=False``: a run that finishes keeps only its final
+    weights (no optimizer state, no older checkpoints), for runs that are never
+    continued (an experiment's runs, whose settings fix their steps); running it again
+    restores them. ``tensorboard_dir``: mirror the records as TensorBoard scalars.
     ``device``: move the model there first (``auto``, ``cpu``, ``cuda``, ...); batches
     always follow the model's device. Under ``accelerate launch`` with several
     processes each takes its shard of every batch and gradients are averaged
@@ -246,7 +252,7 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     :func:`~prefdyn.training.lm_setup.reference_for`, the callbacks' ``on_setup``,
     :func:`open_records`, :func:`resume`, then the one loop.
     """
-    outputs = RunOutputs(name, sink, run_folder, checkpoint_every, tensorboard_dir)
+    outputs = RunOutputs(name, sink, run_folder, checkpoint_every, tensorboard_dir, keep_optimizer)
     resumable = run_folder is not None
     setup = setup_lm(loaded, batches, cfg, mode=mode, steps=steps, device=device,
                      lora_kwargs=lora_kwargs, resumable=resumable)
@@ -263,6 +269,8 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
                    if records.folder is not None and is_sharded(setup.optimizer) else None)
     state = _train(setup, records, saver, feed, callbacks, max_grad_norm, cfg.divergence_factor,
                    cfg.check_every, consolidate)
+    if not keep_optimizer and records.folder is not None and setup.dist.is_main:
+        finalize(records.folder.checkpoints)
     return LMRun(setup.policy, records.history, setup.lr, state, setup.optimizer)
 
 

@@ -41,9 +41,9 @@ from prefdyn.tracking.history import History
 from prefdyn.tracking.run_dir import read_metrics
 from prefdyn.tracking.step_metrics import StepMetrics
 from prefdyn.tracking.tensorboard import Tee
-from prefdyn.training.checkpoint import CheckpointCallback, finalize, restore
+from prefdyn.training.checkpoint import CheckpointCallback, finalize
 from prefdyn.training.config import TrainConfig
-from prefdyn.training.lm_resume import open_run_folder, write_outcome
+from prefdyn.training.lm_resume import open_run_folder, restore_run, write_outcome
 from prefdyn.training.lm_setup import LM_DEFAULT_LR
 from prefdyn.training.loop import TrainState, train
 from prefdyn.training.runner import make_optimizer
@@ -143,14 +143,8 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
                 raise PrefdynError(f"{folder.checkpoint.path} was written by another RL run: "
                                    f"{saved}; this run is {rl_identity}. Use another run folder "
                                    "or delete it")
+            restore_run(folder, model, optimizer, steps)
             start_step = folder.start_step
-            finished = folder.checkpoint.optimizer is None
-            if finished and start_step < steps:
-                raise PrefdynError(f"{folder.checkpoint.path} is the final checkpoint of a run "
-                                   f"that finished at step {start_step}; it kept no optimizer "
-                                   f"state, so it cannot train on to step {steps}. Use another "
-                                   "run folder or delete it")
-            restore(folder.checkpoint, model, None if finished else optimizer)
             stream.load_state(folder.checkpoint.batch_state)
             path = folder.path / "metrics.jsonl"
             history_records = [r for r in (read_metrics(path) if path.is_file() else [])
