@@ -92,15 +92,16 @@ def test_a_rerun_reuses_every_cached_stage(tmp_path, monkeypatch):
                                         "rejected": f" No {i}."}) + "\n" for i, p in enumerate(prompts)))
     settings = DiagnoseSettings(cache_dir=str(tmp_path / "cache"), clusters=2)
     passes = []
-    one_pass = multitoken.pair_hidden_sums
+    one_pass = ches.pair_hidden_sums
 
     def counted(model, tokenizer, pairs, **kwargs):
         passes.append(len(pairs))
         return one_pass(model, tokenizer, pairs, **kwargs)
 
-    monkeypatch.setattr(multitoken, "pair_hidden_sums", counted)
+    monkeypatch.setattr(ches, "pair_hidden_sums", counted)
+    monkeypatch.setattr(embedding_cache, "extract_embeddings", None)  # g(x) comes from the pass
     first = diagnose_data(loaded, load_source(path), settings).to_json()
-    assert passes == [6]  # the concept Gram and CHES from one pass over the pairs
+    assert passes == [6]  # clusters' g(x), the concept Gram and CHES: one pass over the pairs
 
     def no_forward(*args, **kwargs):
         raise AssertionError("recomputed a cached stage")

@@ -112,7 +112,7 @@ def pair_hidden_sums(
     :func:`torch.autocast`, the weights and the sums staying as they are.
     ``reader(j, hidden)``, if given, sees the hidden states that go into sequence j's sum
     (chosen of pair i at 2i, rejected at 2i+1), ``(|y_j|, d)`` float64 in response order,
-    in the same pass (e.g. :func:`prefdyn.diagnostics.multitoken.concept_gram_and_sums`).
+    in the same pass (e.g. :class:`prefdyn.diagnostics.pair_pass.PairPass`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -33,8 +33,8 @@ projections and the pairwise gaps are Eq. 5's exactly.
 
 Only inner products of the ``B_c`` are needed: :func:`concept_gram` accumulates the
 label parts per concept over the tokens that occur in the responses and returns the
-(m, m) Gram matrix (in the same pass as the CHES sums, which read the same hidden
-states: :func:`concept_gram_and_sums`); :func:`concept_priority` factors it (``K = X X^T``) and hands ``X``
+(m, m) Gram matrix (from the hidden states the CHES sums add up: one pass gives both,
+:mod:`prefdyn.diagnostics.pair_pass`); :func:`concept_priority` factors it (``K = X X^T``) and hands ``X``
 to :func:`~prefdyn.diagnostics.priority.priority_levels`, which depends on inner products only.
 """
 
@@ -51,8 +51,7 @@ from torch import Tensor
 from prefdyn._hashing import hash_obj, hash_texts
 from prefdyn._store import ArtifactKey, ArtifactStore, TensorSpec
 from prefdyn.data.records import PreferencePair
-from prefdyn.diagnostics import ches
-from prefdyn.diagnostics.ches import HiddenSums, pair_hidden_sums, response_token_ids
+from prefdyn.diagnostics.ches import pair_hidden_sums, response_token_ids
 from prefdyn.diagnostics.priority import PriorityGaps, PriorityResult, priority_gap_matrix, priority_levels
 from prefdyn.errors import DataError
 
@@ -60,63 +59,54 @@ from prefdyn.errors import DataError
 STORE = ArtifactStore("concept_gram", version=1, label="concept Gram")
 
 
-class _GramReader:
-    """Accumulates each concept's label part from the hidden states a CHES pass reads
-    (:func:`~prefdyn.diagnostics.ches.pair_hidden_sums`' ``reader``): sequence j is pair
-    j // 2's chosen (+1, j even) or rejected (-1) response."""
+class LabelParts:
+    """Each pair's label part, collected from the hidden states a CHES pass reads (a
+    :func:`~prefdyn.diagnostics.ches.pair_hidden_sums` ``reader``): sequence j is pair
+    j // 2's chosen (+1, j even) or rejected (-1) response; its part is the response's
+    token ids and the signed lm_head inputs predicting them, kept in float32 (the model's
+    own precision, so exact), from which :meth:`gram` builds any concepts' Gram."""
 
-    def __init__(self, tokenizer, pairs: Sequence[PreferencePair], concepts: Tensor, k: int,
-                 d: int, max_length: int | None):
+    def __init__(self, tokenizer, pairs: Sequence[PreferencePair], max_length: int | None):
         self.responses = []
         for pair in pairs:
             for field, response in (("chosen", pair.chosen), ("rejected", pair.rejected)):
                 ids, n_prompt = response_token_ids(tokenizer, pair.prompt, response, source=pair.source,
                                                    field=field, max_length=max_length)
-                self.responses.append(ids[n_prompt:])
-        vocab = sorted({t for ids in self.responses for t in ids})
-        self.row_of = {t: r for r, t in enumerate(vocab)}
-        self.concepts = concepts
-        used = concepts[concepts >= 0]
-        self.counts = torch.bincount(used, minlength=k).double()
-        self.buffers = torch.zeros(k, len(vocab), d, dtype=torch.float64)
+                self.responses.append(torch.tensor(ids[n_prompt:]))
+        self.rows: list[Tensor | None] = [None] * len(self.responses)
 
     def __call__(self, j: int, hidden: Tensor) -> None:
-        c = int(self.concepts[j // 2])
-        if c < 0:  # a pair outside every concept (CHES only)
-            return
-        rows = torch.tensor([self.row_of[t] for t in self.responses[j]])
-        sign = 1.0 if j % 2 == 0 else -1.0
-        self.buffers[c].index_add_(0, rows, hidden * (sign / self.counts[c]))
+        self.rows[j] = hidden.float() * (1.0 if j % 2 == 0 else -1.0)
 
-    def gram(self) -> Tensor:
-        flat = self.buffers.reshape(len(self.buffers), -1)
+    def gram(self, concepts: Tensor, k: int) -> Tensor:
+        """``K[c, c'] = 2 <B_c, B_c'>_F`` (module docstring), (k, k) float64; ``concepts``
+        (n,) holds each pair's concept in ``0..k-1``, or -1 for a pair outside every one."""
+        members = [i for i in range(len(concepts)) if int(concepts[i]) >= 0]
+        vocab = torch.unique(torch.cat([self.responses[2 * i + s] for i in members for s in (0, 1)]
+                                       or [torch.zeros(0, dtype=torch.long)]))
+        d = next((r.shape[1] for r in self.rows if r is not None), 0)
+        counts = torch.bincount(concepts[members], minlength=k).double()
+        buffers = torch.zeros(k, len(vocab), d, dtype=torch.float64)
+        for i in members:
+            c = int(concepts[i])
+            for j in (2 * i, 2 * i + 1):
+                rows = torch.searchsorted(vocab, self.responses[j])
+                buffers[c].index_add_(0, rows, self.rows[j].double() / counts[c])
+        flat = buffers.reshape(k, -1)
         return 2.0 * (flat @ flat.T)
-
-
-def concept_gram_and_sums(model, tokenizer, pairs: Sequence[PreferencePair], concepts: Tensor, k: int,
-                          *, batch_size: int = 8, progress: bool = False) -> tuple[Tensor, HiddenSums]:
-    """``(K, hidden sums)``: the concepts' Gram ``K[c, c'] = 2 <B_c, B_c'>_F`` (module
-    docstring), (k, k) float64, and every pair's CHES hidden sums
-    (:func:`~prefdyn.diagnostics.ches.pair_hidden_sums`), from one pass of the model.
-
-    Both read the same lm_head inputs, those at the positions that predict the response
-    tokens; each pair's prompt runs once where that is exact. ``concepts`` (n,) holds
-    each pair's concept in ``0..k-1``, or -1 for a pair that only needs its sums.
-    """
-    d = model.get_output_embeddings().weight.shape[1]
-    reader = _GramReader(tokenizer, pairs, concepts, k, d,
-                         getattr(model.config, "max_position_embeddings", None))
-    sums = pair_hidden_sums(model, tokenizer, pairs, batch_size=batch_size, progress=progress,
-                            reader=reader)
-    return reader.gram(), sums
 
 
 def concept_gram(model, tokenizer, pairs: Sequence[PreferencePair], concepts: Tensor, k: int, *,
                  batch_size: int = 8, progress: bool = False) -> Tensor:
-    """``K[c, c'] = 2 <B_c, B_c'>_F`` (module docstring), (k, k) float64: the first half of
-    :func:`concept_gram_and_sums`."""
-    return concept_gram_and_sums(model, tokenizer, pairs, concepts, k, batch_size=batch_size,
-                                 progress=progress)[0]
+    """``K[c, c'] = 2 <B_c, B_c'>_F`` (module docstring), (k, k) float64.
+
+    ``concepts`` (n,) holds each pair's concept in ``0..k-1`` (-1: left out). The label
+    parts are read in one pass of the CHES sums (each pair's prompt once where that is
+    exact), at the positions that predict the response tokens.
+    """
+    parts = LabelParts(tokenizer, pairs, getattr(model.config, "max_position_embeddings", None))
+    pair_hidden_sums(model, tokenizer, pairs, batch_size=batch_size, progress=progress, reader=parts)
+    return parts.gram(concepts, k)
 
 
 def concept_gram_key(loaded, pairs: Sequence[PreferencePair], concepts: Tensor, k: int) -> ArtifactKey:
@@ -128,59 +118,21 @@ def concept_gram_key(loaded, pairs: Sequence[PreferencePair], concepts: Tensor, 
                      concepts=hash_obj(concepts.tolist()), k=k)
 
 
+def gram_spec(k: int) -> dict[str, TensorSpec]:
+    return {"gram": TensorSpec((k, k), torch.float64)}
+
+
 def cached_concept_gram(loaded, pairs: Sequence[PreferencePair], concepts: Tensor, k: int, *,
                         cache_dir: str | os.PathLike | None = None, batch_size: int = 8,
                         progress: bool = False) -> Tensor:
     """:func:`concept_gram`, memoised in the ``concept_gram`` store (model, texts, concepts)."""
-    expected = {"gram": TensorSpec((k, k), torch.float64)}
 
     def compute() -> dict[str, Tensor]:
         return {"gram": concept_gram(loaded.model, loaded.tokenizer, pairs, concepts, k,
                                      batch_size=batch_size, progress=progress)}
 
-    return STORE.get_or_compute(concept_gram_key(loaded, pairs, concepts, k), expected, compute,
+    return STORE.get_or_compute(concept_gram_key(loaded, pairs, concepts, k), gram_spec(k), compute,
                                 cache_dir=cache_dir, info={"model": loaded.name})["gram"]
-
-
-def cached_gram_and_sums(loaded, pairs: Sequence[PreferencePair], concepts: Tensor, k: int,
-                         ches_rows: Sequence[int], *, cache_dir: str | os.PathLike | None = None,
-                         batch_size: int = 8, progress: bool = False
-                         ) -> tuple[Tensor, HiddenSums | None]:
-    """The Gram of the pairs with a concept (``concepts >= 0``) and the CHES hidden sums of
-    the pairs ``ches_rows`` (None when empty), each read from its own store
-    (``concept_gram``, ``ches``: the keys of :func:`cached_concept_gram` and
-    :func:`~prefdyn.diagnostics.ches.cached_pair_hidden_sums`) where it is there; what
-    is missing comes from one pass of the model over the pairs either needs
-    (:func:`concept_gram_and_sums`), and is stored."""
-    members = [j for j in range(len(pairs)) if int(concepts[j]) >= 0]
-    member_pairs = [pairs[j] for j in members]
-    gram_key = concept_gram_key(loaded, member_pairs, concepts[members], k)
-    gram_spec = {"gram": TensorSpec((k, k), torch.float64)}
-    cached = STORE.load(gram_key, gram_spec, cache_dir=cache_dir)
-    gram = cached["gram"] if cached is not None else None
-    ches_rows = list(ches_rows)
-    sums_spec = ches.sums_spec(len(ches_rows), loaded.model.get_output_embeddings().weight.shape[1])
-    ches_key = ches.ches_cache_key(loaded, [pairs[j] for j in ches_rows]) if ches_rows else None
-    sums = None
-    if ches_key is not None:
-        cached = ches.STORE.load(ches_key, sums_spec, cache_dir=cache_dir)
-        sums = tuple(cached[name] for name in sums_spec) if cached is not None else None
-    if gram is not None and (sums is not None or ches_key is None):
-        return gram, sums
-    run = sorted(set(members if gram is None else []) | set(ches_rows if sums is None else []))
-    at = {j: r for r, j in enumerate(run)}
-    run_concepts = concepts[run] if gram is None else torch.full((len(run),), -1, dtype=torch.long)
-    got_gram, got_sums = concept_gram_and_sums(loaded.model, loaded.tokenizer, [pairs[j] for j in run],
-                                               run_concepts, k, batch_size=batch_size, progress=progress)
-    info = {"model": loaded.name}
-    if gram is None:
-        gram = got_gram
-        STORE.save(gram_key, {"gram": gram}, cache_dir=cache_dir, info=info)
-    if sums is None and ches_key is not None:
-        rows = torch.tensor([at[j] for j in ches_rows], dtype=torch.long)
-        sums = tuple(t[rows].contiguous() for t in got_sums)
-        ches.STORE.save(ches_key, dict(zip(sums_spec, sums)), cache_dir=cache_dir, info=info)
-    return gram, sums
 
 
 @dataclass(frozen=True, eq=False)

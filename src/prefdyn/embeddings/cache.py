@@ -29,6 +29,25 @@ def embedding_cache_key(loaded: LoadedModel, texts: Sequence[str]) -> ArtifactKe
                       texts=hash_texts(texts))
 
 
+def stored_embeddings(loaded: LoadedModel, texts: Sequence[str], *,
+                      cache_dir: str | os.PathLike | None = None) -> torch.Tensor | None:
+    """The cached g(x) of ``texts`` (:func:`cached_embeddings`' store), or None."""
+    texts = list(texts)
+    hidden_size = loaded.model.get_output_embeddings().weight.shape[1]
+    found = _STORE.load(embedding_cache_key(loaded, texts),
+                        {_TENSOR: TensorSpec((len(texts), hidden_size), torch.float32)},
+                        cache_dir=cache_dir)
+    return None if found is None else found[_TENSOR]
+
+
+def store_embeddings(loaded: LoadedModel, texts: Sequence[str], embeddings: torch.Tensor, *,
+                     cache_dir: str | os.PathLike | None = None) -> None:
+    """Put g(x) of ``texts`` computed elsewhere (e.g. in a CHES pass, which reads the same
+    hidden state) into :func:`cached_embeddings`' store: the path only changes round-off."""
+    _STORE.save(embedding_cache_key(loaded, list(texts)), {_TENSOR: embeddings.float().contiguous()},
+                cache_dir=cache_dir, info={"model": loaded.name})
+
+
 def cached_embeddings(
     loaded: LoadedModel,
     texts: Sequence[str],

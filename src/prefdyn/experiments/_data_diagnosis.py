@@ -4,8 +4,9 @@ Stages (each heavy one cached in prefdyn's store, so an interrupted run reuses t
 problems -> concepts (a column, or clusters of the prompts' g(x)) -> per-concept D and
 priority (:mod:`prefdyn.diagnostics.multitoken`, prefdyn's extension of Im & Li to
 multi-token pairs) and displacement risk per pair (CHES, Razin et al. 2024; the token
-geometry for single-token pairs), both from one pass of the model over the pairs ->
-reward spread (optional). The outcome is
+geometry for single-token pairs) -> reward spread (optional). The clusters' g(x), the
+concepts' Gram and the CHES sums come from one forward pass over the pairs
+(:class:`~prefdyn.diagnostics.pair_pass.PairPass`). The outcome is
 :class:`DataDiagnosis`, whose :meth:`~DataDiagnosis.to_json` is ``diagnosis.json``
 (shape: ``prefdyn.diagnosis/1``).
 """
@@ -22,10 +23,10 @@ from prefdyn.data.problems import Problem, find_problems, raise_if_strict, unusa
 from prefdyn.data.sources import PairsData
 from prefdyn.diagnostics.ches import ches_from_sums
 from prefdyn.diagnostics.clusters import Clustering, choose_clusters
-from prefdyn.diagnostics.multitoken import ConceptPriority, cached_gram_and_sums, concept_priority
+from prefdyn.diagnostics.multitoken import ConceptPriority, concept_priority
+from prefdyn.diagnostics.pair_pass import PairPass
 from prefdyn.diagnostics.summary import LOW_PRIORITY
 from prefdyn.diagnostics.token_geometry import predicted_gainers, token_pair_geometry
-from prefdyn.embeddings import cached_embeddings
 from prefdyn.errors import DataError
 from prefdyn.models.tokens import unembedding
 
@@ -140,19 +141,18 @@ def data_problems(loaded, data: PairsData, strict: bool) -> list[Problem]:
     return problems
 
 
-def assign_concepts(loaded, data: PairsData, usable: list[int], s: DiagnoseSettings
+def assign_concepts(model_pass: PairPass, data: PairsData, usable: list[int], s: DiagnoseSettings
                     ) -> tuple[str, list[str], list[int], Clustering | None]:
     """(source, names, assignment, clustering): from ``s.concept_column``, else clusters of the
-    usable pairs' prompts (pairs not run through the model get concept -1; each cluster's
-    representative prompt is :meth:`DataDiagnosis.examples`)."""
+    usable pairs' prompts' g(x) (from ``model_pass`` over the usable pairs; pairs not run
+    through the model get concept -1; each cluster's representative prompt is
+    :meth:`DataDiagnosis.examples`)."""
     if s.concept_column is not None:
         values = [str(v) for v in data.column(s.concept_column)]
         names = sorted(set(values))
         index = {name: c for c, name in enumerate(names)}
         return f"column:{s.concept_column}", names, [index[v] for v in values], None
-    prompts = [data.pairs[i].prompt for i in usable]
-    g = cached_embeddings(loaded, prompts, cache_dir=s.cache_dir, batch_size=s.batch_size, progress=s.progress)
-    clustering = choose_clusters(g, seed=s.seed, k=s.clusters)
+    clustering = choose_clusters(model_pass.prompt_states(), seed=s.seed, k=s.clusters)
     assignment = [-1] * len(data.pairs)
     for i, label in zip(usable, clustering.labels.tolist()):
         assignment[i] = label
@@ -201,19 +201,6 @@ def token_geometry_risk(loaded, data: PairsData, usable: list[int]
     return multi, geometry
 
 
-def model_pass(loaded, data: PairsData, usable: list[int], assignment: list[int], k: int,
-               multi: list[int], s: DiagnoseSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """The concepts' Gram matrix (the usable pairs with a concept) and the CHES scores of the
-    multi-token pairs, from one pass of the model over the pairs (each cached)."""
-    rows = sorted(set(i for i in usable if assignment[i] >= 0) | set(multi))
-    at = {i: r for r, i in enumerate(rows)}
-    concepts = torch.tensor([assignment[i] for i in rows], dtype=torch.long)
-    gram, sums = cached_gram_and_sums(loaded, [data.pairs[i] for i in rows], concepts, k,
-                                      [at[i] for i in multi], cache_dir=s.cache_dir,
-                                      batch_size=s.batch_size, progress=s.progress)
-    return gram, (ches_from_sums(*sums) if sums is not None else None)
-
-
 def displacement_risk(data: PairsData, multi: list[int], geometry: dict[int, dict[str, Any]],
                       scores: dict[str, torch.Tensor] | None, threshold: float):
     """Per pair: CHES and length-normalised CHES (multi-token pairs, from ``scores``), and the
@@ -247,9 +234,15 @@ def diagnose_data(loaded, data: PairsData, s: DiagnoseSettings) -> DataDiagnosis
         raise DataError(f"none of the {len(data.pairs)} pairs can be run through the model "
                         f"({len(problems)} problems, first: record {problems[0].record}: {problems[0].kind})",
                         source=data.source)
-    source, names, assignment, clustering = assign_concepts(loaded, data, usable, s)
+    # One forward pass over the usable pairs gives the prompts' g(x), the concepts' Gram and
+    # the CHES sums (each from its store when cached).
+    model_pass = PairPass(loaded, [data.pairs[i] for i in usable], cache_dir=s.cache_dir,
+                          batch_size=s.batch_size, progress=s.progress)
+    source, names, assignment, clustering = assign_concepts(model_pass, data, usable, s)
     multi, geometry = token_geometry_risk(loaded, data, usable)
-    gram, scores = model_pass(loaded, data, usable, assignment, len(names), multi, s)
+    at = {i: r for r, i in enumerate(usable)}
+    gram = model_pass.gram(torch.tensor([assignment[i] for i in usable], dtype=torch.long), len(names))
+    scores = ches_from_sums(*model_pass.ches_sums([at[i] for i in multi])) if multi else None
     priority, starved = concept_dynamics(gram, usable, assignment, len(names))
     ches, ches_norm, risky = displacement_risk(data, multi, geometry, scores, s.risk_threshold)
     counts = [assignment.count(c) for c in range(len(names))]
