@@ -73,9 +73,9 @@ class PairPass:
     def ches_sums(self, rows: Sequence[int]) -> ches.HiddenSums:
         """The CHES hidden sums (:data:`~prefdyn.diagnostics.ches.HiddenSums`) of the pairs ``rows``."""
         rows = list(rows)
-        chosen = [self.pairs[r] for r in rows]
+        subset = [self.pairs[r] for r in rows]
         spec = ches.sums_spec(len(rows), self.loaded.model.get_output_embeddings().weight.shape[1])
-        key = ches.ches_cache_key(self.loaded, chosen)
+        key = ches.ches_cache_key(self.loaded, subset)
         found = ches.STORE.load(key, spec, cache_dir=self.cache_dir)
         if found is not None:
             return tuple(found[name] for name in spec)  # type: ignore[return-value]
