@@ -68,7 +68,7 @@ def test_distribution_change_before_is_the_base_model(tiny_workspace, per_behavi
     s, ch = res.summary, res.summary["change"]
     assert set(ch) == set(ws.names[:2]) and s["per_behavior"] is per_behavior
     # one run per behavior (the paper's protocol), or one joint run of both
-    assert list(s["steps"]) == (ws.names[:2] if per_behavior else ["+".join(ws.names[:2])])
+    assert list(s["steps_per_run"]) == (ws.names[:2] if per_behavior else ["+".join(ws.names[:2])])
     assert set(s["final_train_loss"]) == set(ws.names[:2])
     for name in ch:
         assert ch[name]["D"]["before"] > 0 and ch[name]["D"]["after"] != ch[name]["D"]["before"]

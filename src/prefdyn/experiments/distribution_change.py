@@ -132,7 +132,8 @@ def run_distribution_change(ws: Workspace, train: TrainConfig, *, sink=None, loa
                   else f"{min(steps.values())}-{max(steps.values())} steps")
 
     summary = {"behaviors": names, "mode": preset.mode, "per_behavior": per_behavior,
-               "lr": train.lr, "beta": train.beta, "steps": steps,
+               "lr": train.lr, "beta": train.beta, "steps": max(steps.values()),
+               "steps_per_run": steps,
                "batch_size": train.batch_size, "snapshot_steps": snapshot_steps,
                "probe_rows": probe_rows, "probe_split": preset.probe_split, "change": change,
                "D_grew": D_grew, "scale_free_D_grew": sfD_grew, "more_concentrated": tighter,
