@@ -53,6 +53,8 @@ PAPER_DEPARTURES = (
     "SmolLM2-135M-Instruct); steps, batch and lr are prefdyn's choices (the slides state none).")
 
 RL_DEFAULT_LR = 1e-5
+SPLITS = {"train_eval": "train", "test": "held-out"}
+"""The splits :func:`run_rft` measures by default, and their labels in reports."""
 SAMPLED = ("reinforce", "rloo", "grpo", "ppo_clip")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments._rl_runs import (
+    SPLITS,
     RLParams,
     fresh_model,
     mean_or_nan,
@@ -27,9 +28,6 @@ from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import RunContext
 from prefdyn.reports import plot_curves, spearman
 from prefdyn.reports.plots_rl import plot_gain_by_std
-
-SPLITS = {"train_eval": "train", "test": "held-out"}
-
 
 @dataclass(frozen=True)
 class GainParams(RLParams):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from prefdyn.errors import PrefdynError
 from prefdyn.experiments._rl_runs import (
+    SPLITS,
     RLParams,
     fresh_model,
     mean_or_nan,
@@ -25,9 +26,6 @@ from prefdyn.experiments._rl_runs import (
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import RunContext
 from prefdyn.reports.plots_rl import plot_group_gains
-
-SPLITS = {"train_eval": "train", "test": "held-out"}
-
 
 @dataclass(frozen=True)
 class HeuristicParams(RLParams):

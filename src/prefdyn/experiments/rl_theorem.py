@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from prefdyn.experiments._rl_runs import (
+    SPLITS,
     RLParams,
     fresh_model,
     rl_context,
@@ -36,9 +37,6 @@ from prefdyn.experiments._rl_runs import (
 from prefdyn.experiments.result import ExperimentResult, fmt
 from prefdyn.experiments.spec import RunContext
 from prefdyn.reports.plots_rl import plot_grad_vs_std
-
-SPLITS = {"train_eval": "train", "test": "held-out"}
-
 
 @dataclass(frozen=True)
 class TheoremParams(RLParams):
