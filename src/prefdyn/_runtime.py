@@ -18,6 +18,12 @@ _RECORDED_PACKAGES = (
 )
 
 
+def is_main_process() -> bool:
+    """True on rank 0 of a run started by a launcher (``accelerate launch``, torchrun: they
+    set ``RANK``) and in a plain run: the one process that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch once, at the entry point."""
     random.seed(seed)

@@ -12,6 +12,8 @@ def test_hand_computed_full_sharding():
     assert got.gradients == 4000 / 2 and got.optimizer == 8000 / 2
     # 2 layers x s b h (34 + 5 a s / h), micro-batch 2, fp32 doubles the 16-bit figure
     assert got.activations == 2 * 16 * 2 * 8 * (34 + 5 * 2 * 16 / 8) * 2
+    fsdp_bf16 = training_memory(shape, precision="bf16", processes=2, sharding="full")
+    assert fsdp_bf16.weights == 4000 / 2 + 2 * 2 * 500  # layers gathered in bf16
     bf16 = training_memory(shape, precision="bf16", processes=2, sharding="grad_op", batch=4, seq=16)
     assert bf16.weights == 4000 + 2000  # + autocast's bf16 copies
     assert bf16.gradients == 2000 and bf16.activations == got.activations / 2

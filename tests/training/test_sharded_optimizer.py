@@ -91,4 +91,4 @@ def test_sharded_run_equals_one_process_and_resumes(tmp_path):
 
 def test_config_validates_sharding():
     with pytest.raises(PrefdynError, match="sharding"):
-        TrainConfig(sharding="full")
+        TrainConfig(sharding="zero3")

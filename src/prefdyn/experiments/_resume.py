@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from prefdyn._hashing import hash_obj, stable_json
+from prefdyn._runtime import is_main_process
 from prefdyn.models.loading import model_fingerprint
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
 from prefdyn.tracking.tensorboard import Tee
 from prefdyn.training.config import TrainConfig
-from prefdyn.training.resume import config_dict, truncate_metrics
+from prefdyn.training.resume import config_dict, kept_records, truncate_metrics
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class _PruneCheckpoints(Callback):
 
     def _prune(self) -> None:
         latest = self.folder / "latest"
-        if not latest.is_file():
+        if not latest.is_file() or not is_main_process():
             return
         keep = latest.read_text().strip()
         for old in self.folder.glob("step_*"):
@@ -117,6 +118,8 @@ class ResumableRun:
             self._claim(identity)
 
     def _claim(self, identity: dict[str, Any]) -> None:
+        if not is_main_process():  # a launched run: rank 0 claims (and clears) the folder
+            return
         marker = self.folder / "run.json"
         if marker.is_file() and json.loads(marker.read_text()) != identity:
             log.warning("%s holds another run (other settings, data or start weights): "
@@ -130,8 +133,13 @@ class ResumableRun:
         and to ``records.jsonl``; those up to the last checkpoint are restored."""
         if self.folder is None:
             return History(self.sink)
-        kept = truncate_metrics(self.folder / "records.jsonl", _checkpoint_step(self.folder))
-        history = History(Tee(self.sink, _RecordFile(self.folder / "records.jsonl")))
+        records, step = self.folder / "records.jsonl", _checkpoint_step(self.folder)
+        if not is_main_process():  # the same records as rank 0, which writes the file
+            history = History(self.sink)
+            history.records = kept_records(records, step)
+            return history
+        kept = truncate_metrics(records, step)
+        history = History(Tee(self.sink, _RecordFile(records)))
         history.records = kept
         for record in kept:  # the experiment's metrics.jsonl reads as an unbroken run's
             self.sink.log(record)

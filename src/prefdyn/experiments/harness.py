@@ -103,7 +103,8 @@ def _footer(ctx: RunContext, spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def write_config(run: RunDir, cfg: ExperimentConfig) -> None:
-    run.file("config.yaml").write_text(yaml.safe_dump(to_yaml_dict(cfg), sort_keys=False))
+    if run.writes:
+        run.file("config.yaml").write_text(yaml.safe_dump(to_yaml_dict(cfg), sort_keys=False))
 
 
 def run_spec(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resources | None = None,
@@ -118,7 +119,8 @@ def run_spec(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resource
     device = resolve_device(cfg.model.device) if spec.needs_model else "cpu"
     with RunDir(out, seed=cfg.seed, device=device) as run:
         # A re-run (after a crash) logs everything again, restored runs included.
-        run.file("metrics.jsonl").unlink(missing_ok=True)
+        if run.writes:
+            run.file("metrics.jsonl").unlink(missing_ok=True)
         write_config(run, cfg)
         ctx = RunContext(cfg, run, resources, progress)
         try:
@@ -130,6 +132,8 @@ def run_spec(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resource
         for warning in paper_setting_warnings(spec.name, cfg):
             log.warning(warning)
             result.warnings.append(warning)
+        if not run.writes:  # another process of a launched run: rank 0 writes the results
+            return result, out
         result.write(run)
         subtitle = ctx.subtitle
         ws, loaded = resources.built(ctx.cfg)
@@ -194,7 +198,8 @@ def run_suite(spec: ExperimentSpec, cfg: ExperimentConfig, *, resources: Resourc
         report.subtitle = f"{ws.model_name} on {len(ws.names)} behaviors, last-layer DPO"
     if ctx is not None:
         report.footer(_footer(ctx, last))
-    report.write(out / "report.html")
+    if suite.writes:
+        report.write(out / "report.html")
     combined = ExperimentResult(name=spec.key, title=spec.title, explanation="", summary=summary)
     suite.write_summary({"experiment": spec.key, **summary,
                          "failed": {f: o.error for f, o in outcomes.items() if o.error}})

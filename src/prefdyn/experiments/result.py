@@ -41,7 +41,9 @@ class ExperimentResult:
         self.figures.append(Figure(name, png, caption))
 
     def write(self, run: RunDir) -> None:
-        """PNG plots and ``summary.json`` into ``run``."""
+        """PNG plots and ``summary.json`` into ``run`` (nothing where it does not write)."""
+        if not run.writes:
+            return
         for f in self.figures:
             run.file(f"{f.name}.png").write_bytes(f.png)
         run.write_summary({"experiment": self.name, **self.summary,

@@ -169,6 +169,11 @@ class LMPolicy(nn.Module):
                 raise ModelError(f"LMPolicy applies lm_head alone and does not support {name}")
 
     @property
+    def sharded(self) -> bool:
+        """Whether FSDP shards the weights over processes (:mod:`prefdyn.training.fsdp`)."""
+        return hasattr(self, "unshard") and hasattr(self, "reshard")
+
+    @property
     def lora(self) -> bool:
         return is_peft(self.model)
 
@@ -184,14 +189,35 @@ class LMPolicy(nn.Module):
             raise ModelError(f"{type(lm).__name__} has no lm_head")
         return lm.get_decoder(), head
 
-    def answer_logps(self, batch: AnswerBatch, model: nn.Module | None = None
-                     ) -> tuple[Tensor, Tensor]:
-        """log pi(yes|x), log pi(no|x), each (n,), from the last position's hidden state."""
+    def _answer_vocab(self, batch: AnswerBatch, model: nn.Module | None = None) -> Tensor:
         decoder, head = self._parts(model if model is not None else self.model)
         last = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
                                  share_prefix=self.share_prefix)
-        logprobs = torch.log_softmax(head(last).float(), dim=-1)  # (n, V)
+        return torch.log_softmax(head(last).float(), dim=-1)  # (n, V)
+
+    def answer_logps(self, batch: AnswerBatch, model: nn.Module | None = None
+                     ) -> tuple[Tensor, Tensor]:
+        """log pi(yes|x), log pi(no|x), each (n,), from the last position's hidden state."""
+        logprobs = self._answer_vocab(batch, model)
         return logprobs[:, batch.yes_id], logprobs[:, batch.no_id]
+
+    # The methods below run the model from outside the policy; under sharded training
+    # (prefdyn.training.fsdp) each is registered with FSDP, so it gathers the weights it
+    # uses. They never call each other.
+
+    def answer_vocab_logps(self, batch: AnswerBatch) -> Tensor:
+        """log pi(.|x) over the whole vocabulary at the answer position, (n, V) float32,
+        under the trained model (one decoder pass; ``lm_head`` at the last position only)."""
+        with torch.autocast(batch.input_ids.device.type, dtype=self.autocast,
+                            enabled=self.autocast is not None):
+            return self._answer_vocab(batch)
+
+    def last_hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *,
+                    share_prefix: bool = False) -> Tensor:
+        """The decoder's last hidden state at each left-padded prompt's last token, (n, d)."""
+        decoder, _ = self._parts(self.model)
+        return last_token_hidden(decoder, input_ids, attention_mask, position_ids,
+                                 share_prefix=share_prefix)
 
     def pair_logps(self, batch: PairBatch, model: nn.Module | None = None
                    ) -> tuple[Tensor, Tensor]:
@@ -264,6 +290,9 @@ class LMPolicy(nn.Module):
                 finally:
                     self.model.train(was_training)
                 return
+            if self.sharded:
+                raise ModelError("a sharded policy cannot copy itself into pi_ref; its reference "
+                                 "log-probs are computed before training (prefdyn.training.fsdp)")
             frozen = copy.deepcopy(self.model)
             self.reference_model = self.start_weights.load_into(frozen).requires_grad_(False).eval()
         if self.reference_model is not None:

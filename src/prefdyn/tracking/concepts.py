@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from prefdyn._runtime import is_main_process
 from prefdyn.errors import PrefdynError
 from prefdyn.tracking import metrics as M
 from prefdyn.tracking.evaluate import Objective, PairScores
@@ -99,6 +100,8 @@ class ConceptFiles:
     def write(self, step: int, scores: PairScores, values: Mapping[str, Tensor]) -> dict[str, dict[str, float]]:
         """Append the per-concept means of this evaluation; rewrite the per-pair log-probs."""
         per = concept_means(values, self.concepts[scores.rows], self.names)
+        if not is_main_process():  # a launched run: rank 0 writes
+            return per
         line = {"step": step, "concept": {c: {k: _finite(v) for k, v in m.items()} for c, m in per.items()}}
         with open(self.folder / CONCEPTS_FILE, "a" if self._started else "w") as f:
             f.write(json.dumps(line) + "\n")

@@ -26,7 +26,6 @@ from torch import Tensor
 from prefdyn.losses.types import LossOutput, PreferenceLogps
 from prefdyn.tracking import metrics as M
 from prefdyn.tracking.preference import logp_metrics, per_example_metrics
-from prefdyn.policies import last_token_hidden
 from prefdyn.policies.lm import AnswerBatch, LMBatch, LMPolicy, PairBatch, to_device
 
 __all__ = ["PairScores", "answer_logprobs", "eval_mode", "pair_metrics", "score_pairs"]
@@ -132,8 +131,5 @@ def answer_logprobs(policy: LMPolicy, batch: AnswerBatch) -> Tensor:
     ``share_prefix``), ``lm_head`` on the last hidden state only (as
     :meth:`LMPolicy.answer_logps`), in eval mode.
     """
-    decoder, head = policy._parts(policy.model)
     with eval_mode(policy):
-        last = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
-                                 share_prefix=getattr(policy, "share_prefix", True))
-        return torch.log_softmax(head(last).float(), dim=-1)
+        return policy.answer_vocab_logps(batch)

@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from prefdyn.diagnostics.distinguishability import behavior_stats
-from prefdyn.policies import last_token_hidden
 from prefdyn.policies.lm import left_padded
+from prefdyn._runtime import is_main_process
 from prefdyn.errors import PrefdynError
 from prefdyn.tracking.callbacks import Callback
 from prefdyn.tracking.history import History
@@ -94,14 +94,13 @@ def probe_embeddings(policy, probe: Probe, *, pad_id: int, batch_size: int = 16)
     padded forward (as :func:`prefdyn.embeddings.extract_embeddings` without prefix
     reuse); train mode restored.
     """
-    decoder, _ = policy._parts(policy.model)
     device = next(policy.model.parameters()).device
     was_training = policy.model.training
     policy.model.eval()
     try:
-        out = [last_token_hidden(decoder, *left_padded(probe.token_ids[i:i + batch_size], pad_id,
-                                                       device), share_prefix=False)
-               .float().cpu() for i in range(0, len(probe), batch_size)]
+        out = [policy.last_hidden(*left_padded(probe.token_ids[i:i + batch_size], pad_id, device),
+                                  share_prefix=False).float().cpu()
+               for i in range(0, len(probe), batch_size)]
     finally:
         policy.model.train(was_training)
     return torch.cat(out)
@@ -159,7 +158,7 @@ class EmbeddingSnapshots(Callback):
     def take(self, step: int, policy) -> Tensor:
         emb = probe_embeddings(policy, self.probe, pad_id=self.pad_id, batch_size=self.batch_size)
         self.snapshots[step] = emb
-        if self.store is not None:
+        if self.store is not None and is_main_process():  # a launched run: rank 0 writes
             self.store.mkdir(parents=True, exist_ok=True)
             save_file({"embeddings": emb.contiguous()}, self._file(step))
         for g, gname in enumerate(self.probe.group_names):

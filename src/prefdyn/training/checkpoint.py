@@ -93,20 +93,27 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: str | Path, *, step: int, policy: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, batch_state: dict | None = None,
-                    extra: dict | None = None, trainable_only: bool = False) -> Path:
+                    extra: dict | None = None, trainable_only: bool = False,
+                    state: tuple[dict[str, torch.Tensor], dict] | None = None) -> Path:
     """Write ``folder/step_{step:08d}`` atomically and point ``folder/latest`` at it.
 
     ``trainable_only`` stores just the parameters that train (LM runs: the LoRA
-    adapters, or every weight of the policy but not the frozen reference copy)."""
+    adapters, or every weight of the policy but not the frozen reference copy).
+    ``state``: (weights, optimizer state dict) to write instead of reading ``policy`` and
+    ``optimizer`` (a sharded run's, gathered whole: :mod:`prefdyn.training.fsdp`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder))
     # Streamed tensor by tensor (no second copy of the model in host memory); tensors
     # sharing storage (W0 may be a view) are written as they are.
-    weights = trainable_state(policy) if trainable_only else policy.state_dict()
+    if state is not None:
+        weights, optimizer_state = state
+    else:
+        weights = trainable_state(policy) if trainable_only else policy.state_dict()
+        optimizer_state = optimizer.state_dict()
     write_tensors(tmp / "model.safetensors", weights)
-    opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
+    opt_tensors, opt_meta = _split_optimizer(optimizer_state)
     write_tensors(tmp / "optimizer.safetensors", opt_tensors)
     _write_json(tmp / "optimizer.json", opt_meta)
     rng = {"torch_cpu": torch.get_rng_state()}
@@ -188,28 +195,36 @@ def load_checkpoint(folder: str | Path) -> Checkpoint | None:
     return None
 
 
+LoadState = Callable[[torch.nn.Module, torch.optim.Optimizer | None, dict, dict | None], None]
+"""``(policy, optimizer, weights, optimizer_state)``: put a checkpoint's whole weights and
+optimizer state into a live run (for a sharded one: :func:`prefdyn.training.fsdp.load_full_state`)."""
+
+
+def _load_plain(policy: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                weights: dict, optimizer_state: dict | None) -> None:
+    policy.load_state_dict(weights, strict=False)  # the key sets are checked by restore
+    if optimizer is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+
 def restore(checkpoint: Checkpoint, policy: torch.nn.Module,
-            optimizer: torch.optim.Optimizer | None = None) -> None:
+            optimizer: torch.optim.Optimizer | None = None, *, load: LoadState = _load_plain) -> None:
     """Put weights, optimizer state and every global RNG back as they were at the save.
 
     A checkpoint holding only the trainable parameters must hold all of them. A
     finalized checkpoint (:func:`finalize`) has no optimizer state to restore: passing an
-    optimizer for it is an error (training on would restart the optimizer silently)."""
+    optimizer for it is an error (training on would restart the optimizer silently).
+    ``load`` puts the weights and optimizer state in (default: ``load_state_dict``)."""
     trainable = set(trainable_state(policy))
-    if set(checkpoint.model) == set(policy.state_dict()):
-        policy.load_state_dict(checkpoint.model)
-    elif set(checkpoint.model) == trainable:
-        policy.load_state_dict(checkpoint.model, strict=False)
-    else:
+    if set(checkpoint.model) not in (set(policy.state_dict()), trainable):
         missing = sorted(trainable - set(checkpoint.model))[:3]
         unexpected = sorted(set(checkpoint.model) - set(policy.state_dict()))[:3]
         raise ValueError(f"{checkpoint.path}: weights do not match the model "
                          f"(missing e.g. {missing}, unexpected e.g. {unexpected})")
-    if optimizer is not None:
-        if checkpoint.optimizer is None:
-            raise ValueError(f"{checkpoint.path} is a finished run's final checkpoint: it kept "
-                             "the weights but not the optimizer state, so it cannot train on")
-        optimizer.load_state_dict(checkpoint.optimizer)
+    if optimizer is not None and checkpoint.optimizer is None:
+        raise ValueError(f"{checkpoint.path} is a finished run's final checkpoint: it kept "
+                         "the weights but not the optimizer state, so it cannot train on")
+    load(policy, optimizer, checkpoint.model, checkpoint.optimizer)
     torch.set_rng_state(checkpoint.rng["torch_cpu"])
     cuda = [checkpoint.rng[f"torch_cuda_{i}"] for i in range(len(checkpoint.rng))
             if f"torch_cuda_{i}" in checkpoint.rng]
@@ -228,18 +243,22 @@ class CheckpointCallback(Callback):
 
     ``batches_state_fn()`` returns the batch stream's state (e.g.
     :meth:`ResumableMinibatches.state`); ``extra`` is stored as is (e.g. the step
-    size, so a resumed run need not re-derive it).
+    size, so a resumed run need not re-derive it). ``state_source()`` gives the weights
+    and optimizer state to write when the policy and optimizer cannot be read directly
+    (a sharded run: :class:`prefdyn.training.fsdp.GatherBeforeSave`).
     """
 
     def __init__(self, folder: str | Path, every: int,
                  batches_state_fn: Callable[[], dict] | None = None, *,
                  optimizer: torch.optim.Optimizer, extra: dict | None = None,
-                 trainable_only: bool = False):
+                 trainable_only: bool = False,
+                 state_source: Callable[[], tuple[dict, dict]] | None = None):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.folder, self.every, self.optimizer = Path(folder), every, optimizer
         self.batches_state_fn, self.extra = batches_state_fn, extra
         self.trainable_only = trainable_only
+        self.state_source = state_source  # a sharded run's gathered state
         self.last_saved: int | None = None
 
     def _save(self, state, policy) -> None:
@@ -248,7 +267,8 @@ class CheckpointCallback(Callback):
             verify()
         save_checkpoint(self.folder, step=state.step, policy=policy, optimizer=self.optimizer,
                         batch_state=self.batches_state_fn() if self.batches_state_fn else None,
-                        extra=self.extra, trainable_only=self.trainable_only)
+                        extra=self.extra, trainable_only=self.trainable_only,
+                        state=self.state_source() if self.state_source else None)
         self.last_saved = state.step
 
     def on_train_start(self, state, policy) -> None:

@@ -44,7 +44,10 @@ class TrainConfig:
     (mixed precision, the usual GPU mode; :class:`~prefdyn.policies.lm.LMPolicy`). fp32,
     the default, is what exact comparisons use. ``sharding="optimizer"`` (multi-process LM
     runs) keeps each process's share of the optimizer state only (ZeRO stage 1;
-    :mod:`prefdyn.training._sharded_optimizer`), the steps and checkpoints unchanged.
+    :mod:`prefdyn.training._sharded_optimizer`), the steps and checkpoints unchanged;
+    ``sharding="full"`` (multi-process full fine-tuning) shards the weights, gradients and
+    optimizer state (FSDP / ZeRO stage 3; :mod:`prefdyn.training.fsdp`), the same steps
+    and checkpoints too. A single process ignores both.
     """
 
     loss: str = "dpo"
@@ -64,7 +67,7 @@ class TrainConfig:
     divergence_factor: float | None = DEFAULT_DIVERGENCE_FACTOR
     check_every: int = 1
     precision: Literal["fp32", "bf16"] = "fp32"
-    sharding: Literal["none", "optimizer"] = "none"
+    sharding: Literal["none", "optimizer", "full"] = "none"
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -104,8 +107,8 @@ class TrainConfig:
                                f"got {self.divergence_factor}")
         if self.precision not in ("fp32", "bf16"):
             raise PrefdynError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.sharding not in ("none", "optimizer"):
-            raise PrefdynError(f"sharding must be 'none' or 'optimizer', got {self.sharding!r}")
+        if self.sharding not in ("none", "optimizer", "full"):
+            raise PrefdynError(f"sharding must be 'none', 'optimizer' or 'full', got {self.sharding!r}")
         if self.check_every < 1:
             raise PrefdynError(f"check_every must be >= 1, got {self.check_every}")
         if self.log_every < 1 or self.eval_every < 1:

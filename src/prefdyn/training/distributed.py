@@ -2,8 +2,8 @@
 
 Each process draws the same global minibatch (same seed), keeps its shard
 (``rows[rank::world]``, see :meth:`LMBatchStream.layout`) and back-propagates
-its shard's mean loss; :meth:`Distributed.grad_sync` then averages the
-gradients across processes weighted by shard size (DDP's plain average when
+the sum of its shard's example losses; :meth:`Distributed.grad_sync` then sums the
+gradients across processes and divides by the global batch size (DDP's plain average when
 shards are equal), so the update is the one-process update of the global batch
 also for an epoch's short last batch. The sync is an explicit all-reduce in
 the one training step rather than a ``DistributedDataParallel`` wrapper because
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from prefdyn._runtime import is_main_process  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
 
@@ -45,14 +47,14 @@ class Distributed:
         return self.world > 1
 
     def grad_sync(self, grads: list[Tensor], finite: bool, n_examples: int) -> bool:
-        """Replace ``grads`` (this process's mean-loss gradients over ``n_examples``) by
-        the example-weighted mean over processes (one flat all-reduce), which is the
-        gradient of the global batch's mean loss even when shards are uneven; return
-        whether every process had a finite loss."""
+        """Replace ``grads`` (this process's gradients of the sum of its ``n_examples``
+        example losses) by their sum over processes divided by the global number of
+        examples (one flat all-reduce), which is the gradient of the global batch's mean
+        loss even when shards are uneven; return whether every process had a finite loss."""
         import torch.distributed as dist
 
         device = grads[0].device
-        flat = torch.cat([g.reshape(-1).float() * n_examples for g in grads] +
+        flat = torch.cat([g.reshape(-1).float() for g in grads] +
                          [torch.tensor([float(n_examples), 0.0 if finite else 1.0], device=device)])
         if not finite:
             flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
@@ -81,11 +83,6 @@ class Distributed:
 def launched_world_size() -> int:
     """How many processes the launcher started (1 when run plainly)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and in a plain run): the process that should write files."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def setup_distributed(device: torch.device | None = None) -> Distributed:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prefdyn.errors import PrefdynError
 from prefdyn.tracking.run_dir import RunDir
-from prefdyn.training.checkpoint import Checkpoint, load_checkpoint, restore
+from prefdyn.training.checkpoint import Checkpoint, LoadState, load_checkpoint, restore
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.resume import config_dict, truncate_metrics
 
@@ -64,17 +64,20 @@ def open_run_folder(path: str | Path, cfg: TrainConfig, *, mode: str, is_main: b
     return LMRunFolder(path, run_dir, ckpt, identity)
 
 
-def restore_run(folder: LMRunFolder, model, optimizer, steps: int) -> None:
+def restore_run(folder: LMRunFolder, model, optimizer, steps: int, *,
+                load: LoadState | None = None) -> None:
     """Put the folder's checkpoint back into ``model`` and ``optimizer``. A finished run's
     final checkpoint (:func:`~prefdyn.training.checkpoint.finalize`: weights, no optimizer
-    state) restores the weights only, and is refused when the run would train past it."""
+    state) restores the weights only, and is refused when the run would train past it.
+    ``load``: how the state goes in (:func:`~prefdyn.training.checkpoint.restore`; a
+    sharded run's own)."""
     ckpt = folder.checkpoint
     finished = ckpt.optimizer is None
     if finished and ckpt.step < steps:
         raise PrefdynError(f"{ckpt.path} is the final checkpoint of a run that finished at step "
                            f"{ckpt.step}; it kept no optimizer state, so it cannot train on to step "
                            f"{steps}. Use another run folder or delete it")
-    restore(ckpt, model, None if finished else optimizer)
+    restore(ckpt, model, None if finished else optimizer, **({"load": load} if load else {}))
 
 
 def write_outcome(folder: LMRunFolder, *, steps: int, last_step: int,

@@ -27,6 +27,13 @@ from prefdyn.tracking.tensorboard import Tee, TensorBoardSink
 from prefdyn.training._sharded_optimizer import ConsolidateBeforeSave, is_sharded
 from prefdyn.training.checkpoint import CheckpointCallback, finalize
 from prefdyn.training.config import TrainConfig
+from prefdyn.training.fsdp import (
+    GatherBeforeSave,
+    full,
+    load_full_state,
+    plain_model,
+    sharded_grad_sync,
+)
 from prefdyn.training.lm_resume import LMRunFolder, open_run_folder, restore_run, write_outcome
 from prefdyn.training.lm_setup import LMSetup, ReferenceOptions, reference_for, setup_lm
 from prefdyn.training.loop import TrainState, train
@@ -88,7 +95,7 @@ class LMTracker(Callback):
                 p = params.get(name)
                 if p is None or not p.requires_grad:
                     continue
-                change = (p - start.to(p.device)).pow(2).sum().item()
+                change = (full(p) - start.to(p.device)).pow(2).sum().item()
                 if p is W_U:
                     delta_W_U = change ** 0.5
                 g = _block(name)
@@ -153,15 +160,17 @@ def open_records(setup: LMSetup, cfg: TrainConfig, outputs: RunOutputs) -> RunRe
     return RunRecords(history, tracker, folder, own_sinks)
 
 
-def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs) -> CheckpointCallback | None:
+def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs,
+           gather: GatherBeforeSave | None = None) -> CheckpointCallback | None:
     """Continue from the run folder's checkpoint, if any (weights, optimizer, stream
     position, the records up to it), and return the checkpoint writer (rank 0 of a run
-    with a folder; None otherwise)."""
+    with a folder; None otherwise). ``gather``: a sharded run's whole state for the writer."""
     folder = records.folder
     if folder is None:
         return None
     if folder.checkpoint is not None:
-        restore_run(folder, setup.policy, setup.optimizer, setup.steps)
+        restore_run(folder, setup.policy, setup.optimizer, setup.steps,
+                    load=load_full_state if setup.sharded else None)
         setup.stream.load_state(folder.checkpoint.batch_state)
         records.history.records = [r for r in _read_records(folder)
                                    if r.get("problem") == outputs.name]
@@ -174,7 +183,8 @@ def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs) -> Checkpoi
         return None
     return CheckpointCallback(folder.checkpoints, outputs.checkpoint_every or setup.steps,
                               setup.stream.state, optimizer=setup.optimizer,
-                              extra=folder.identity, trainable_only=True)
+                              extra=folder.identity, trainable_only=True,
+                              state_source=gather.take if gather is not None else None)
 
 
 def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None,
@@ -184,7 +194,7 @@ def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None
     """The one loop, in train mode; how it ended written to the run folder (also on a
     NaN/inf loss, whose :class:`TrainingError` is re-raised); eval mode after."""
     folder, policy, steps = records.folder, setup.policy, setup.steps
-    # A sharded optimizer's state is gathered on rank 0 (every process) before it saves.
+    # A sharded state is gathered on rank 0 (every process) before it saves.
     run_callbacks: list[Callback] = [records.tracker, *([consolidate] if consolidate else []),
                                      *([saver] if saver else [])]
     policy.model.train()
@@ -192,7 +202,7 @@ def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None
         state = train(policy, setup.objective, feed, setup.optimizer, steps=steps,
                       callbacks=[*run_callbacks, *callbacks], max_grad_norm=max_grad_norm,
                       start_step=folder.start_step if folder else 0,
-                      grad_sync=setup.dist.grad_sync if setup.dist.active else None,
+                      grad_sync=_grad_sync(setup),
                       divergence_factor=divergence_factor, check_every=check_every)
     except TrainingError as e:
         if folder is not None:
@@ -206,6 +216,23 @@ def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None
         write_outcome(folder, steps=steps, last_step=state.step, error=None,
                       last_checkpoint=saver.last_saved if saver else None)
     return state
+
+
+def _handed_back(policy: LMPolicy) -> LMPolicy:
+    """The trained policy as the caller gets it: a sharded one as a plain policy over a
+    whole copy of the trained weights (:func:`~prefdyn.training.fsdp.plain_model`)."""
+    if not policy.sharded:
+        return policy
+    plain = LMPolicy(plain_model(policy), start_weights=policy.start_weights,
+                     share_prefix=policy.share_prefix, autocast=policy.autocast)
+    plain.at_start = False
+    return plain
+
+
+def _grad_sync(setup: LMSetup):
+    if not setup.dist.active:
+        return None
+    return sharded_grad_sync if setup.sharded else setup.dist.grad_sync
 
 
 def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
@@ -263,15 +290,20 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     # pi_ref is no longer the model itself.
     setup.policy.at_start = False
     records = open_records(setup, cfg, outputs)
-    saver = resume(setup, records, outputs)
+    every = outputs.checkpoint_every or setup.steps
+    consolidate: Callback | None = None
+    if records.folder is not None and setup.sharded:
+        consolidate = GatherBeforeSave(setup.optimizer, every)
+    elif records.folder is not None and is_sharded(setup.optimizer):
+        consolidate = ConsolidateBeforeSave(setup.optimizer, every)
+    saver = resume(setup, records, outputs,
+                   consolidate if isinstance(consolidate, GatherBeforeSave) else None)
     feed = reference.wrap(to_device(b, setup.device) for b in batches)
-    consolidate = (ConsolidateBeforeSave(setup.optimizer, outputs.checkpoint_every or setup.steps)
-                   if records.folder is not None and is_sharded(setup.optimizer) else None)
     state = _train(setup, records, saver, feed, callbacks, max_grad_norm, cfg.divergence_factor,
                    cfg.check_every, consolidate)
     if not keep_optimizer and records.folder is not None and setup.dist.is_main:
         finalize(records.folder.checkpoints)
-    return LMRun(setup.policy, records.history, setup.lr, state, setup.optimizer)
+    return LMRun(_handed_back(setup.policy), records.history, setup.lr, state, setup.optimizer)
 
 
 def _read_records(folder) -> list[dict]:

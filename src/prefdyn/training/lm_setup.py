@@ -22,6 +22,7 @@ from prefdyn.policies.lm import LMPolicy, ReferenceCache, apply_lora
 from prefdyn.training._sharded_optimizer import shard_optimizer
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.distributed import Distributed, launched_world_size, setup_distributed
+from prefdyn.training.fsdp import shard_policy
 from prefdyn.training.lm_data import LMBatchStream
 from prefdyn.training.reference_cache import (
     cached_reference,
@@ -92,6 +93,11 @@ class LMSetup:
     device: torch.device
     start_fingerprint: str
 
+    @property
+    def sharded(self) -> bool:
+        """Whether FSDP shards the weights over the processes (:mod:`prefdyn.training.fsdp`)."""
+        return self.policy.sharded
+
 
 def setup_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *, mode: Literal["full", "lora"],
              steps: int | None = None, device: str | None = None, lora_kwargs: dict | None = None,
@@ -121,6 +127,9 @@ def setup_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *, mode: Literal[
     lr = cfg.lr if cfg.lr is not None else LM_DEFAULT_LR
     log.info("%s mode: %s, lr %.3g (%s), %d steps", mode, cfg.optimizer_for(mode), lr,
              "given" if cfg.lr is not None else "LM default; cfg.lr is None", steps)
+    if cfg.sharding == "full" and dist.active:
+        _check_even_shards(stream, cfg.grad_accum, dist.world)
+        shard_policy(policy, param_dtype=cfg.autocast_dtype)  # before the optimizer sees them
     params = [p for p in policy.model.parameters() if p.requires_grad]
     log.info("%s mode: %d trainable parameters", mode, sum(p.numel() for p in params))
     optimizer = make_optimizer(params, cfg, lr, mode=mode)
@@ -128,6 +137,17 @@ def setup_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *, mode: Literal[
         optimizer = shard_optimizer(params, optimizer)
     return LMSetup(policy, optimizer, objective, mode, lr, steps, stream, dist, model_device,
                    start_fingerprint)
+
+
+def _check_even_shards(stream: LMBatchStream, grad_accum: int, world: int) -> None:
+    """Sharded weights are gathered by all processes together, so every process must run
+    as many forwards as the others: every batch, an epoch's short last one included,
+    must give each process ``grad_accum`` non-empty micro-batches."""
+    last = stream.n % stream.batch_size or stream.batch_size
+    if last < grad_accum * world:
+        raise TrainingError(f"sharding='full': an epoch's last batch has {last} of {stream.n} rows, "
+                            f"fewer than {world} process(es) x {grad_accum} micro-batch(es); "
+                            "pick a batch size that divides the rows or leaves enough in the last batch")
 
 
 def reference_for(setup: LMSetup, options: ReferenceOptions, *, resumable: bool) -> ReferenceCache:

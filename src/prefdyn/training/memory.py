@@ -8,7 +8,8 @@ autocast makes in the forward and keeps for the backward (2 bytes a parameter).
 Sharding through an existing engine divides the state over the processes:
 accelerate's FSDP ``FULL_SHARD`` (DeepSpeed ZeRO-3) shards weights, gradients and
 optimizer state, ``SHARD_GRAD_OP`` (ZeRO-2) gradients and optimizer state only, and
-prefdyn's own ``TrainConfig.sharding="optimizer"`` (ZeRO-1) the optimizer state only. A
+prefdyn's own ``TrainConfig.sharding="optimizer"`` (ZeRO-1) the optimizer state only;
+``TrainConfig.sharding="full"`` is FSDP ``FULL_SHARD`` (:mod:`prefdyn.training.fsdp`). A
 fully sharded process also holds the gathered weights of the layer it runs and of the
 one it prefetches, and with FSDP's own mixed precision (``param_dtype=bf16``) gathers
 bf16 weights instead of keeping autocast copies.
@@ -81,7 +82,8 @@ def training_memory(model: ModelShape, *, trainable: int | None = None,
     weights = 4.0 * model.params
     if sharding == "full":
         layer = model.params / model.layers
-        weights = weights / processes + 2 * 4.0 * layer  # the running and the prefetched layer
+        # The running and the prefetched layer, gathered (FSDP mixed precision: in bf16).
+        weights = weights / processes + 2 * (2.0 if precision == "bf16" else 4.0) * layer
     elif precision == "bf16":
         weights += 2.0 * model.params  # autocast's bf16 copies, saved for the backward
     micro = -(-batch // processes)

@@ -51,9 +51,9 @@ class _SkipStart(Callback):
         self.inner.on_train_end(state, policy)
 
 
-def truncate_metrics(path: Path, step: int) -> list[dict]:
-    """Keep the records of steps <= ``step`` (those the checkpoint's weights produced),
-    dropping later ones and a half-written last line; rewritten atomically."""
+def kept_records(path: Path, step: int) -> list[dict]:
+    """The records of ``path`` of steps <= ``step`` (those the checkpoint's weights
+    produced), without a half-written last line; nothing is written."""
     if not path.is_file():
         return []
     kept = []
@@ -64,6 +64,15 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
             continue  # a line cut by the kill
         if record.get("step", 0) <= step:
             kept.append(record)
+    return kept
+
+
+def truncate_metrics(path: Path, step: int) -> list[dict]:
+    """Keep the records of steps <= ``step`` (:func:`kept_records`), dropping later ones
+    and a half-written last line; rewritten atomically."""
+    if not path.is_file():
+        return []
+    kept = kept_records(path, step)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(tmp, path)

@@ -51,9 +51,12 @@ class StepOutput:
 
 
 GradSync = Callable[[list[Tensor], bool, int], bool]
-"""Distributed hook ``(grads, finite, n_examples) -> all_finite``: replace the gradients
-in place by the example-weighted mean over processes and say whether every process had
-a finite (and not diverged) loss (see :mod:`prefdyn.training.distributed`)."""
+"""Distributed hook ``(grads, finite, n_examples) -> all_finite``. The step back-propagates
+the *sum* of this process's ``n_examples`` example losses; the hook replaces the gradients
+in place by the gradient of the global batch's mean loss (sum over processes, divided by
+the global number of examples) and says whether every process had a finite (and not
+diverged) loss: an all-reduce (:mod:`prefdyn.training.distributed`), or under sharded
+weights a rescaling of what FSDP's reduce-scatter averaged (:mod:`prefdyn.training.fsdp`)."""
 
 
 def _size(batch: Any) -> int:
@@ -80,6 +83,9 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
     batch; one optimizer update follows. ``grad_sync`` (distributed runs) averages
     the accumulated gradients across processes, weighted by each one's number of
     examples, before clipping and the update; the loss reported is this process's.
+    Under ``grad_sync`` every micro-batch is back-propagated, even after a NaN/inf loss
+    (the backward may be a collective, as under FSDP); the hook then tells every process
+    to drop the step.
 
     With ``checks`` (:mod:`prefdyn.training._checks`; not with ``grad_sync``) nothing is
     read back to the host: the checks become a device flag that skips the update, and
@@ -102,8 +108,12 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
         weight = size / total if len(micro) > 1 else 1.0
         if checks is None and not torch.isfinite(loss):
             finite, loss_sum = False, loss.detach()
-            break
-        (loss * weight).backward()
+            if grad_sync is None:
+                break
+        # Under grad_sync: the summed example losses (the hook divides by the global count).
+        (loss * (size if grad_sync is not None else weight)).backward()
+        if not finite:
+            continue
         loss_sum = loss.detach() * weight + (0 if loss_sum is None else loss_sum)
         problem_sum = problem_loss.detach() * weight + (0 if problem_sum is None else problem_sum)
         outs.append(out.detach())
@@ -132,7 +142,9 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
     if max_grad_norm is not None:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
-        grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(grad_norm, "full_tensor"):  # sharded gradients: the norm over every shard
+        grad_norm = grad_norm.full_tensor()
     if checks is not None:
         margin = torch.stack(peaks).max() if peaks else loss_sum.new_zeros(())
         checks.record(step, loss_sum, margin, grad_norm)
