@@ -77,17 +77,15 @@ class LMTracker(Callback):
 
     @torch.no_grad()
     def weight_change(self, policy: LMPolicy) -> dict[str, float]:
-        """``delta_W_U`` and ``drift/<block>``, reading each W(0) tensor once."""
-        num: dict[str, float] = {}
-        den: dict[str, float] = {}
-        delta_W_U = 0.0  # LoRA adapts attention projections only; W_U is frozen
-        if policy.lora:
+        """``delta_W_U`` and ``drift/<block>``, reading each W(0) tensor once and the
+        device once (every parameter's sums stacked into one host read)."""
+        parts: list[tuple[str, Tensor, Tensor, bool]] = []  # (block, ||change||^2, ||W0||^2, is W_U)
+        if policy.lora:  # LoRA adapts attention projections only; W_U is frozen
             for name, module in policy.model.named_modules():
                 if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
                     for adapter in module.active_adapters:
-                        g = _block(name + ".")
-                        num[g] = num.get(g, 0.0) + module.get_delta_weight(adapter).pow(2).sum().item()
-                        den[g] = den.get(g, 0.0) + module.base_layer.weight.pow(2).sum().item()
+                        parts.append((_block(name + "."), module.get_delta_weight(adapter).pow(2).sum(),
+                                      module.base_layer.weight.pow(2).sum(), False))
         else:
             params = dict(policy.model.named_parameters())
             W_U = policy.model.get_output_embeddings().weight
@@ -95,12 +93,18 @@ class LMTracker(Callback):
                 p = params.get(name)
                 if p is None or not p.requires_grad:
                     continue
-                change = (full(p) - start.to(p.device)).pow(2).sum().item()
-                if p is W_U:
-                    delta_W_U = change ** 0.5
-                g = _block(name)
-                num[g] = num.get(g, 0.0) + change
-                den[g] = den.get(g, 0.0) + start.pow(2).sum().item()
+                start = start.to(p.device)
+                parts.append((_block(name), (full(p) - start).pow(2).sum(), start.pow(2).sum(), p is W_U))
+        num: dict[str, float] = {}
+        den: dict[str, float] = {}
+        delta_W_U = 0.0
+        # Each sum as it was computed, exactly in float64 (one dtype for the stack).
+        sums = torch.stack([s.double() for _, c, w, _ in parts for s in (c, w)]).tolist() if parts else []
+        for (g, _, _, is_W_U), change, start in zip(parts, sums[0::2], sums[1::2]):
+            if is_W_U:
+                delta_W_U = change ** 0.5
+            num[g] = num.get(g, 0.0) + change
+            den[g] = den.get(g, 0.0) + start
         drift = {f"drift/{g}": (num[g] / den[g]) ** 0.5 if den[g] > 0 else 0.0 for g in sorted(num)}
         return {"delta_W_U": delta_W_U, **drift}
 
@@ -109,11 +113,13 @@ class LMTracker(Callback):
             return
         record: dict[str, Any] = {"step": state.step, "split": "train", "problem": self.name,
                                   "group": None}
+        means = {}
         for key, values in per_example_metrics(out.out, out.logps).items():
             if self.gather is not None:
                 values = self.gather(values.float().contiguous())
-            record[key] = values.float().mean().item()
-        record["grad_norm"] = out.grad_norm.item()
+            means[key] = values.float().mean()
+        means["grad_norm"] = out.grad_norm
+        record.update(zip(means, torch.stack([m.double() for m in means.values()]).tolist()))  # one host read
         record.update(self.weight_change(policy))
         self.history.add(record)
 
