@@ -90,6 +90,15 @@ class _PruneCheckpoints(Callback):
         self._prune()
 
 
+def _barrier() -> None:
+    """Wait for every process of a launched run whose process group is up (the first run
+    of an experiment starts it later, in its set-up, which waits for rank 0 itself)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def run_identity(loaded, batches, cfg: TrainConfig, mode: str) -> dict[str, Any]:
     """What a run's checkpoints are valid for: the train config (its step count may
     grow), the mode, the data (the batch stream's content) and the start weights."""
@@ -118,15 +127,15 @@ class ResumableRun:
             self._claim(identity)
 
     def _claim(self, identity: dict[str, Any]) -> None:
-        if not is_main_process():  # a launched run: rank 0 claims (and clears) the folder
-            return
-        marker = self.folder / "run.json"
-        if marker.is_file() and json.loads(marker.read_text()) != identity:
-            log.warning("%s holds another run (other settings, data or start weights): "
-                        "starting this run from scratch", self.folder)
-            shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(identity, indent=1))
+        if is_main_process():  # a launched run: rank 0 claims (and clears) the folder
+            marker = self.folder / "run.json"
+            if marker.is_file() and json.loads(marker.read_text()) != identity:
+                log.warning("%s holds another run (other settings, data or start weights): "
+                            "starting this run from scratch", self.folder)
+                shutil.rmtree(self.folder)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(identity, indent=1))
+        _barrier()  # the other processes read the folder only once rank 0 has cleared it
 
     def history(self) -> History:
         """A :class:`History` for the run's callbacks: records go to the experiment's sink

@@ -18,6 +18,7 @@ Process set-up is accelerate's ``PartialState``, which reads the variables
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from dataclasses import dataclass
@@ -80,6 +81,13 @@ class Distributed:
         return torch.cat([p[..., :int(s)] for p, s in zip(parts, sizes)], dim=-1)
 
 
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def launched_world_size() -> int:
     """How many processes the launcher started (1 when run plainly)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -97,6 +105,10 @@ def setup_distributed(device: torch.device | None = None) -> Distributed:
         raise RuntimeError("multi-process training needs accelerate: pip install accelerate") from e
     cpu = device is not None and torch.device(device).type == "cpu"
     state = PartialState(cpu=cpu)
+    # Torn down before the interpreter exits: gloo's threads still running at exit abort
+    # the process ("terminate called without an active exception") after a finished run.
+    atexit.unregister(_destroy_process_group)  # once, however many runs this process sets up
+    atexit.register(_destroy_process_group)
     # On GPUs each process takes its own (cuda:LOCAL_RANK), whatever ``device`` said.
     device = torch.device("cpu") if cpu else state.device
     log.info("process %d of %d on %s (%s)", state.process_index, state.num_processes,
