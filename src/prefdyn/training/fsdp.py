@@ -23,6 +23,8 @@ What stays the same for the user:
   gathers the full weights and optimizer state on rank 0, in host memory, before it
   writes), so a sharded run resumes from any checkpoint, sharded or not, and the other
   way round (:func:`load_full_state`);
+* the trackers: the weight drift subtracts W(0) shard by shard (:func:`squared_distance`),
+  a scalar all-reduce a parameter instead of gathering the model at every logged step;
 * what the run hands back: a plain policy over a whole copy of the trained weights on
   every process (:func:`plain_model`), so what follows training (an evaluation, a
   second phase from the trained weights) runs as after an unsharded run.
@@ -54,9 +56,17 @@ def is_dtensor(t: Tensor) -> bool:
     return hasattr(t, "full_tensor") and hasattr(t, "to_local")
 
 
-def full(t: Tensor) -> Tensor:
-    """``t`` whole on every process (a collective for a sharded tensor)."""
-    return t.full_tensor() if is_dtensor(t) else t
+def squared_distance(p: Tensor, start: Tensor) -> Tensor:
+    """``||p - start||^2``, 0-d and the same on every process. For a sharded ``p`` each
+    process subtracts its own rows of ``start`` (given whole, e.g. W(0) read from disk)
+    and the partial sums are added over the processes: a scalar all-reduce instead of
+    gathering ``p`` (the whole model, for the drift at every logged step)."""
+    if not is_dtensor(p):
+        return (p - start).pow(2).sum()
+    from torch.distributed.tensor import distribute_tensor
+
+    mine = distribute_tensor(start, p.device_mesh, p.placements, src_data_rank=None)  # no comms
+    return (p.detach() - mine).pow(2).sum().full_tensor()
 
 
 def shard_policy(policy: nn.Module, *, param_dtype: torch.dtype | None = None) -> nn.Module:

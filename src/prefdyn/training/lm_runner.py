@@ -29,10 +29,10 @@ from prefdyn.training.checkpoint import CheckpointCallback, finalize
 from prefdyn.training.config import TrainConfig
 from prefdyn.training.fsdp import (
     GatherBeforeSave,
-    full,
     load_full_state,
     plain_model,
     sharded_grad_sync,
+    squared_distance,
 )
 from prefdyn.training.lm_resume import LMRunFolder, open_run_folder, restore_run, write_outcome
 from prefdyn.training.lm_setup import LMSetup, ReferenceOptions, reference_for, setup_lm
@@ -94,7 +94,7 @@ class LMTracker(Callback):
                 if p is None or not p.requires_grad:
                     continue
                 start = start.to(p.device)
-                parts.append((_block(name), (full(p) - start).pow(2).sum(), start.pow(2).sum(), p is W_U))
+                parts.append((_block(name), squared_distance(p, start), start.pow(2).sum(), p is W_U))
         num: dict[str, float] = {}
         den: dict[str, float] = {}
         delta_W_U = 0.0
