@@ -133,6 +133,9 @@ def test_reference_is_cached_on_disk_and_a_corrupt_file_is_recomputed(tmp_path, 
     other = _stream(tok, statements=STATEMENTS[:5])
     assert reference_key(loaded.fingerprint, other.content, mode="full", dtype=torch.float32) != key
     assert reference_key(loaded.fingerprint, stream.content, mode="lora", dtype=torch.float32) != key
+    # pi_ref's log-probs under bf16 autocast are other numbers than fp32's
+    assert reference_key(loaded.fingerprint, stream.content, mode="full", dtype=torch.float32,
+                         autocast=torch.bfloat16) != key
 
 
 def test_fit_lm_honors_optimizer_default_lr_and_epochs():

@@ -158,7 +158,8 @@ def reference_for(setup: LMSetup, options: ReferenceOptions, *, resumable: bool)
     stream, table = setup.stream, None
     if stream is not None and options.cache is not False:
         key = reference_key(setup.start_fingerprint, stream.content, mode=setup.mode,
-                            dtype=next(setup.policy.model.parameters()).dtype)
+                            dtype=next(setup.policy.model.parameters()).dtype,
+                            autocast=setup.policy.autocast)
         # Auto: precompute every row when the run sees them all anyway, or when a resumed
         # run must get the values an unbroken one got; a short run only reads a cache.
         precompute = (options.cache or resumable or setup.dist.active

@@ -26,9 +26,13 @@ _STORE = ArtifactStore("reference", version=1)
 Table = dict[int, tuple[float, float]]
 
 
-def reference_key(model_fingerprint: str, content: object, *, mode: str, dtype: torch.dtype) -> ArtifactKey:
-    """Content key: model weights + encoded data + how pi_ref is realised."""
-    return _STORE.key(model=model_fingerprint, data=hash_obj(content), mode=mode, dtype=str(dtype))
+def reference_key(model_fingerprint: str, content: object, *, mode: str, dtype: torch.dtype,
+                  autocast: torch.dtype | None = None) -> ArtifactKey:
+    """Content key: model weights + encoded data + how pi_ref is realised (``autocast``:
+    the mixed-precision dtype its forward ran in; fp32 runs keep the keys they had)."""
+    extra = {"autocast": str(autocast)} if autocast is not None else {}
+    return _STORE.key(model=model_fingerprint, data=hash_obj(content), mode=mode, dtype=str(dtype),
+                      **extra)
 
 
 def compute_reference(policy: LMPolicy, batches) -> Table:
