@@ -4,34 +4,16 @@ the run folder, no record twice, and the second phase starts from the trained we
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.experiments.test_experiment_resume import _numbers
-from tests.training.test_distributed import _free_port
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.training.test_distributed import launch
 
 
 def _run(args: list[str], world: int, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
-           "PREFDYN_CACHE": str(tmp_path / "prefdyn-cache"), "OMP_NUM_THREADS": "1"}
-    if world == 1:
-        envs = [env]
-    else:
-        port = str(_free_port())
-        envs = [{**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
-                 "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)} for rank in range(world)]
-    procs = [subprocess.Popen([sys.executable, "-m", "prefdyn", *args], env=e, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for e in envs]
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err
+    launch(["-m", "prefdyn", *args], world, tmp_path, PREFDYN_CACHE=str(tmp_path / "prefdyn-cache"))
 
 
 def _records(root: Path) -> list[dict]:

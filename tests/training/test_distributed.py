@@ -48,6 +48,26 @@ def _env(tmp_path: Path, **extra) -> dict:
             "PREFDYN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", **extra}
 
 
+def launch(argv: list[str], world: int, tmp_path: Path, **extra_env) -> list[str]:
+    """Run ``python argv`` as ``world`` gloo processes (one plain process for 1), as a
+    launcher would; each process's stdout, after checking that it exited cleanly."""
+    env = _env(tmp_path, **extra_env)
+    if world == 1:
+        envs = [env]
+    else:
+        port = str(_free_port())
+        envs = [{**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
+                 "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)} for rank in range(world)]
+    procs = [subprocess.Popen([sys.executable, *argv], env=e, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for e in envs]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        outs.append(out)
+    return outs
+
+
 def test_two_gloo_processes_match_one_process(tmp_path):
     single = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "single")], env=_env(tmp_path),
                             cwd=REPO, capture_output=True, text=True, timeout=300, check=False)

@@ -3,8 +3,6 @@ train like one process, each holding half of the model, write whole checkpoints 
 resume from them (and from an unsharded run's)."""
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefdyn.tracking.run_dir import read_metrics
-from tests.training.test_distributed import REPO, _env, _free_port
+from tests.training.test_distributed import launch
 
 _CHILD = textwrap.dedent("""
     import json, os, sys
@@ -69,22 +67,8 @@ _CHILD = textwrap.dedent("""
 def _run(tmp_path: Path, folder: str, steps: int, sharding: str, world: int,
          precision: str = "fp32") -> list[dict]:
     """Run the child on ``world`` processes; each one's JSON line."""
-    if world == 1:
-        envs = [_env(tmp_path)]
-    else:
-        port = str(_free_port())
-        envs = [_env(tmp_path, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank),
-                     LOCAL_RANK=str(rank), WORLD_SIZE=str(world)) for rank in range(world)]
-    args = [str(tmp_path / folder), str(steps), sharding, precision]
-    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, *args], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for env in envs]
-    lines = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err
-        lines.append(json.loads(out.strip().splitlines()[-1]))
-    return lines
+    outs = launch(["-c", _CHILD, str(tmp_path / folder), str(steps), sharding, precision], world, tmp_path)
+    return [json.loads(out.strip().splitlines()[-1]) for out in outs]
 
 
 def _weights(tmp_path: Path, folder: str, step: int) -> dict:
