@@ -115,6 +115,8 @@ def test_the_loss_takes_cfg_beta_by_default_and_a_frozen_model_is_refused():
     model.requires_grad_(False)
     with pytest.raises(TrainingError, match="no trainable parameters"):
         fit_rl(model, policy, stream, TrainConfig(loss="rloo", lr=0.1, steps=1))
+    with pytest.raises(TrainingError, match="RL runs train in one process"):
+        fit_rl(model, policy, stream, TrainConfig(loss="rloo", lr=0.1, steps=1, sharding="full"))
 
 
 def test_a_finished_run_without_its_optimizer_restores_and_refuses_more_steps(tmp_path):

@@ -117,6 +117,10 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
     ``keep_optimizer=False``: see the module docstring (for runs that are never
     continued, e.g. the phases of an experiment, whose settings fix their steps).
     """
+    if cfg.sharding != "none":
+        raise TrainingError(f"sharding={cfg.sharding!r}: RL runs train in one process (their rollouts "
+                            "sample from the whole model); sharding applies to LM preference runs "
+                            "under a launcher (fit_lm)")
     steps = steps if steps is not None else cfg.steps
     loss_kwargs = dict(loss_kwargs) if loss_kwargs is not None else _default_loss_kwargs(cfg)
     objective = objective if objective is not None else get_loss(cfg.loss, **loss_kwargs)
