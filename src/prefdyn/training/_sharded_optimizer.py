@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from prefdyn.tracking.callbacks import Callback
+from prefdyn.training.checkpoint import BeforeSave
 
 
 def shard_optimizer(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer
@@ -42,23 +42,12 @@ def is_sharded(optimizer: torch.optim.Optimizer) -> bool:
     return zero is not None and isinstance(optimizer, zero.ZeroRedundancyOptimizer)
 
 
-class ConsolidateBeforeSave(Callback):
-    """On every process: gather the sharded state on rank 0 at the steps the checkpoint
-    writer (:class:`~prefdyn.training.checkpoint.CheckpointCallback`, rank 0, placed after
-    this callback) saves: every ``every`` steps and at a normal end not just saved."""
+class ConsolidateBeforeSave(BeforeSave):
+    """On every process: gather the sharded optimizer state on rank 0 before each save."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, every: int):
-        self.optimizer, self.every = optimizer, every
-        self.last = 0
+        super().__init__(every)
+        self.optimizer = optimizer
 
-    def on_train_start(self, state, policy) -> None:
-        self.last = state.step
-
-    def on_step_end(self, state, policy, out) -> None:
-        if state.step % self.every == 0:
-            self.optimizer.consolidate_state_dict(to=0)
-            self.last = state.step
-
-    def on_train_end(self, state, policy) -> None:
-        if state.error is None and state.step != self.last:
-            self.optimizer.consolidate_state_dict(to=0)
+    def collect(self, policy) -> None:
+        self.optimizer.consolidate_state_dict(to=0)

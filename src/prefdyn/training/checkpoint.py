@@ -236,6 +236,31 @@ def restore(checkpoint: Checkpoint, policy: torch.nn.Module,
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+class BeforeSave(Callback):
+    """On every process, ``collect(policy)`` at the steps the checkpoint writer
+    (:class:`CheckpointCallback`, rank 0, placed after this callback) saves: every
+    ``every`` steps and at a normal end not just saved. For state that every process must
+    help gather onto rank 0 first (a sharded optimizer's or model's)."""
+
+    def __init__(self, every: int):
+        self.every, self.last = every, 0
+
+    def collect(self, policy) -> None:
+        raise NotImplementedError
+
+    def on_train_start(self, state, policy) -> None:
+        self.last = state.step
+
+    def on_step_end(self, state, policy, out) -> None:
+        if state.step % self.every == 0:
+            self.collect(policy)
+            self.last = state.step
+
+    def on_train_end(self, state, policy) -> None:
+        if state.error is None and state.step != self.last:
+            self.collect(policy)
+
+
 class CheckpointCallback(Callback):
     """Save every ``every`` steps and when training ends normally.
 

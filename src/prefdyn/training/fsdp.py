@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from prefdyn.errors import TrainingError
-from prefdyn.tracking.callbacks import Callback
+from prefdyn.training.checkpoint import BeforeSave
 
 ENTRY_POINTS = ("pair", "answer_vocab_logps", "last_hidden")
 """The :class:`~prefdyn.policies.lm.LMPolicy` methods that run the model."""
@@ -193,19 +193,16 @@ def plain_model(policy: nn.Module) -> nn.Module:
     return plain.train(lm.training)
 
 
-class GatherBeforeSave(Callback):
+class GatherBeforeSave(BeforeSave):
     """On every process: gather the whole weights and optimizer state on rank 0
-    (:func:`full_state`) at the steps the checkpoint writer
-    (:class:`~prefdyn.training.checkpoint.CheckpointCallback`, rank 0, placed after this
-    callback, reading :meth:`take`) saves: every ``every`` steps and at a normal end not
-    just saved."""
+    (:func:`full_state`) before each save; the writer reads them with :meth:`take`."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, every: int):
-        self.optimizer, self.every = optimizer, every
-        self.last = 0
+        super().__init__(every)
+        self.optimizer = optimizer
         self._gathered: tuple[dict[str, Tensor], dict] | None = None
 
-    def _gather(self, policy) -> None:
+    def collect(self, policy) -> None:
         self._gathered = full_state(policy, self.optimizer)
 
     def take(self) -> tuple[dict[str, Tensor], dict]:
@@ -214,16 +211,4 @@ class GatherBeforeSave(Callback):
             raise TrainingError("the checkpoint writer ran before GatherBeforeSave gathered")
         gathered, self._gathered = self._gathered, None
         return gathered
-
-    def on_train_start(self, state, policy) -> None:
-        self.last = state.step
-
-    def on_step_end(self, state, policy, out) -> None:
-        if state.step % self.every == 0:
-            self._gather(policy)
-            self.last = state.step
-
-    def on_train_end(self, state, policy) -> None:
-        if state.error is None and state.step != self.last:
-            self._gather(policy)
 

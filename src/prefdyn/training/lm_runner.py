@@ -296,14 +296,12 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     # pi_ref is no longer the model itself.
     setup.policy.at_start = False
     records = open_records(setup, cfg, outputs)
-    every = outputs.checkpoint_every or setup.steps
-    consolidate: Callback | None = None
-    if records.folder is not None and setup.sharded:
-        consolidate = GatherBeforeSave(setup.optimizer, every)
-    elif records.folder is not None and is_sharded(setup.optimizer):
-        consolidate = ConsolidateBeforeSave(setup.optimizer, every)
-    saver = resume(setup, records, outputs,
-                   consolidate if isinstance(consolidate, GatherBeforeSave) else None)
+    # Sharded state is gathered on rank 0 (every process) before the writer saves it.
+    every, saved = outputs.checkpoint_every or setup.steps, records.folder is not None
+    gather = GatherBeforeSave(setup.optimizer, every) if saved and setup.sharded else None
+    consolidate = gather or (ConsolidateBeforeSave(setup.optimizer, every)
+                             if saved and is_sharded(setup.optimizer) else None)
+    saver = resume(setup, records, outputs, gather)
     feed = reference.wrap(to_device(b, setup.device) for b in batches)
     state = _train(setup, records, saver, feed, callbacks, max_grad_norm, cfg.divergence_factor,
                    cfg.check_every, consolidate)
