@@ -85,6 +85,9 @@ def _destroy_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # Together: a process that tears down while another still talks to it leaves a
+        # gloo thread on a closed connection, which aborts the other process.
+        dist.barrier()
         dist.destroy_process_group()
 
 
