@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from prefdyn.embeddings._prefix import packing_exact
 from prefdyn.policies._shared_prefix import _dropout_active, decoder_hidden
+from prefdyn.policies._token_logps import token_logps
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
@@ -107,8 +108,7 @@ def packed_response_logps(model: nn.Module, input_ids: Tensor, attention_mask: T
     hidden = decoder_hidden(decoder, tokens, allowed, positions)          # (P, W, d)
     mask = response_mask.bool()
     picked = hidden.reshape(P * width, -1)[source[mask]]                  # (K, d): real tokens only
-    logps = torch.log_softmax(head(picked).float() / temperature, -1)
-    targets = input_ids[:, prompt_len:][mask]
+    logps = token_logps(head(picked), input_ids[:, prompt_len:][mask], temperature)
     out = logps.new_zeros(N, T)
-    out[mask] = logps.gather(-1, targets[:, None]).squeeze(-1)
+    out[mask] = logps
     return out

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from prefdyn.errors import ModelError
 from prefdyn.losses.types import PreferenceLogps
 from prefdyn.policies._shared_prefix import decoder_hidden, last_token_hidden
+from prefdyn.policies._token_logps import token_logps
 
 
 class StartTensors(Protocol):
@@ -227,10 +228,9 @@ class LMPolicy(nn.Module):
         hidden = decoder_hidden(decoder, batch.input_ids, batch.attention_mask, position_ids)
         targets = batch.response_mask[:, 1:]  # token t+1 is predicted from position t
         row_idx = targets.nonzero(as_tuple=True)[0]
-        logits = head(hidden[:, :-1][targets]).float()  # (K, V), K = response tokens only
-        token_logps = torch.log_softmax(logits, dim=-1).gather(
-            -1, batch.input_ids[:, 1:][targets][:, None]).squeeze(-1)
-        seq = logits.new_zeros(batch.input_ids.shape[0]).index_add(0, row_idx, token_logps)
+        logits = head(hidden[:, :-1][targets])  # (K, V), K = response tokens only
+        logps = token_logps(logits, batch.input_ids[:, 1:][targets])
+        seq = logps.new_zeros(batch.input_ids.shape[0]).index_add(0, row_idx, logps)
         n = len(batch)
         return seq[:n], seq[n:]
 

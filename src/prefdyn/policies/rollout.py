@@ -19,14 +19,17 @@ As TRL's ``GRPOTrainer``, the log-probs are those of the temperature-scaled soft
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from prefdyn.errors import PrefdynError
+from prefdyn.models.prepacked import prepacked_linears
 from prefdyn.policies._packed_rollout import can_pack, packed_response_logps
 from prefdyn.policies._rows import ShuffledRows
+from prefdyn.policies._token_logps import token_logps
 from prefdyn.losses.policy_gradient import RolloutLogps
 
 
@@ -59,9 +62,10 @@ def response_token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Te
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     T = input_ids.shape[1] - prompt_len
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=T + 1).logits[:, :-1].float()
-    logps = torch.log_softmax(logits / temperature, -1)
-    return logps.gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
+                   logits_to_keep=T + 1).logits[:, :-1]
+    N, V = input_ids.shape[0], logits.shape[-1]
+    targets = input_ids[:, prompt_len:].reshape(-1)
+    return token_logps(logits.reshape(N * T, V), targets, temperature).view(N, T)
 
 
 def rollout_logps(model: nn.Module, batch: RolloutBatch, temperature: float = 1.0, *,
@@ -108,14 +112,18 @@ def shared_prefill(model: nn.Module, ids: Tensor, mask: Tensor, k: int):
 class RolloutStream(ShuffledRows):
     """Endless on-policy batches: ``prompts_per_batch`` prompts (shuffled, epoch by epoch)
     x ``group_size`` samples each. ``reward`` is ``(prompts, responses, references) ->
-    (N,)`` (a :func:`prefdyn.rewards.get_reward`); ``references`` one per prompt (or None)."""
+    (N,)`` (a :func:`prefdyn.rewards.get_reward`); ``references`` one per prompt (or None).
+    ``share_prefill``: each prompt's KV cache computed once for its k samples;
+    ``prepack``: on CPU, decode through oneDNN with prepacked weights
+    (:mod:`prefdyn.models.prepacked`); ``pack``: the reference's log-probs with each
+    prompt once (:func:`rollout_logps`)."""
 
     def __init__(self, model: nn.Module, tokenizer, prompts: Sequence[str], reward: Callable, *,
                  references: Sequence[str | None] | None = None, group_size: int = 4,
                  prompts_per_batch: int = 4, max_new_tokens: int = 32, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                  reference: nn.Module | None = None, pack: bool = True,
-                 share_prefill: bool = True):
+                 share_prefill: bool = True, prepack: bool = True):
         if not temperature > 0:
             raise PrefdynError(
                 f"temperature {temperature}: policy-gradient estimators need samples from "
@@ -132,7 +140,7 @@ class RolloutStream(ShuffledRows):
         if references is not None and len(references) != len(prompts):
             raise PrefdynError(f"{len(prompts)} prompts but {len(references)} references")
         self.model, self.tokenizer, self.reward, self.reference = model, tokenizer, reward, reference
-        self.pack, self.share_prefill = pack, share_prefill
+        self.pack, self.share_prefill, self.prepack = pack, share_prefill, prepack
         self.prompts, self.references = list(prompts), references
         self.group_size, self.prompts_per_batch = group_size, min(prompts_per_batch, len(prompts))
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = (
@@ -157,17 +165,21 @@ class RolloutStream(ShuffledRows):
         # generate draws from the global RNG: seed it from our generator inside a fork,
         # so the run is reproducible and resumable and the caller's RNG is untouched.
         seed = int(torch.randint(2**62, (), generator=self.generator))
+        # On CPU the decode's few-row products run on weights prepacked for oneDNN
+        # (prefdyn.models.prepacked: ~2x MKL's GEMM at 16 rows); same distribution.
+        packed = prepacked_linears(self.model, len(ids)) if self.prepack else nullcontext()
         try:
-            cache = (shared_prefill(self.model, prompt_ids, prompt_mask, k)
-                     if self.share_prefill else None)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed)
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, do_sample=True,
-                    temperature=self.temperature, top_k=self.top_k or 0, top_p=self.top_p or 1.0,
-                    max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id, use_cache=True,
-                    **({"cache": cache} if cache is not None else {}))
+            with packed:
+                cache = (shared_prefill(self.model, prompt_ids, prompt_mask, k)
+                         if self.share_prefill else None)
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(seed)
+                    out = self.model.generate(
+                        input_ids=ids, attention_mask=mask, do_sample=True,
+                        temperature=self.temperature, top_k=self.top_k or 0,
+                        top_p=self.top_p or 1.0, max_new_tokens=self.max_new_tokens,
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                        use_cache=True, **({"cache": cache} if cache is not None else {}))
         finally:
             self.model.train(was_training)
         response_ids = out[:, L:]
@@ -183,7 +195,10 @@ class RolloutStream(ShuffledRows):
         batch = RolloutBatch(out, full_mask, response_mask, L, rewards.to(device), groups.to(device),
                              torch.tensor(list(rows)), texts)
         if self.reference is not None:
-            batch.ref_logps = rollout_logps(self.reference, batch, self.temperature, pack=self.pack)
+            # No gradient through pi_ref: its forward runs on prepacked weights too.
+            with prepacked_linears(self.reference) if self.prepack else nullcontext():
+                batch.ref_logps = rollout_logps(self.reference, batch, self.temperature,
+                                                pack=self.pack)
         return batch
 
 

@@ -1,0 +1,63 @@
+"""log softmax(logits / T)[target] of each row, without a (rows, V) log-softmax.
+
+The plain expression ``torch.log_softmax(logits / T, -1).gather(-1, targets)`` makes
+a new (rows, V) tensor for the division, one for the log-softmax (kept for the
+backward), and in the backward one for the gathered gradient, one for the
+log-softmax's and one for the division's. At RL scale (64 samples x 64 tokens, V =
+49,152) each is 755 MB, and on CPU most of their cost is the first touch of fresh
+pages (the profile of the 8 x 8 x 64 GRPO step: ~1.4 s for the division alone).
+Here the forward walks the rows in chunks (the normalizer ``lse``, a few MB at a
+time) and keeps only the logits the caller already holds; the backward writes
+``(onehot - softmax) * grad / T`` chunk by chunk into one tensor. Same values and
+gradients as the plain expression (tested); logits of any float dtype (bf16 under
+autocast) are read in fp32 chunk by chunk, and the gradient has their dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+_CHUNK_ELEMENTS = 1 << 22  # 16 MB of fp32 a chunk: stays in the last-level cache
+
+
+def _chunks(rows: int, width: int):
+    step = max(1, _CHUNK_ELEMENTS // max(1, width))
+    for start in range(0, rows, step):
+        yield slice(start, min(rows, start + step))
+
+
+class _TokenLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+        rows, width = logits.shape
+        lse = logits.new_empty(rows, dtype=torch.float32)
+        for c in _chunks(rows, width):
+            lse[c] = torch.logsumexp(logits[c].float() / temperature, -1)
+        picked = logits.gather(-1, targets[:, None]).squeeze(-1).float() / temperature
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature = temperature
+        return picked - lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        T = ctx.temperature
+        scale = grad.float() / T  # d out / d logit_v = ([v = target] - softmax_v) / T
+        out = torch.empty_like(logits)
+        for c in _chunks(*logits.shape):
+            p = (logits[c].float() / T).sub_(lse[c, None]).exp_()
+            out[c] = p.mul_(-scale[c, None])
+        out.scatter_add_(-1, targets[:, None], scale[:, None].to(out.dtype))
+        return out, None, None
+
+
+def token_logps(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """``log softmax(logits / temperature)[targets]`` of each row, fp32: ``logits (n, V)``,
+    ``targets (n,)`` token ids -> ``(n,)``; differentiable in ``logits``."""
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"token_logps takes logits (n, V) and targets (n,), got "
+                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    return _TokenLogps.apply(logits, targets, float(temperature))
