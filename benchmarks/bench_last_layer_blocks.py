@@ -7,6 +7,7 @@ step's forward and backward of each at the full size (135 x 1000 x 576, G = 311 
 the sides taking turns, to show where the per-block overhead goes as blocks grow:
 
     python benchmarks/bench_last_layer_blocks.py --repeats 3
+    python benchmarks/bench_last_layer_blocks.py --primitives   # the products it is made of
 """
 
 from __future__ import annotations
@@ -22,10 +23,31 @@ from prefdyn.losses.types import PreferenceLogps
 from prefdyn.policies._fused_last_layer import one_pass_logps
 
 
+def primitives(G: torch.Tensor, W: torch.Tensor, s: torch.Tensor) -> dict:
+    """The products one step needs, each over the whole ``G``: a plain read (the limit),
+    the forward ``G W^T`` and the backward ``s G`` as ``bmm`` (MKL), and both as one
+    oneDNN product per problem on a copy of ``G`` prepacked once (G is fixed, so a
+    prepacked layout would be paid for once), the per-problem loop being the block loop
+    a one-pass step would run."""
+    B = G.shape[0]
+    lin = torch.ops.mkldnn._linear_pointwise
+    fwd_packed = [torch.ops.mkldnn._reorder_linear_weight(G[b], 2) for b in range(B)]
+    bwd_packed = [torch.ops.mkldnn._reorder_linear_weight(G[b].T.contiguous(), 2) for b in range(B)]
+    return {"read G once (sum)": lambda: G.sum(),
+            "forward bmm(G, W^T)": lambda: torch.bmm(G, W.transpose(1, 2)),
+            "backward bmm(s, G)": lambda: torch.bmm(s, G),
+            "forward oneDNN a problem": lambda: [lin(W[b], fwd_packed[b], None, "none", [], "")
+                                                 for b in range(B)],
+            "backward oneDNN a problem": lambda: [lin(s[b], bwd_packed[b], None, "none", [], "")
+                                                  for b in range(B)]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--blocks-mb", default="2,8,32,400", help="block sizes of the one-pass sides")
+    p.add_argument("--primitives", action="store_true",
+                   help="time the products a step is made of instead (see primitives())")
     args = p.parse_args()
     torch.manual_seed(0)
     B, N, d = 135, 1000, 576
@@ -55,6 +77,8 @@ def main() -> None:
 
     sides = {"autograd": autograd_step,
              **{f"one-pass {mb} MB blocks": one_pass(int(mb) << 20) for mb in args.blocks_mb.split(",")}}
+    if args.primitives:
+        sides = primitives(G, W.detach(), torch.randn(B, 2, N))
     for step in sides.values():
         step()
     seconds = {name: [] for name in sides}

@@ -32,10 +32,14 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 
-def _packed_forward(weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
-    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-        raise RuntimeError("prepacked linears are for inference (no autograd through oneDNN's op)")
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+def _packed_forward(layer: nn.Linear, packed: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    # The packed copy is detached: with autograd on, the layer's own weight (a LoRA
+    # adapter's, say) would silently get no gradient.
+    if torch.is_grad_enabled() and (x.requires_grad or any(
+            p.requires_grad for p in (layer.weight, layer.bias) if p is not None)):
+        raise RuntimeError("prepacked linears are for inference (no autograd through oneDNN's "
+                           "op): run the block under torch.no_grad()")
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def can_prepack(model: nn.Module) -> bool:
@@ -76,7 +80,7 @@ def prepacked_linears(model: nn.Module, rows: int | None = None) -> Iterator[nn.
         for layer in _fp32_linears(model):
             packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), rows)
             bias = None if layer.bias is None else layer.bias.detach()
-            layer.forward = partial(_packed_forward, packed, bias)  # shadows the class method
+            layer.forward = partial(_packed_forward, layer, packed, bias)  # shadows the class method
             patched.append(layer)
     except RuntimeError as e:  # an op this build lacks: decode through F.linear
         log.warning("oneDNN weight prepacking failed (%s); decoding with F.linear", e)
