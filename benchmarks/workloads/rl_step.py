@@ -109,7 +109,8 @@ def run_prefdyn(args, bandit: bool) -> dict:
         policy, loss, loss_kwargs = RolloutPolicy(model), "grpo", {"scale": "group", "clip_eps": 0.2}
     probe = Probe()
     cfg = TrainConfig(loss=loss, optimizer="adamw", lr=args.lr, weight_decay=0.0, steps=total,
-                      log_every=total, seed=args.seed)
+                      log_every=total, seed=args.seed,
+                      activation_checkpointing=args.activation_checkpointing)
     torch.manual_seed(args.seed)
     fit_rl(model, policy, stream, cfg, loss_kwargs={**loss_kwargs, "beta": args.beta},
            callbacks=[probe], max_grad_norm=1.0)
@@ -188,7 +189,8 @@ def run_side(side: str, args) -> dict | None:
     return run_worker("benchmarks.workloads.rl_step", side, [
         "--steps", str(args.steps), "--prompts", str(args.prompts), "--k", str(args.k),
         "--new-tokens", str(args.new_tokens), "--lr", str(args.lr), "--beta", str(args.beta),
-        "--behavior", args.behavior, "--seed", str(args.seed)])
+        "--behavior", args.behavior, "--seed", str(args.seed),
+        *(["--activation-checkpointing"] if args.activation_checkpointing else [])])
 
 
 def summarize(args, results: dict[str, dict]) -> dict[str, dict]:
@@ -240,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--behavior", default="agreeableness")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="prefdyn's sides recompute the layers in the backward, as TRL's default does")
     p.add_argument("--sides", default=",".join(SIDES), help=f"comma list of {', '.join(SIDES)}")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)

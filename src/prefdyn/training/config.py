@@ -47,7 +47,10 @@ class TrainConfig:
     :mod:`prefdyn.training._sharded_optimizer`), the steps and checkpoints unchanged;
     ``sharding="full"`` (multi-process full fine-tuning) shards the weights, gradients and
     optimizer state (FSDP / ZeRO stage 3; :mod:`prefdyn.training.fsdp`), the same steps
-    and checkpoints too. A single process ignores both.
+    and checkpoints too. A single process ignores both. ``activation_checkpointing`` (LM
+    and RL modes) recomputes each decoder layer's forward in the backward instead of
+    keeping its activations (:mod:`prefdyn.training.recompute`): less memory, about one
+    forward more of compute, the same gradients.
     """
 
     loss: str = "dpo"
@@ -68,6 +71,7 @@ class TrainConfig:
     check_every: int = 1
     precision: Literal["fp32", "bf16"] = "fp32"
     sharding: Literal["none", "optimizer", "full"] = "none"
+    activation_checkpointing: bool = False
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -107,6 +111,9 @@ class TrainConfig:
                                f"got {self.divergence_factor}")
         if self.precision not in ("fp32", "bf16"):
             raise PrefdynError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise PrefdynError(f"activation_checkpointing must be true or false, got "
+                               f"{self.activation_checkpointing!r}")
         if self.sharding not in ("none", "optimizer", "full"):
             raise PrefdynError(f"sharding must be 'none', 'optimizer' or 'full', got {self.sharding!r}")
         if self.check_every < 1:

@@ -37,6 +37,7 @@ from prefdyn.training.fsdp import (
 from prefdyn.training.lm_resume import LMRunFolder, open_run_folder, restore_run, write_outcome
 from prefdyn.training.lm_setup import LMSetup, ReferenceOptions, reference_for, setup_lm
 from prefdyn.training.loop import TrainState, train
+from prefdyn.training.recompute import recomputed_activations
 
 
 @dataclass
@@ -196,7 +197,8 @@ def resume(setup: LMSetup, records: RunRecords, outputs: RunOutputs,
 def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None,
            feed: Iterator[Any], callbacks: Sequence[Callback],
            max_grad_norm: float | None, divergence_factor: float | None,
-           check_every: int = 1, consolidate: Callback | None = None) -> TrainState:
+           check_every: int = 1, consolidate: Callback | None = None,
+           recompute: bool = False) -> TrainState:
     """The one loop, in train mode; how it ended written to the run folder (also on a
     NaN/inf loss, whose :class:`TrainingError` is re-raised); eval mode after."""
     folder, policy, steps = records.folder, setup.policy, setup.steps
@@ -205,11 +207,12 @@ def _train(setup: LMSetup, records: RunRecords, saver: CheckpointCallback | None
                                      *([saver] if saver else [])]
     policy.model.train()
     try:
-        state = train(policy, setup.objective, feed, setup.optimizer, steps=steps,
-                      callbacks=[*run_callbacks, *callbacks], max_grad_norm=max_grad_norm,
-                      start_step=folder.start_step if folder else 0,
-                      grad_sync=_grad_sync(setup),
-                      divergence_factor=divergence_factor, check_every=check_every)
+        with recomputed_activations(policy.model, recompute):
+            state = train(policy, setup.objective, feed, setup.optimizer, steps=steps,
+                          callbacks=[*run_callbacks, *callbacks], max_grad_norm=max_grad_norm,
+                          start_step=folder.start_step if folder else 0,
+                          grad_sync=_grad_sync(setup),
+                          divergence_factor=divergence_factor, check_every=check_every)
     except TrainingError as e:
         if folder is not None:
             write_outcome(folder, steps=steps, last_step=(e.step or 1) - 1, error=e,
@@ -304,7 +307,7 @@ def fit_lm(loaded, batches: Iterator[Any], cfg: TrainConfig, *,
     saver = resume(setup, records, outputs, gather)
     feed = reference.wrap(to_device(b, setup.device) for b in batches)
     state = _train(setup, records, saver, feed, callbacks, max_grad_norm, cfg.divergence_factor,
-                   cfg.check_every, consolidate)
+                   cfg.check_every, consolidate, recompute=cfg.activation_checkpointing)
     if not keep_optimizer and records.folder is not None and setup.dist.is_main:
         finalize(records.folder.checkpoints)
     return LMRun(_handed_back(setup.policy), records.history, setup.lr, state, setup.optimizer)

@@ -46,6 +46,7 @@ from prefdyn.training.config import TrainConfig
 from prefdyn.training.lm_resume import open_run_folder, restore_run, write_outcome
 from prefdyn.training.lm_setup import LM_DEFAULT_LR
 from prefdyn.training.loop import TrainState, train
+from prefdyn.training.recompute import recomputed_activations
 from prefdyn.training.runner import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -166,10 +167,11 @@ def fit_rl(model: nn.Module, policy, stream, cfg: TrainConfig, *,
     extra = list(trackers(history)) if trackers is not None else []
     model.train()
     try:
-        state = train(policy, objective, stream, optimizer, steps=steps,
-                      callbacks=[tracker, *extra, *([saver] if saver else []), *callbacks],
-                      max_grad_norm=max_grad_norm, start_step=start_step,
-                      divergence_factor=cfg.divergence_factor)
+        with recomputed_activations(model, cfg.activation_checkpointing):
+            state = train(policy, objective, stream, optimizer, steps=steps,
+                          callbacks=[tracker, *extra, *([saver] if saver else []), *callbacks],
+                          max_grad_norm=max_grad_norm, start_step=start_step,
+                          divergence_factor=cfg.divergence_factor)
     except TrainingError as e:
         if folder is not None:
             write_outcome(folder, steps=steps, last_step=(e.step or 1) - 1, error=e,
