@@ -1,10 +1,11 @@
-"""The one-pass last-layer step's block size against the autograd step (one step, fwd + bwd).
+"""The one-read last-layer step against the autograd step (one step, fwd + bwd).
 
-The one-pass path (:mod:`prefdyn.policies._fused_last_layer`) walks ``G`` in blocks of
-``block_bytes`` and runs ~20 small ops and one ``autograd.grad`` of the objective per
-block; the autograd step is two whole-tensor products. This script times one training
-step's forward and backward of each at the full size (135 x 1000 x 576, G = 311 MB),
-the sides taking turns, to show where the per-block overhead goes as blocks grow:
+The one-read path (:mod:`prefdyn.policies._fused_last_layer`, its loop in
+:mod:`prefdyn.policies._margin_kernel`) computes each embedding row's logits, loss
+gradient and weight-gradient contribution while the row is in cache; the autograd step
+is two whole-tensor products. This script times one training step's forward and
+backward of each at the full size (135 x 1000 x 576, G = 311 MB), the sides taking
+turns, beside a plain read of G (the limit):
 
     python benchmarks/bench_last_layer_blocks.py --repeats 3
     python benchmarks/bench_last_layer_blocks.py --primitives   # the products it is made of
@@ -28,7 +29,7 @@ def primitives(G: torch.Tensor, W: torch.Tensor, s: torch.Tensor) -> dict:
     the forward ``G W^T`` and the backward ``s G`` as ``bmm`` (MKL), and both as one
     oneDNN product per problem on a copy of ``G`` prepacked once (G is fixed, so a
     prepacked layout would be paid for once), the per-problem loop being the block loop
-    a one-pass step would run."""
+    a step built from library products would run."""
     B = G.shape[0]
     lin = torch.ops.mkldnn._linear_pointwise
     fwd_packed = [torch.ops.mkldnn._reorder_linear_weight(G[b], 2) for b in range(B)]
@@ -45,7 +46,6 @@ def primitives(G: torch.Tensor, W: torch.Tensor, s: torch.Tensor) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--blocks-mb", default="2,8,32,400", help="block sizes of the one-pass sides")
     p.add_argument("--primitives", action="store_true",
                    help="time the products a step is made of instead (see primitives())")
     args = p.parse_args()
@@ -67,16 +67,12 @@ def main() -> None:
         W.grad = None
         (objective(logps).losses * weight).sum().backward()
 
-    def one_pass(block_bytes: int):
-        def step() -> None:
-            logps = one_pass_logps(W, G, prefers_yes, mask, None, ref, ref, rows=(0, 1),
-                                   objective=objective, block_bytes=block_bytes)
-            W.grad = None
-            (objective(logps).losses * weight).sum().backward()
-        return step
+    def one_read_step() -> None:
+        logps = one_pass_logps(W, G, prefers_yes, mask, None, ref, ref, rows=(0, 1), objective=objective)
+        W.grad = None
+        (objective(logps).losses * weight).sum().backward()
 
-    sides = {"autograd": autograd_step,
-             **{f"one-pass {mb} MB blocks": one_pass(int(mb) << 20) for mb in args.blocks_mb.split(",")}}
+    sides = {"read G once (sum)": lambda: G.sum(), "autograd": autograd_step, "one read": one_read_step}
     if args.primitives:
         sides = primitives(G, W.detach(), torch.randn(B, 2, N))
     for step in sides.values():

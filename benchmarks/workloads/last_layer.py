@@ -1,4 +1,4 @@
-"""Last-layer DPO: the one-pass step against the autograd step (two reads of G).
+"""Last-layer DPO: the one-read step against the autograd step (two reads of G).
 
 135 behaviors x 1000 statements x 1000 steps at d = 576 (full size; target 15 s
 on 2 CPU cores) on synthetic embeddings with the real width and a shared mean
@@ -41,8 +41,7 @@ def _trainer(W0: torch.Tensor, data: LastLayerData, cfg: TrainConfig, one_pass: 
 
     def run() -> torch.Tensor:
         setup = setup_last_layer(W0, data, cfg, names=names)
-        # Opt-in: the one-pass path is exact but measured slower than autograd on CPU
-        # (0.53x at 135x1000x1000), so training does not switch it on by default.
+        # The runner turns the one-read path on; the anchor turns it off.
         setup.policy.one_pass = setup.objective if one_pass else None
         train(setup.policy, setup.objective, setup.batches, setup.optimizer, steps=cfg.steps,
               callbacks=[setup.tracker])

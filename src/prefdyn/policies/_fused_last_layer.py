@@ -4,10 +4,11 @@ The plain step reads the fixed embeddings ``G: (B, N, d)`` twice, once for the
 logits (forward) and once for the weight gradient ``dlogits^T G`` (backward);
 at 135 behaviors x 1000 statements (d = 576) that is 2 x 311 MB from main memory
 per step, and the step is bound by it. Every preference loss is per example, so
-the gradient of an example's logits depends on that example alone: going through
-``G`` in blocks small enough to stay in cache, each block's logits, log-probs,
-loss gradient and weight-gradient contribution are computed while it is there,
-and the backward pass only hands out the gradient summed in the forward.
+the gradient of an example's logits depends on that example alone: for the
+margin losses (DPO, IPO, hinge) the forward computes each row's log-probs, loss
+gradient and weight-gradient contribution while the row is in cache
+(:mod:`prefdyn.policies._margin_kernel`), and the backward pass only hands out the
+gradient summed in the forward.
 
 The forward must therefore know what the training step will do with the
 log-probs: the objective, then the masked mean per problem summed over problems
@@ -28,19 +29,17 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from prefdyn.losses.types import LossOutput, PreferenceLogps
+from prefdyn.policies import _margin_kernel
 
 Objective = Callable[[PreferenceLogps], LossOutput]
 
-BLOCK_BYTES = 8 << 20
-"""Bytes of ``G`` per block: well inside a 32 MB last-level cache, large enough that
-the per-block Python overhead (about 20 small ops) stays a few percent of the step."""
-
-_RTOL = 1e-6  # the received and the predicted gradients are computed by the same ops
+_RTOL = 1e-6  # the received gradient is autograd's fp32 value of the same formula
 
 
-def _block_problems(G: Tensor, block_bytes: int) -> int:
-    B, N, d = G.shape
-    return max(1, min(B, block_bytes // max(1, N * d * G.element_size())))
+def supports(objective: Objective, W: Tensor, G: Tensor) -> bool:
+    """Whether the one-read step handles this objective and these tensors (a margin
+    loss on fp32 CPU tensors); otherwise the policy takes the plain path."""
+    return _margin_kernel.supports(objective, W, G)
 
 
 def _pair_grad(g_chosen: Tensor, g_rejected: Tensor, lp_yes: Tensor, lp_no: Tensor,
@@ -62,82 +61,61 @@ class _OnePassAnswerLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W: Tensor, G: Tensor, prefers_yes: Tensor, mask: Tensor,
                 other_lse: Tensor | None, ref_chosen: Tensor, ref_rejected: Tensor,
-                rows: tuple[int, int], objective: Objective, block_bytes: int):
-        B, N, _ = G.shape
-        W_pair = W[:, list(rows)].contiguous()  # (B, 2, d): rows yes, no
+                rows: tuple[int, int], objective: Objective):
+        W_pair = W[:, list(rows)]  # (B, 2, d): rows yes, no
         # The step's reduction (masked_mean then sum), as a weight per example.
         maskf = mask.to(G.dtype)
         weight = maskf / maskf.sum(-1, keepdim=True).clamp_min(1.0)
-        chosen, rejected = G.new_empty(B, N), G.new_empty(B, N)
-        lp_yes, lp_no = G.new_empty(B, N), G.new_empty(B, N)
-        g_chosen, g_rejected = G.new_empty(B, N), G.new_empty(B, N)
-        grad_pair = torch.empty_like(W_pair)
-        # Blocks of whole problems: each block of G is contiguous and its matrix
-        # products have the plain path's shapes (a (2, d) x (d, N) product per problem;
-        # splitting N instead multiplies the number of tiny GEMM calls).
-        k = _block_problems(G, block_bytes)
-        for b0 in range(0, B, k):
-            sl = slice(b0, min(B, b0 + k))
-            G_blk = G[sl]
-            # (k, 2, d) x (k, d, N): G read along its rows, ~2.5x faster than G @ W^T on CPU.
-            logits = torch.bmm(W_pair[sl], G_blk.transpose(1, 2))
-            lse = torch.logaddexp(logits[:, 0], logits[:, 1])
-            if other_lse is not None:
-                lse = torch.logaddexp(lse, other_lse[sl])
-            yes_blk, no_blk = logits[:, 0] - lse, logits[:, 1] - lse
-            y = prefers_yes[sl]
-            c = torch.where(y, yes_blk, no_blk).requires_grad_()
-            r = torch.where(y, no_blk, yes_blk).requires_grad_()
-            with torch.enable_grad():
-                out = objective(PreferenceLogps(c, r, ref_chosen[sl], ref_rejected[sl]))
-                gc, gr = torch.autograd.grad((out.losses * weight[sl]).sum(), (c, r),
-                                             allow_unused=True)
-            gc = torch.zeros_like(c) if gc is None else gc
-            gr = torch.zeros_like(r) if gr is None else gr
-            torch.bmm(_pair_grad(gc, gr, yes_blk, no_blk, y), G_blk, out=grad_pair[sl])
-            chosen[sl], rejected[sl] = c.detach(), r.detach()
-            lp_yes[sl], lp_no[sl] = yes_blk, no_blk
-            g_chosen[sl], g_rejected[sl] = gc, gr
-        ctx.save_for_backward(G, prefers_yes, lp_yes, lp_no, g_chosen, g_rejected, grad_pair)
+        chosen, rejected, g_chosen, grad_pair = _margin_kernel.one_read_step(
+            objective, W_pair, G, prefers_yes, weight, other_lse, ref_chosen, ref_rejected)
+        ctx.save_for_backward(G, prefers_yes, chosen, rejected, g_chosen, grad_pair)
         ctx.rows, ctx.W_shape = rows, W.shape
         return chosen, rejected
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_chosen: Tensor | None, grad_rejected: Tensor | None):
-        G, prefers_yes, lp_yes, lp_no, g_chosen, g_rejected, grad_pair = ctx.saved_tensors
+        G, prefers_yes, chosen, rejected, g_chosen, grad_pair = ctx.saved_tensors
         grad_chosen = torch.zeros_like(g_chosen) if grad_chosen is None else grad_chosen
-        grad_rejected = torch.zeros_like(g_rejected) if grad_rejected is None else grad_rejected
-        scale = _scale_of(torch.stack((grad_chosen, grad_rejected)), torch.stack((g_chosen, g_rejected)))
+        grad_rejected = torch.zeros_like(g_chosen) if grad_rejected is None else grad_rejected
+        scale = _scale_of(grad_chosen, grad_rejected, g_chosen)
         if scale is not None:
             grad_pair = grad_pair * scale if scale != 1.0 else grad_pair
         else:  # not the step's own reduction: the plain product, a second read of G
+            lp_yes = torch.where(prefers_yes, chosen, rejected)
+            lp_no = torch.where(prefers_yes, rejected, chosen)
             grad_pair = torch.bmm(_pair_grad(grad_chosen, grad_rejected, lp_yes, lp_no, prefers_yes), G)
         grad_W = grad_pair.new_zeros(ctx.W_shape)
         grad_W[:, list(ctx.rows)] = grad_pair
-        return grad_W, None, None, None, None, None, None, None, None, None
+        return grad_W, None, None, None, None, None, None, None, None
 
 
-def _scale_of(received: Tensor, predicted: Tensor) -> float | None:
-    """``s`` with ``received == s * predicted`` (to rounding), else None."""
-    if torch.equal(received, predicted):
+def _scale_of(grad_chosen: Tensor, grad_rejected: Tensor, g_chosen: Tensor) -> float | None:
+    """``s`` with ``(grad_chosen, grad_rejected) == s * (g_chosen, -g_chosen)`` (to
+    rounding), else None: a margin loss's rejected gradient is minus its chosen one."""
+    if torch.equal(grad_chosen, g_chosen) and torch.equal(grad_rejected, g_chosen.neg()):
         return 1.0
-    norm2 = (predicted * predicted).sum()
+    g, gc, gr = g_chosen.reshape(-1), grad_chosen.reshape(-1), grad_rejected.reshape(-1)
+    norm2 = float(torch.dot(g, g))
     if norm2 == 0:
-        return 0.0 if not received.any() else None
-    s = float((received * predicted).sum() / norm2)
-    tol = _RTOL * float(predicted.abs().max()) * max(1.0, abs(s))
-    return s if torch.allclose(received, s * predicted, rtol=_RTOL, atol=tol) else None
+        return 0.0 if not (gc.any() or gr.any()) else None
+    s = (float(torch.dot(gc, g)) - float(torch.dot(gr, g))) / (2 * norm2)
+    # |received - s * predicted| <= rtol * (|s| max|predicted|), elementwise, both halves
+    tol = _RTOL * float(g.abs().max()) * max(1.0, abs(s))
+    err = max(float(torch.sub(gc, g, alpha=s).abs_().max()), float(torch.add(gr, g, alpha=s).abs_().max()))
+    return s if err <= tol else None
 
 
 def one_pass_logps(W: Tensor, G: Tensor, prefers_yes: Tensor, mask: Tensor,
                    other_lse: Tensor | None, ref_chosen: Tensor, ref_rejected: Tensor, *,
-                   rows: tuple[int, int], objective: Objective,
-                   block_bytes: int = BLOCK_BYTES) -> PreferenceLogps:
+                   rows: tuple[int, int], objective: Objective) -> PreferenceLogps:
     """Chosen/rejected log-probs of the answer rows ``rows = (yes, no)`` of ``W: (B, R, d)``
     whose backward reads ``G`` only if the step did not reduce them with ``objective``
-    and the masked mean (see the module docstring)."""
+    and the masked mean (see the module docstring). Needs :func:`supports`."""
+    if not supports(objective, W, G):
+        raise ValueError("the one-read last-layer step takes a margin loss (dpo, ipo, hinge) "
+                         "on fp32 CPU tensors")
     chosen, rejected = _OnePassAnswerLogps.apply(W, G, prefers_yes, mask, other_lse, ref_chosen,
-                                                 ref_rejected, rows, objective, block_bytes)
+                                                 ref_rejected, rows, objective)
     return PreferenceLogps(chosen=chosen, rejected=rejected, ref_chosen=ref_chosen,
                            ref_rejected=ref_rejected)

@@ -14,13 +14,15 @@ cancels and training all rows gives the same dynamics (tested).
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor, nn
 
 from prefdyn.losses.types import PreferenceLogps
-from prefdyn.policies._fused_last_layer import Objective, one_pass_logps
+from prefdyn.policies._fused_last_layer import Objective, one_pass_logps, supports
 
 
 @dataclass
@@ -111,7 +113,9 @@ class LastLayerPolicy(nn.Module):
     ``yes`` / ``no`` are the row indices of the two answers in ``W`` (0 and 1 for
     ``rows="answers"``, the token ids for ``rows="all"``). With ``one_pass`` set to the
     step's objective, a two-row policy computes the weight gradient in the same pass
-    over the embeddings as the log-probs (:mod:`prefdyn.policies._fused_last_layer`).
+    over the embeddings as the log-probs (:mod:`prefdyn.policies._fused_last_layer`) when
+    the objective is a margin loss (dpo, ipo, hinge) on fp32 CPU tensors; otherwise it
+    takes the plain path.
     """
 
     one_pass: Objective | None = None
@@ -142,7 +146,8 @@ class LastLayerPolicy(nn.Module):
 
     def logps(self, data: LastLayerData) -> PreferenceLogps:
         """Chosen/rejected log-probs of the batch against its stored reference."""
-        if self.one_pass is not None and self.W.shape[1] == 2 and torch.is_grad_enabled():
+        if (self.one_pass is not None and self.W.shape[1] == 2 and torch.is_grad_enabled()
+                and supports(self.one_pass, self.W, data.embeddings)):
             return one_pass_logps(self.W, data.embeddings, data.prefers_yes, data.mask, data.other_lse,
                                   data.ref_chosen, data.ref_rejected, rows=(self.yes, self.no),
                                   objective=self.one_pass)
@@ -154,6 +159,16 @@ class LastLayerPolicy(nn.Module):
         pair = logits.gather(-1, rows) - lse[..., None]
         return PreferenceLogps(chosen=pair[..., 0], rejected=pair[..., 1],
                                ref_chosen=data.ref_chosen, ref_rejected=data.ref_rejected)
+
+    @contextlib.contextmanager
+    def twice_differentiable(self):
+        """The plain path inside the block: the one-read path's backward is not itself
+        differentiable, and Hessian-vector products need a double backward."""
+        one_pass, self.one_pass = self.one_pass, None
+        try:
+            yield self
+        finally:
+            self.one_pass = one_pass
 
     @torch.no_grad()
     def reference_for(self, data: LastLayerData) -> LastLayerData:

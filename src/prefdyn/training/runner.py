@@ -74,6 +74,9 @@ def setup_last_layer(W_init: Tensor, train_data: LastLayerData, cfg: TrainConfig
     B = train_data.n_problems
     objective = loss_for_run(cfg.loss, beta=cfg.beta)
     policy = LastLayerPolicy(reference if reference is not None else W_init, B, yes=yes, no=no)
+    # The step's objective, so a margin loss on two answer rows reads G once a step (the
+    # policy takes the plain path for anything else; the gradient is the same either way).
+    policy.one_pass = objective
     train_data = policy.reference_for(train_data)
     test_data = policy.reference_for(test_data) if test_data is not None else None
     with torch.no_grad():

@@ -48,7 +48,8 @@ def hessian_lambda_max(policy, objective: Objective, data, *, iters: int = 50,
     v = v / v.flatten(1).norm(dim=1).view(-1, *[1] * (W.dim() - 1))
     lam = torch.zeros(W.shape[0], dtype=W.dtype)
     for _ in range(iters):
-        loss, *_ = compute_loss(policy, objective, data)
+        with policy.twice_differentiable():
+            loss, *_ = compute_loss(policy, objective, data)
         (grad,) = torch.autograd.grad(loss, W, create_graph=True)
         (hv,) = torch.autograd.grad((grad * v).sum(), W)
         new = (hv * v).flatten(1).sum(1).detach()
