@@ -4,7 +4,8 @@ Razin et al. (ICLR 2024) maximize "$V_{\\mathbf{x}}(\\theta) = \\mathbb{E}_{\\ma
 \\pi_{\\theta}(\\cdot | \\mathbf{x})} [r(\\mathbf{x}, \\mathbf{y})]$" "via policy gradient
 methods". :class:`RolloutStream` is the batch stream: each ``next()`` samples a group
 of ``group_size`` responses per prompt from the model *as it is now* (batched
-``model.generate`` with its KV cache; temperature, top-k, top-p; each prompt is
+``model.generate`` with its KV cache; temperature, top-k, top-p through HF's warpers,
+each token drawn by inverse CDF (:mod:`prefdyn.policies._sampler`); each prompt is
 prefilled once and its cache copied to its k samples), scores them with a
 reward (:mod:`prefdyn.rewards`) and, for a KL penalty, takes the reference's token
 log-probs. :class:`RolloutPolicy` then recomputes the responses' token log-probs with
@@ -29,6 +30,7 @@ from prefdyn.errors import PrefdynError
 from prefdyn.models.prepacked import prepacked_linears
 from prefdyn.policies._packed_rollout import can_pack, packed_response_logps
 from prefdyn.policies._rows import ShuffledRows
+from prefdyn.policies._sampler import sampling_processors
 from prefdyn.policies._token_logps import token_logps
 from prefdyn.losses.policy_gradient import RolloutLogps
 
@@ -162,9 +164,12 @@ class RolloutStream(ShuffledRows):
         L = ids.shape[1]
         was_training = self.model.training
         self.model.eval()
-        # generate draws from the global RNG: seed it from our generator inside a fork,
+        # Our own generator drives the draws (prefdyn.policies._sampler: inverse CDF, one
+        # uniform a row, instead of torch.multinomial's one exponential a vocabulary entry),
         # so the run is reproducible and resumable and the caller's RNG is untouched.
-        seed = int(torch.randint(2**62, (), generator=self.generator))
+        generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (), generator=self.generator)))
+        processors, sampler = sampling_processors(generator, temperature=self.temperature,
+                                                  top_k=self.top_k, top_p=self.top_p)
         # On CPU the decode's few-row products run on weights prepacked for oneDNN
         # (prefdyn.models.prepacked: ~2x MKL's GEMM at 16 rows); same distribution.
         packed = prepacked_linears(self.model, len(ids)) if self.prepack else nullcontext()
@@ -172,16 +177,17 @@ class RolloutStream(ShuffledRows):
             with packed:
                 cache = (shared_prefill(self.model, prompt_ids, prompt_mask, k)
                          if self.share_prefill else None)
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(seed)
-                    out = self.model.generate(
-                        input_ids=ids, attention_mask=mask, do_sample=True,
-                        temperature=self.temperature, top_k=self.top_k or 0,
-                        top_p=self.top_p or 1.0, max_new_tokens=self.max_new_tokens,
-                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                        use_cache=True, **({"cache": cache} if cache is not None else {}))
+                # do_sample=False: the sampler has drawn each token; generate takes its argmax.
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, do_sample=False, logits_processor=processors,
+                    max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id, use_cache=True,
+                    **({"cache": cache} if cache is not None else {}))
         finally:
             self.model.train(was_training)
+        if sampler.nonfinite is not None and bool(sampler.nonfinite):
+            raise PrefdynError(f"sampling prompts (data rows) {list(rows)}: the model's next-token "
+                               "probabilities were NaN or inf (diverged weights?)")
         response_ids = out[:, L:]
         response_mask = _response_mask(response_ids, tok.eos_token_id)
         full_mask = torch.cat([mask, response_mask], 1)
