@@ -167,7 +167,8 @@ class RolloutStream(ShuffledRows):
         # Our own generator drives the draws (prefdyn.policies._sampler: inverse CDF, one
         # uniform a row, instead of torch.multinomial's one exponential a vocabulary entry),
         # so the run is reproducible and resumable and the caller's RNG is untouched.
-        generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (), generator=self.generator)))
+        seed = int(torch.randint(2**62, (), generator=self.generator))
+        generator = torch.Generator(device).manual_seed(seed)
         processors, sampler = sampling_processors(generator, temperature=self.temperature,
                                                   top_k=self.top_k, top_p=self.top_p)
         # On CPU the decode's few-row products run on weights prepacked for oneDNN
