@@ -28,6 +28,7 @@ as torch uses).
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 
 import numpy as np
@@ -54,7 +55,7 @@ def margin_loss(objective) -> tuple[int, float] | None:
     if fn not in _KINDS or getattr(objective, "args", ()):
         return None
     kwargs = dict(objective.keywords)
-    beta = kwargs.pop("beta", 0.1)  # the losses' own default
+    beta = kwargs.pop("beta", inspect.signature(fn).parameters["beta"].default)
     return None if kwargs else (_KINDS[fn], float(beta))
 
 

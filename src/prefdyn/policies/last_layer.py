@@ -15,7 +15,6 @@ cancels and training all rows gives the same dynamics (tested).
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass, fields, replace
 
 import torch
