@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from prefdyn.losses import get_loss
+from prefdyn.models import segment_attention
 from prefdyn.policies._packed_rollout import can_pack, packed_response_logps
 from prefdyn.policies.rollout import RolloutPolicy, RolloutStream, response_token_logps
 from prefdyn.rewards import get_reward
@@ -33,7 +34,9 @@ def _plain_and_packed(batch, model, temperature=0.8):
     return plain, packed
 
 
-def test_packed_log_probs_and_gradients_equal_the_plain_forward(batch_and_model):
+@pytest.mark.parametrize("blocks", [False, True], ids=["dense-mask", "attention-in-blocks"])
+def test_packed_log_probs_and_gradients_equal_the_plain_forward(batch_and_model, blocks, monkeypatch):
+    monkeypatch.setattr(segment_attention, "MIN_WIDTH", 1 if blocks else 10**6)
     batch, model = batch_and_model
     assert batch.attention_mask[:, :batch.prompt_len].sum(-1).unique().numel() > 1  # padded prompts
     assert batch.response_mask.sum(-1).unique().numel() > 1  # responses of several lengths

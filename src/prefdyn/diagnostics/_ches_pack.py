@@ -6,7 +6,7 @@ tokens on average, 1.58x the tokens that must run). Here a pair is one row::
 
     [ prompt (P) | chosen[:-1] | rejected[:-1] ]   positions 0..P-1 | P.. | P..
 
-with a block mask (:func:`prefdyn.embeddings._prefix.segment_mask`): each response
+with a block mask (:func:`prefdyn.models.segment_attention.segment_mask`): each response
 token sees the prompt and the earlier tokens of its own response only, at the
 positions it has alone, so every hidden state equals the plain one up to float
 round-off. A response's last token predicts nothing and is not read
@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from prefdyn.embeddings._prefix import segment_mask
 from prefdyn.embeddings.extract import _length_sorted_batches
+from prefdyn.models.segment_attention import forward_context, packed_attention_inputs
 
 Encoded = Sequence[tuple[list[int], int]]  # (ids, P): chosen of pair i at 2i, rejected at 2i+1
 # reader(j, hidden): sequence j's hidden states at the positions predicting its response
@@ -86,8 +86,9 @@ def packed_pair_sums(decoder, encoded: Encoded, *, pairs_per_forward: int, pad_i
             read[b, :, n_prompt - 1] = 1.0
             read[b, :, :n] += (segment[b, :n] == torch.arange(2)[:, None]).double()
         segment = segment.to(device)
-        hidden = decoder(input_ids=tokens.to(device), attention_mask=segment_mask(decoder, segment),
-                         position_ids=positions.to(device), use_cache=False).last_hidden_state
+        with forward_context(decoder):  # the attention block by block where it is SDPA
+            hidden = decoder(input_ids=tokens.to(device), position_ids=positions.to(device),
+                             use_cache=False, **packed_attention_inputs(decoder, segment)).last_hidden_state
         hidden = hidden.to("cpu", torch.float64)
         side_sums = torch.einsum("bst,btd->bsd", read, hidden)
         if reader is not None:  # positions ascending: P-1, then the side's own tokens in order

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from prefdyn.models.kv_cache import cache_kwargs, output_cache
+from prefdyn.models.segment_attention import NAME as SEGMENTS
 
 
 def common_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
@@ -74,30 +75,13 @@ def packing_exact(decoder, longest: int) -> bool:
 
     It does where positions enter through ``position_ids`` only (rotary embeddings, not
     learned or ALiBi positions), the attention takes a 4-D mask as given ("sdpa" or
-    "eager"), and no sliding window is shorter than a row.
+    "eager", or SDPA block by block: :mod:`prefdyn.models.segment_attention`), and no
+    sliding window is shorter than a row.
     """
     config = getattr(decoder, "config", None)
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", SEGMENTS):
         return False
     if not hasattr(decoder, "rotary_emb"):
         return False
     window = getattr(config, "sliding_window", None)
     return not window or window >= longest
-
-
-def segment_mask(decoder, segment: torch.Tensor) -> torch.Tensor:
-    """(k, 1, L, L) attention mask of packed rows with ``segment`` ids (k, L): query i sees
-    key j <= i that is in the shared prefix (segment -1) or in i's own segment.
-
-    Pads carry their own segment (e.g. -2) and so see the prefix and earlier pads, never
-    an empty row (which would give NaN). Boolean for "sdpa", additive for "eager".
-    """
-    width = segment.shape[1]
-    causal = torch.ones(width, width, dtype=torch.bool, device=segment.device).tril()
-    key, query = segment[:, None, :], segment[:, :, None]
-    allowed = (causal & ((key == -1) | (key == query)))[:, None]
-    if decoder.config._attn_implementation == "eager":
-        dtype = decoder.get_input_embeddings().weight.dtype
-        allowed = torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min)
-    return allowed

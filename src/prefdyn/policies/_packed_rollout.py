@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from prefdyn.embeddings._prefix import packing_exact
-from prefdyn.policies._shared_prefix import _dropout_active, decoder_hidden
+from prefdyn.policies._shared_prefix import _dropout_active, packed_hidden
 from prefdyn.policies._token_logps import token_logps
 
 
@@ -98,14 +98,7 @@ def packed_response_logps(model: nn.Module, input_ids: Tensor, attention_mask: T
                 source[i, 0] = p * width + L - 1
                 source[i, 1:n] = p * width + at + torch.arange(n - 1, device=device)
             at += n
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    key, query = segment[:, None, :], segment[:, :, None]
-    allowed = (causal & ((key == -1) | (key == query)))[:, None]
-    if decoder.config._attn_implementation == "eager":
-        dtype = decoder.get_input_embeddings().weight.dtype
-        allowed = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-            ~allowed, torch.finfo(dtype).min)
-    hidden = decoder_hidden(decoder, tokens, allowed, positions)          # (P, W, d)
+    hidden = packed_hidden(decoder, tokens, segment, positions)           # (P, W, d)
     mask = response_mask.bool()
     picked = hidden.reshape(P * width, -1)[source[mask]]                  # (K, d): real tokens only
     logps = token_logps(head(picked), input_ids[:, prompt_len:][mask], temperature)

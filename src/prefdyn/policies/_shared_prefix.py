@@ -36,7 +36,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prefdyn.embeddings._prefix import packing_exact, segment_mask
+from prefdyn.embeddings._prefix import packing_exact
+from prefdyn.models.segment_attention import forward_context, packed_attention_inputs
 
 # Tokens per pack (prefix + suffixes). Above a few hundred tokens the masked
 # attention, quadratic in the pack length, starts to cost more than the
@@ -134,13 +135,24 @@ def _token_embeddings(decoder: nn.Module, input_ids: Tensor) -> Tensor | None:
 
 
 def decoder_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                   position_ids: Tensor) -> Tensor:
+                   position_ids: Tensor, **extra) -> Tensor:
     """``decoder(...).last_hidden_state``, the input-embedding gradient added in place
-    (:func:`_token_embeddings`) where that applies."""
+    (:func:`_token_embeddings`) where that applies; ``extra`` keywords go to the decoder."""
     embeds = _token_embeddings(decoder, input_ids)
     inputs = {"input_ids": input_ids} if embeds is None else {"inputs_embeds": embeds}
     return decoder(**inputs, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False).last_hidden_state
+                   use_cache=False, **extra).last_hidden_state
+
+
+def packed_hidden(decoder: nn.Module, tokens: Tensor, segment: Tensor, positions: Tensor) -> Tensor:
+    """:func:`decoder_hidden` of packed rows with ``segment`` ids (-1 the shared prefix,
+    leading; >= 0 the segments; -2 pads): each segment token sees the prefix and the
+    earlier tokens of its own segment, the attention computed block by block where the
+    model's is SDPA (:mod:`prefdyn.models.segment_attention`), else through the dense
+    block mask."""
+    with forward_context(decoder):
+        inputs = packed_attention_inputs(decoder, segment)
+        return decoder_hidden(decoder, tokens, position_ids=positions, **inputs)
 
 
 def _plain_last_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,
@@ -204,7 +216,7 @@ def _packed_last_hidden(decoder: nn.Module, ids: Tensor, lengths: Tensor, prefix
             segment[p, at:at + n] = row
             at += n
             ends[row], pack_of[row] = at - 1, p
-    return decoder_hidden(decoder, tokens, segment_mask(decoder, segment), positions)[pack_of, ends]
+    return packed_hidden(decoder, tokens, segment, positions)[pack_of, ends]
 
 
 def last_token_hidden(decoder: nn.Module, input_ids: Tensor, attention_mask: Tensor,

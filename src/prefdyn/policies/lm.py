@@ -144,8 +144,11 @@ class LMPolicy(nn.Module):
     ``None`` with a LoRA model means "the model with its adapters disabled".
     ``autocast`` (e.g. ``torch.bfloat16``): the forward's matrix products in that dtype
     under :func:`torch.autocast` (their backward too), while the weights, the optimizer
-    state, the log-softmax, the log-probs and the losses stay fp32 (mixed precision;
-    about 2x the fp32 step on CPUs with avx512_bf16, the usual mode on GPUs).
+    state, the log-softmax, the log-probs and the losses stay fp32 (mixed precision, the
+    usual mode on GPUs; on these 2-core CPUs with avx512_bf16 about 1.3-1.5x the fp32
+    step, see the README). A single-token answer's ``lm_head`` stays fp32 (not under FSDP,
+    whose bf16 gathers only bf16 weights): it is applied to one row per prompt, where
+    casting the (V, d) weight and its gradient costs more than the bf16 product saves.
     """
 
     def __init__(self, model: nn.Module, reference_model: nn.Module | None = None, *,
@@ -194,7 +197,13 @@ class LMPolicy(nn.Module):
         decoder, head = self._parts(model if model is not None else self.model)
         last = last_token_hidden(decoder, batch.input_ids, batch.attention_mask, batch.position_ids,
                                  share_prefix=self.share_prefix)
-        return torch.log_softmax(head(last).float(), dim=-1)  # (n, V)
+        if self.autocast is None or self.sharded:  # FSDP's bf16 gathers bf16 weights
+            return torch.log_softmax(head(last).float(), dim=-1)  # (n, V)
+        # lm_head in fp32 under autocast: n rows only, so its bf16 copy of the (V, d)
+        # weight and the copy of its gradient back cost more than the bf16 product saves
+        # (SmolLM2, 16 rows, forward + backward: 78 ms in fp32 against 90 ms in bf16).
+        with torch.autocast(last.device.type, enabled=False):
+            return torch.log_softmax(head(last.float()), dim=-1)
 
     def answer_logps(self, batch: AnswerBatch, model: nn.Module | None = None
                      ) -> tuple[Tensor, Tensor]:

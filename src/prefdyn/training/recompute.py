@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from prefdyn.errors import TrainingError
+from prefdyn.models.segment_attention import segmented_attention
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
@@ -43,6 +44,9 @@ def recomputed_activations(model: nn.Module, on: bool = True) -> Iterator[None]:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         disable = lm.gradient_checkpointing_disable
     try:
-        yield
+        # The recomputation calls the attention again: packed forwards' block-by-block
+        # attention must stay selected until the last backward (see its module).
+        with segmented_attention(model):
+            yield
     finally:
         disable()
