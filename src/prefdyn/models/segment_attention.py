@@ -156,7 +156,9 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
             module, _gathered(_flat(query), layout.query_index), _gathered(keys, layout.key_index),
             _gathered(values, layout.key_index), layout.mask, dropout=dropout, scaling=scaling)
         parts.append(seg.reshape(-1, H, D))
-    values = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if not parts:  # pads only
+        return query.new_zeros(P, W, H, D), None
+    values = torch.cat(parts)
     out = values.new_zeros(P * W, H, D).index_copy(0, layout.dest, values[layout.source])
     return out.view(P, W, H, D), None
 
