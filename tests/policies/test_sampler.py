@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefdyn.errors import PrefdynError
-from prefdyn.policies._sampler import sampling_processors
+from prefdyn.policies._sampler import inverse_cdf, sampling_processors
 from prefdyn.policies.rollout import RolloutStream
 from prefdyn.rewards import get_reward
 from tests._tiny import chat_prompts, tiny_llama, tiny_tokenizer
@@ -81,3 +81,24 @@ def test_nan_logits_are_a_clear_error_after_generation():
                            max_new_tokens=3, seed=0)
     with pytest.raises(PrefdynError, match="NaN or inf"):
         next(stream)
+
+
+@pytest.mark.parametrize("V", [49_152, 1_000, 7])
+def test_two_level_draws_are_the_one_level_inverse_cdf(V):
+    g = torch.Generator().manual_seed(V)
+    probs = torch.softmax(torch.randn(64, V, generator=g) * 3, -1)
+    probs[:, ::3] = 0.0  # zeros everywhere, block ends included
+    probs[:, -1] = 0.0
+    u01 = torch.rand(64, 1, generator=g, dtype=torch.float64)
+    cdf = probs.double().cumsum(-1)
+    expected = torch.searchsorted(cdf, u01 * cdf[:, -1:], right=True)
+    token, total = inverse_cdf(probs, u01, block=64)
+    assert torch.equal(token, expected)
+    torch.testing.assert_close(total, cdf[:, -1:])
+    # The ends of [0, 1): the first and the last token with probability > 0.
+    nonzero = probs > 0
+    first = nonzero.float().argmax(-1, keepdim=True)
+    last = V - 1 - nonzero.flip(-1).float().argmax(-1, keepdim=True)
+    assert torch.equal(inverse_cdf(probs, torch.zeros(64, 1, dtype=torch.float64), block=64)[0], first)
+    top = torch.full((64, 1), 1 - 2**-53, dtype=torch.float64)
+    assert torch.equal(inverse_cdf(probs, top, block=64)[0], last)
