@@ -88,7 +88,8 @@ def build_layout(segment: Tensor) -> SegmentLayout:
     is_prefix = segment == PREFIX
     prefix_len = is_prefix.sum(1)
     prefix = int(prefix_len.max()) if P else 0
-    if prefix and not bool(is_prefix[:, :prefix].eq(torch.arange(prefix, device=device) < prefix_len[:, None]).all()):
+    leading = torch.arange(prefix, device=device) < prefix_len[:, None]
+    if prefix and not torch.equal(is_prefix[:, :prefix], leading):
         raise ValueError("packed rows must start with their prefix (segment -1)")
     flat = segment.reshape(-1)
     col = torch.arange(W, device=device).repeat(P)
@@ -108,8 +109,7 @@ def build_layout(segment: Tensor) -> SegmentLayout:
     sees_prefix = torch.arange(prefix, device=device) < prefix_len[row][:, None]       # (S, prefix)
     sees_own = (steps[None, :] <= steps[:, None]) & (steps[None, None, :] < length[:, None, None])
     mask = torch.cat([sees_prefix[:, None, :].expand(S, n, prefix), sees_own], 2)[:, None]
-    prefix_rows, prefix_cols = (torch.arange(prefix, device=device)[None, :] < prefix_len[:, None]).nonzero(
-        as_tuple=True)
+    prefix_rows, prefix_cols = leading.nonzero(as_tuple=True)
     real = steps[None, :] < length[:, None]
     dest = torch.cat([prefix_rows * W + prefix_cols, query_index[real]])
     source = torch.cat([prefix_rows * prefix + prefix_cols,
@@ -152,15 +152,14 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
                                          dropout=dropout, scaling=scaling, is_causal=True)
         parts.append(head.reshape(P * L, H, D))
     if len(layout.query_index):
-        keys, values = _flat(key), _flat(value)
         seg, _ = sdpa_attention_forward(
-            module, _gathered(_flat(query), layout.query_index), _gathered(keys, layout.key_index),
-            _gathered(values, layout.key_index), layout.mask, dropout=dropout, scaling=scaling)
+            module, _gathered(_flat(query), layout.query_index), _gathered(_flat(key), layout.key_index),
+            _gathered(_flat(value), layout.key_index), layout.mask, dropout=dropout, scaling=scaling)
         parts.append(seg.reshape(-1, H, D))
     if not parts:  # pads only
         return query.new_zeros(P, W, H, D), None
-    values = torch.cat(parts)
-    out = values.new_zeros(P * W, H, D).index_copy(0, layout.dest, values[layout.source])
+    outputs = torch.cat(parts)
+    out = outputs.new_zeros(P * W, H, D).index_copy(0, layout.dest, outputs[layout.source])
     return out.view(P, W, H, D), None
 
 
