@@ -84,9 +84,10 @@ def test_nan_logits_are_a_clear_error_after_generation():
 
 
 @pytest.mark.parametrize("V", [49_152, 1_000, 7])
-def test_two_level_draws_are_the_one_level_inverse_cdf(V):
+@pytest.mark.parametrize("scale", [3.0, 30.0])  # 30: ~13% of the probabilities are subnormal
+def test_two_level_draws_are_the_one_level_inverse_cdf(V, scale):
     g = torch.Generator().manual_seed(V)
-    probs = torch.softmax(torch.randn(64, V, generator=g) * 3, -1)
+    probs = torch.softmax(torch.randn(64, V, generator=g) * scale, -1)
     probs[:, ::3] = 0.0  # zeros everywhere, block ends included
     probs[:, -1] = 0.0
     u01 = torch.rand(64, 1, generator=g, dtype=torch.float64)
@@ -95,6 +96,8 @@ def test_two_level_draws_are_the_one_level_inverse_cdf(V):
     token, total = inverse_cdf(probs, u01, block=64)
     assert torch.equal(token, expected)
     torch.testing.assert_close(total, cdf[:, -1:])
+    if scale != 3.0:
+        return  # below: a last token with p < 1e-16 is under u's own round-off, in any CDF
     # The ends of [0, 1): the first and the last token with probability > 0.
     nonzero = probs > 0
     first = nonzero.float().argmax(-1, keepdim=True)

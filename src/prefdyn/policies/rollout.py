@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from prefdyn.errors import PrefdynError
 from prefdyn.models.prepacked import prepacked_linears
 from prefdyn.policies._packed_rollout import can_pack, packed_response_logps
+from prefdyn.policies._reserved_cache import reserve
 from prefdyn.policies._rows import ShuffledRows
 from prefdyn.policies._sampler import sampling_processors
 from prefdyn.policies._token_logps import token_logps
@@ -92,11 +93,14 @@ def _response_mask(response_ids: Tensor, eos_id: int | None) -> Tensor:
     return ((is_eos.cumsum(-1) - is_eos) == 0).long()
 
 
-def shared_prefill(model: nn.Module, ids: Tensor, mask: Tensor, k: int):
+def shared_prefill(model: nn.Module, ids: Tensor, mask: Tensor, k: int,
+                   capacity: int | None = None):
     """The KV cache of each left-padded prompt but its last token, computed once and
     repeated for its ``k`` samples (``generate`` then runs the last token and samples):
-    the same cache as prefilling all ``n * k`` rows, for 1/k of the compute. None where
-    the model generates with another cache than the dynamic one (e.g. a static or
+    the same cache as prefilling all ``n * k`` rows, for 1/k of the compute. With
+    ``capacity`` (prompt + new tokens) its layers write each decode step in place
+    (:mod:`prefdyn.policies._reserved_cache`; the same values). None where the model
+    generates with another cache than the dynamic one (e.g. a static or
     sliding-window cache), or a prompt is a single token (nothing to share)."""
     config = getattr(model, "generation_config", None)
     if k < 2 or ids.shape[1] < 2 or getattr(config, "cache_implementation", None) not in (
@@ -108,6 +112,8 @@ def shared_prefill(model: nn.Module, ids: Tensor, mask: Tensor, k: int):
     if not hasattr(cache, "batch_repeat_interleave"):
         return None
     cache.batch_repeat_interleave(k)
+    if capacity is not None:
+        reserve(cache, capacity)
     return cache
 
 
@@ -176,7 +182,8 @@ class RolloutStream(ShuffledRows):
         packed = prepacked_linears(self.model, len(ids)) if self.prepack else nullcontext()
         try:
             with packed:
-                cache = (shared_prefill(self.model, prompt_ids, prompt_mask, k)
+                cache = (shared_prefill(self.model, prompt_ids, prompt_mask, k,
+                                        capacity=L + self.max_new_tokens)
                          if self.share_prefill else None)
                 # do_sample=False: the sampler has drawn each token; generate takes its argmax.
                 out = self.model.generate(
