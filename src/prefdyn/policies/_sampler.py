@@ -52,8 +52,7 @@ class InverseCdfSampler(LogitsProcessor):
 
 def inverse_cdf(probs: Tensor, u01: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:
     """For each row of ``probs`` (n, V), the token whose CDF interval holds ``u01 * total``
-    (``u01`` (n, 1) uniform in [0, 1)), and the total, both (n, 1). The blocks are summed
-    in fp32, the CDFs in fp64.
+    (``u01`` (n, 1) uniform in [0, 1)), and the total, both (n, 1); fp64 sums.
 
     In two levels, so that nothing vocabulary-sized is allocated in fp64: the CDF of the
     ``block``-token blocks' sums picks the block, then the CDF inside that block picks the
@@ -65,12 +64,13 @@ def inverse_cdf(probs: Tensor, u01: Tensor, block: int = BLOCK) -> tuple[Tensor,
     n, V = probs.shape
     pad = -V % block
     blocks = (probs if not pad else torch.nn.functional.pad(probs, (0, pad))).view(n, -1, block)
-    # Blocks' sums in fp32, then fp64: converting the whole (n, V) array to fp64 first was
-    # ~4 ms of the sampler's ~7 ms a decode step (64 rows), because most of an LM's
-    # probabilities are fp32 subnormals (< 1.2e-38) and converting those is slow on x86
-    # (a microcode assist). A 512-term sum of non-negative fp32 values is within ~1e-7
-    # relative of the fp64 one, the round-off the fp32 probabilities already carry.
-    sums = blocks.sum(-1).double().cumsum(-1)                              # (n, V / block)
+    # The fp64 sums cost ~4 ms of the sampler's ~7 ms a decode step at 64 rows: most of
+    # an LM's probabilities are fp32 subnormals (< 1.2e-38), slow to convert on x86.
+    # Summing the blocks in fp32 would save ~0.2 s a full-size GRPO rollout batch, but on
+    # the embedded model it moved 2 of ~19,000 draws (5 batches of 64 rows x 64 tokens;
+    # targets within fp32 round-off of a boundary): not done, so the draws stay those of
+    # the one-level fp64 CDF.
+    sums = blocks.sum(-1, dtype=torch.float64).cumsum(-1)                 # (n, V / block)
     total = sums[:, -1:]
     target = u01 * total
     b = torch.searchsorted(sums, target, right=True).clamp_(max=sums.shape[1] - 1)
