@@ -3,12 +3,14 @@
 transformers' ``DynamicLayer.update`` grows a layer's cache by concatenation: every
 decode step copies the whole cache of every layer into a fresh tensor. At the GRPO
 benchmark's full size (64 rows, ~56 prompt + 64 new tokens, 30 layers) those copies
-took about 1.0 s of a 12.3 s rollout batch, measured in place (a timer around
+took 1.0-1.5 s of a 12-14 s rollout batch, measured in place (a timer around
 ``DynamicLayer.update``). :class:`ReservedLayer` keeps the same contract (``keys`` /
 ``values`` are the cache so far, ``(batch, heads, length, head_dim)``) but makes them
 views of a buffer with room for ``capacity`` positions: a step writes its own keys
 and values, nothing else is copied. The values are the same tensors' values (a copy
-is exact), so decoding is bit-identical to the concatenating cache.
+is exact), so decoding is bit-identical to the concatenating cache. The views are not
+contiguous, and SDPA reads them ~0.3-0.5 s a batch slower (decode attention is bound
+by reading the cache); the net was ~0.6 s a batch over three alternating pairs.
 
 Anything that replaces ``keys`` / ``values`` outside ``update`` (``batch_select_indices``,
 ``batch_repeat_interleave``, a cache reorder) leaves them off the buffer; the next
