@@ -214,7 +214,7 @@ def segment_mask(decoder: nn.Module, segment: Tensor) -> Tensor:
     width = segment.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=segment.device).tril()
     key, query = segment[:, None, :], segment[:, :, None]
-    allowed = (causal & ((key == -1) | (key == query)))[:, None]
+    allowed = (causal & ((key == PREFIX) | (key == query)))[:, None]
     if decoder.config._attn_implementation == "eager":
         dtype = decoder.get_input_embeddings().weight.dtype
         allowed = torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(

@@ -5,8 +5,9 @@ which on CPU generates an exponential variate for every vocabulary entry (49,152
 SmolLM2): 16 ms a decode step for 16 rows on 2 cores, growing with the rows.
 Inverse-CDF sampling draws the same distribution
 with one uniform a row and a binary search in the fp64 CDF, built in two levels (the
-blocks' sums, then one block) so that no vocabulary-sized fp64 array is allocated: a
-fresh 25 MB CDF a decode step (64 rows x 49,152) cost up to 25-30 ms in page faults.
+blocks' sums, then one block) so that no vocabulary-long fp64 scan runs and no
+(64 x 49,152) fp64 CDF is kept: the one-level CDF cost up to 25-30 ms a decode step.
+(torch's fp64 sum of the blocks still casts the probabilities inside its kernel.)
 
 :func:`sampling_processors` plugs it into transformers' own decoding loop: HF's
 temperature / top-k / top-p warpers (the ones ``do_sample=True`` would build, in the same
@@ -54,7 +55,7 @@ def inverse_cdf(probs: Tensor, u01: Tensor, block: int = BLOCK) -> tuple[Tensor,
     """For each row of ``probs`` (n, V), the token whose CDF interval holds ``u01 * total``
     (``u01`` (n, 1) uniform in [0, 1)), and the total, both (n, 1); fp64 sums.
 
-    In two levels, so that nothing vocabulary-sized is allocated in fp64: the CDF of the
+    In two levels, so that no vocabulary-long fp64 scan runs: the CDF of the
     ``block``-token blocks' sums picks the block, then the CDF inside that block picks the
     token. Bound to the first entry whose CDF exceeds the target (``right=True``), so a
     zero-probability token is never drawn; where the two levels' round-off put the
