@@ -15,6 +15,9 @@ subprocess so that peak memory (max RSS) is per side, run one after the other:
                       :class:`~prefdyn.policies.rollout.RolloutStream` (batched
                       ``generate`` with a KV cache, each prompt prefilled once for its
                       k samples; log-probs with each group's prompt once) and ``grpo``;
+* ``prefdyn-forward`` the same, but the policy runs its own training forward instead
+                      of taking the decode's layer inputs
+                      (:mod:`prefdyn.policies._decode_replay`; not in the default sides);
 * ``trl``             ``GRPOTrainer`` (``num_iterations=1``, one generation per step);
 * ``prefdyn-bandit``  ``expected_reward`` on the same prompts: the exact gradient of
                       E_{y~pi}[r] over the whole vocabulary, one forward, no sampling;
@@ -51,7 +54,8 @@ from benchmarks.workloads.trl_sides import (
     persona_rows,
 )
 
-SIDES = ("prefdyn", "trl", "prefdyn-bandit", "trl-bandit")
+DEFAULT_SIDES = ("prefdyn", "trl", "prefdyn-bandit", "trl-bandit")
+SIDES = (*DEFAULT_SIDES, "prefdyn-forward")
 TARGET_VS_TRL = 3.0
 QUICK = {"steps": 2, "prompts": 4, "k": 4, "new_tokens": 16}
 FULL = {"steps": 5, "prompts": 8, "k": 8, "new_tokens": 64}
@@ -105,7 +109,8 @@ def run_prefdyn(args, bandit: bool) -> dict:
     else:
         stream = RolloutStream(model, tok, prompts, get_reward("sentiment"), group_size=args.k,
                                prompts_per_batch=args.prompts, max_new_tokens=args.new_tokens,
-                               temperature=1.0, seed=args.seed, reference=reference)
+                               temperature=1.0, seed=args.seed, reference=reference,
+                               replay=args.worker != "prefdyn-forward")
         policy, loss, loss_kwargs = RolloutPolicy(model), "grpo", {"scale": "group", "clip_eps": 0.2}
     probe = Probe()
     cfg = TrainConfig(loss=loss, optimizer="adamw", lr=args.lr, weight_decay=0.0, steps=total,
@@ -244,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="prefdyn's sides recompute the layers in the backward, as TRL's default does")
-    p.add_argument("--sides", default=",".join(SIDES), help=f"comma list of {', '.join(SIDES)}")
+    p.add_argument("--sides", default=",".join(DEFAULT_SIDES),
+                   help=f"comma list of {', '.join(SIDES)}")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     return p

@@ -53,7 +53,8 @@ def _exact(loaded, prompts: list[str], refs: list[str], reward) -> dict[str, Any
 def _sampled(loaded, prompts: list[str], refs: list[str], reward, *, k: int, max_new_tokens: int,
              seed: int, progress: bool) -> dict[str, Any]:
     stream = RolloutStream(loaded.model, loaded.tokenizer, prompts, reward, references=refs, group_size=k,
-                           prompts_per_batch=4, max_new_tokens=max_new_tokens, seed=seed)
+                           prompts_per_batch=4, max_new_tokens=max_new_tokens, seed=seed,
+                           replay=False)  # scored, never trained on
     rows = []
     with _progress_bar(len(prompts), progress, "reward samples") as advance:
         for start in range(0, len(prompts), 4):

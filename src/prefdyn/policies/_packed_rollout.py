@@ -20,6 +20,7 @@ elsewhere the caller runs the plain forward.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +58,70 @@ def can_pack(model: nn.Module, groups: Tensor, input_ids: Tensor, attention_mask
     return packing_exact(decoder, longest)
 
 
+@dataclass(frozen=True)
+class GroupPacking:
+    """Where a batch's tokens go in the packed (P, W) rows, one row a group.
+
+    ``tokens`` / ``positions`` / ``segment`` (P, W) are the packed rows' ids, position ids
+    and segment ids (-1 the prompt, i >= 0 sample i's response, -2 pads); ``source``
+    (N, T): for sample i's response token t, the flat packed position whose hidden state
+    predicts it (the prompt's last token for t = 0, else the response's token t - 1);
+    ``origin`` (P * W,): the flat index ``row * (L + T) + column`` in the (N, L + T)
+    batch of the token each packed position holds (-1 for pads)."""
+
+    tokens: Tensor
+    positions: Tensor
+    segment: Tensor
+    source: Tensor
+    origin: Tensor
+
+
+def group_packing(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
+                  groups: Tensor, prompt_len: int) -> GroupPacking:
+    """The :class:`GroupPacking` of a batch whose groups :func:`can_pack` accepted."""
+    device = input_ids.device
+    N, T = response_mask.shape
+    full = input_ids.shape[1]
+    resp_len = response_mask.sum(-1)
+    prompt_real = attention_mask[:, :prompt_len].sum(-1)
+    starts = [0] + (torch.nonzero(groups[1:] != groups[:-1]).flatten() + 1).tolist() + [N]
+    spans = list(itertools.pairwise(starts))
+    widths = [int(prompt_real[a]) + int(resp_len[a:b].sum()) for a, b in spans]
+    width = max(widths)
+    P = len(spans)
+    tokens = input_ids.new_zeros(P, width)
+    positions = torch.zeros(P, width, dtype=torch.long, device=device)
+    segment = torch.full((P, width), -2, dtype=torch.long, device=device)
+    origin = torch.full((P, width), -1, dtype=torch.long, device=device)
+    source = torch.zeros(N, T, dtype=torch.long, device=device)
+    for p, (a, b) in enumerate(spans):
+        L = int(prompt_real[a])
+        tokens[p, :L] = input_ids[a, prompt_len - L:prompt_len]
+        positions[p, :L] = torch.arange(L, device=device)
+        segment[p, :L] = -1
+        origin[p, :L] = a * full + torch.arange(prompt_len - L, prompt_len, device=device)
+        at = L
+        for i in range(a, b):
+            n = int(resp_len[i])
+            tokens[p, at:at + n] = input_ids[i, prompt_len:prompt_len + n]
+            positions[p, at:at + n] = torch.arange(L, L + n, device=device)
+            segment[p, at:at + n] = i
+            origin[p, at:at + n] = i * full + torch.arange(prompt_len, prompt_len + n, device=device)
+            if n:
+                source[i, 0] = p * width + L - 1
+                source[i, 1:n] = p * width + at + torch.arange(n - 1, device=device)
+            at += n
+    return GroupPacking(tokens, positions, segment, source, origin.reshape(-1))
+
+
+def logps_from_top(model: nn.Module, top: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """Token log-probs ``(K,)`` from the decoder's last layer's outputs ``top`` (K, d),
+    before its final norm: the norm, the LM head and :func:`token_logps`."""
+    lm = _causal_lm(model)
+    return token_logps(lm.get_output_embeddings()(lm.get_decoder().norm(top)), targets,
+                       temperature)
+
+
 def packed_response_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
                           response_mask: Tensor, groups: Tensor, prompt_len: int,
                           temperature: float = 1.0) -> Tensor:
@@ -68,40 +133,11 @@ def packed_response_logps(model: nn.Module, input_ids: Tensor, attention_mask: T
     :func:`can_pack`)."""
     lm = _causal_lm(model)
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
-    device = input_ids.device
-    N, T = response_mask.shape
-    resp_len = response_mask.sum(-1)
-    prompt_real = attention_mask[:, :prompt_len].sum(-1)
-    starts = [0] + (torch.nonzero(groups[1:] != groups[:-1]).flatten() + 1).tolist() + [N]
-    spans = list(itertools.pairwise(starts))
-    widths = [int(prompt_real[a]) + int(resp_len[a:b].sum()) for a, b in spans]
-    width = max(widths)
-    P = len(spans)
-    tokens = input_ids.new_zeros(P, width)
-    positions = torch.zeros(P, width, dtype=torch.long, device=device)
-    segment = torch.full((P, width), -2, dtype=torch.long, device=device)
-    # For sample i and response step t: the packed position whose hidden state predicts
-    # token t (the prompt's last token for t = 0, else the response's token t - 1).
-    source = torch.zeros(N, T, dtype=torch.long, device=device)
-    for p, (a, b) in enumerate(spans):
-        L = int(prompt_real[a])
-        tokens[p, :L] = input_ids[a, prompt_len - L:prompt_len]
-        positions[p, :L] = torch.arange(L, device=device)
-        segment[p, :L] = -1
-        at = L
-        for i in range(a, b):
-            n = int(resp_len[i])
-            tokens[p, at:at + n] = input_ids[i, prompt_len:prompt_len + n]
-            positions[p, at:at + n] = torch.arange(L, L + n, device=device)
-            segment[p, at:at + n] = i
-            if n:
-                source[i, 0] = p * width + L - 1
-                source[i, 1:n] = p * width + at + torch.arange(n - 1, device=device)
-            at += n
-    hidden = packed_hidden(decoder, tokens, segment, positions)           # (P, W, d)
+    packing = group_packing(input_ids, attention_mask, response_mask, groups, prompt_len)
+    hidden = packed_hidden(decoder, packing.tokens, packing.segment, packing.positions)
     mask = response_mask.bool()
-    picked = hidden.reshape(P * width, -1)[source[mask]]                  # (K, d): real tokens only
+    picked = hidden.reshape(-1, hidden.shape[-1])[packing.source[mask]]  # (K, d): real tokens only
     logps = token_logps(head(picked), input_ids[:, prompt_len:][mask], temperature)
-    out = logps.new_zeros(N, T)
+    out = logps.new_zeros(mask.shape)
     out[mask] = logps
     return out

@@ -10,7 +10,9 @@ prefilled once and its cache copied to its k samples), scores them with a
 reward (:mod:`prefdyn.rewards`) and, for a KL penalty, takes the reference's token
 log-probs. :class:`RolloutPolicy` then recomputes the responses' token log-probs with
 gradient for the objective (:class:`~prefdyn.losses.RolloutLogps`), inside the one
-training step. The sampling RNG is an explicit generator whose state is part of
+training step; where the decode's own layer inputs can stand in for that forward
+(on-policy: the same weights), it is skipped (:mod:`prefdyn.policies._decode_replay`).
+The sampling RNG is an explicit generator whose state is part of
 ``state()``, so a resumed run draws the same responses.
 
 As TRL's ``GRPOTrainer``, the log-probs are those of the temperature-scaled softmax
@@ -28,6 +30,8 @@ from torch import Tensor, nn
 
 from prefdyn.errors import PrefdynError
 from prefdyn.models.prepacked import prepacked_linears
+from prefdyn.policies._decode_replay import (DecodeActivations, DecodeRecorder,
+                                             replayed_response_logps)
 from prefdyn.policies._packed_rollout import can_pack, packed_response_logps
 from prefdyn.policies._reserved_cache import reserve
 from prefdyn.policies._rows import ShuffledRows
@@ -42,7 +46,9 @@ class RolloutBatch:
     are the left-padded prompt (``prompt_len`` = L) followed by the response;
     ``response_mask`` (N, T) marks response tokens up to and including the first EOS;
     ``rewards`` (N,), ``groups`` (N,) the prompt of each, ``rows`` (n_prompts,) their
-    data rows; ``ref_logps`` (N, T) under pi_ref when a reference model was given."""
+    data rows; ``ref_logps`` (N, T) under pi_ref when a reference model was given;
+    ``activations`` the decode's layer inputs, for :class:`RolloutPolicy` to skip its
+    forward (:mod:`prefdyn.policies._decode_replay`; used once, then dropped)."""
 
     input_ids: Tensor
     attention_mask: Tensor
@@ -53,6 +59,7 @@ class RolloutBatch:
     rows: Tensor
     responses: list[str]
     ref_logps: Tensor | None = None
+    activations: DecodeActivations | None = None
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -124,14 +131,16 @@ class RolloutStream(ShuffledRows):
     ``share_prefill``: each prompt's KV cache computed once for its k samples;
     ``prepack``: on CPU, decode through oneDNN with prepacked weights
     (:mod:`prefdyn.models.prepacked`); ``pack``: the reference's log-probs with each
-    prompt once (:func:`rollout_logps`)."""
+    prompt once (:func:`rollout_logps`); ``replay``: keep the decode's layer inputs on the
+    batch so that :class:`RolloutPolicy` skips its forward (a stream whose batches are
+    not trained on needs not: they cost ~0.3 GB at 64 x 120 tokens on SmolLM2-135M)."""
 
     def __init__(self, model: nn.Module, tokenizer, prompts: Sequence[str], reward: Callable, *,
                  references: Sequence[str | None] | None = None, group_size: int = 4,
                  prompts_per_batch: int = 4, max_new_tokens: int = 32, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                  reference: nn.Module | None = None, pack: bool = True,
-                 share_prefill: bool = True, prepack: bool = True):
+                 share_prefill: bool = True, prepack: bool = True, replay: bool = True):
         if not temperature > 0:
             raise PrefdynError(
                 f"temperature {temperature}: policy-gradient estimators need samples from "
@@ -149,6 +158,7 @@ class RolloutStream(ShuffledRows):
             raise PrefdynError(f"{len(prompts)} prompts but {len(references)} references")
         self.model, self.tokenizer, self.reward, self.reference = model, tokenizer, reward, reference
         self.pack, self.share_prefill, self.prepack = pack, share_prefill, prepack
+        self.replay = replay and pack
         self.prompts, self.references = list(prompts), references
         self.group_size, self.prompts_per_batch = group_size, min(prompts_per_batch, len(prompts))
         self.max_new_tokens, self.temperature, self.top_k, self.top_p = (
@@ -180,8 +190,9 @@ class RolloutStream(ShuffledRows):
         # On CPU the decode's few-row products run on weights prepacked for oneDNN
         # (prefdyn.models.prepacked: ~2x MKL's GEMM at 16 rows); same distribution.
         packed = prepacked_linears(self.model, len(ids)) if self.prepack else nullcontext()
+        recorder = DecodeRecorder(self.model) if self.replay else None
         try:
-            with packed:
+            with packed, recorder.recording() if recorder is not None else nullcontext():
                 cache = (shared_prefill(self.model, prompt_ids, prompt_mask, k,
                                         capacity=L + self.max_new_tokens)
                          if self.share_prefill else None)
@@ -208,6 +219,10 @@ class RolloutStream(ShuffledRows):
         groups = torch.arange(len(rows)).repeat_interleave(k)
         batch = RolloutBatch(out, full_mask, response_mask, L, rewards.to(device), groups.to(device),
                              torch.tensor(list(rows)), texts)
+        if recorder is not None and can_pack(self.model, batch.groups, out, full_mask,
+                                             response_mask, L):
+            batch.activations = recorder.activations(out, full_mask, response_mask, batch.groups,
+                                                     L, prefilled=cache is not None)
         if self.reference is not None:
             # No gradient through pi_ref: its forward runs on prepacked weights too.
             with prepacked_linears(self.reference) if self.prepack else nullcontext():
@@ -220,7 +235,10 @@ class RolloutPolicy:
     """``logps(batch)``: the sampled responses' token log-probs under the model now (with
     gradient), as :class:`RolloutLogps` with the batch's rewards, groups and reference.
     ``temperature`` must be the stream's (the distribution that was sampled); ``pack``:
-    each group's prompt once in the forward where exact (:func:`rollout_logps`)."""
+    each group's prompt once in the forward where exact (:func:`rollout_logps`). A batch
+    that brings the decode's layer inputs, sampled with the weights the model still has,
+    gets no forward: they are replayed (:mod:`prefdyn.policies._decode_replay`; the same
+    log-probs and gradients up to round-off)."""
 
     def __init__(self, model: nn.Module, *, temperature: float = 1.0, pack: bool = True):
         if not temperature > 0:
@@ -231,7 +249,14 @@ class RolloutPolicy:
         return self.model.parameters()
 
     def logps(self, batch: RolloutBatch) -> RolloutLogps:
-        logps = rollout_logps(self.model, batch, self.temperature, pack=self.pack)
+        activations = batch.activations
+        if self.pack and activations is not None and activations.usable(self.model):
+            logps = replayed_response_logps(self.model, activations, batch.input_ids,
+                                            batch.response_mask, batch.prompt_len, self.temperature)
+            if torch.is_grad_enabled():
+                batch.activations = None  # the backward consumes them
+        else:
+            logps = rollout_logps(self.model, batch, self.temperature, pack=self.pack)
         return RolloutLogps(logps, batch.response_mask.to(logps.dtype), batch.rewards,
                             batch.groups, batch.ref_logps)
 

@@ -234,7 +234,8 @@ def sampled_spread(model: nn.Module, tokenizer, prompts: Sequence[str], reward: 
     rows = list(rows)
     sampler = RolloutStream(model, tokenizer, prompts, reward, references=references,
                             group_size=k, prompts_per_batch=chunk, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                            replay=False)  # per-input gradients use their own forward
     flags = [p.requires_grad for p in model.parameters()]
     all_rewards, grad_sq = [], _nan(len(rows))
     with _measuring(model, grad_inputs > 0):
