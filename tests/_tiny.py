@@ -18,11 +18,17 @@ tokens; any text encodes (byte fallback, no unknown token); ``eos_token`` and
 
 from __future__ import annotations
 
+import os
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+# Where the tests that opt in (``model.to(TEST_DEVICE)``) run their tiny models: the CPU,
+# or an accelerator on a machine that has one (``PREFDYN_TEST_DEVICE=cuda``).
+TEST_DEVICE = torch.device(os.environ.get("PREFDYN_TEST_DEVICE", "cpu"))
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

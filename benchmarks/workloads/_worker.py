@@ -25,7 +25,10 @@ def run_worker(module: str, side: str, args: list[str], *,
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result_path = f.name
     cmd = [sys.executable, "-m", module, "--worker", side, "--result", result_path, *args]
-    full_env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error", **(env or {}))
+    # USE_HUB_KERNELS=NO: every side runs the model's own layers. Otherwise a library's own
+    # from_pretrained (TRL's pi_ref) swaps in the hub's kernels on a GPU (transformers 5).
+    full_env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error",
+                    USE_HUB_KERNELS="NO", **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT),
                                                            full_env.get("PYTHONPATH")]))
     print(f"[{time.strftime('%H:%M:%S')}] {side} ...", flush=True)

@@ -1,7 +1,8 @@
 """RL step: prefdyn's GRPO step (rollouts) against TRL's GRPOTrainer, and the bandit's
 exact expected gradient (no generation) against TRL's sampled one-token GRPO.
 
-Same model (the embedded SmolLM2-135M-Instruct, fp32, full fine-tuning), same
+Same model (the embedded SmolLM2-135M-Instruct, or ``--model``; fp32, full fine-tuning;
+on ``--device``), same
 prompts (chat-templated persona prompts; each side draws them in its own order),
 prompts per step, group size k, max new tokens, sampling (temperature 1, no
 top-k/top-p), reward, AdamW lr (constant, no weight decay), gradient clipping 1.0,
@@ -9,7 +10,8 @@ GRPO loss (group-normalised advantage, clip 0.2) and KL weight beta (k3 estimato
 a frozen reference model on both sides). TRL's ``loss_type="dr_grpo"`` is prefdyn's
 sequence-summed loss divided by the constant ``max_completion_length``, so prefdyn's
 losses are printed divided by it (the same units). Sides, each in its own
-subprocess so that peak memory (max RSS) is per side, run one after the other:
+subprocess so that peak memory (max RSS; on ``--device cuda`` the allocator's peak) is per
+side, run one after the other:
 
 * ``prefdyn``         :func:`prefdyn.training.rl_runner.fit_rl` with a
                       :class:`~prefdyn.policies.rollout.RolloutStream` (batched
@@ -31,6 +33,7 @@ warm-up step (a step: sample, score, reference log-probs, forward, backward, Ada
 
     python -m benchmarks --only rl_step,rl_bandit
     python -m benchmarks.workloads.rl_step --steps 3 --sides prefdyn,trl
+    python -m benchmarks.workloads.rl_step --device cuda --sides prefdyn,trl
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._context import Skip
 from benchmarks._report import Row
 from benchmarks.workloads._worker import run_worker
 from benchmarks.workloads.trl_sides import (
@@ -52,6 +54,7 @@ from benchmarks.workloads.trl_sides import (
     load_average,
     peak_rss_gb,
     persona_rows,
+    synced_clock,
 )
 
 DEFAULT_SIDES = ("prefdyn", "trl", "prefdyn-bandit", "trl-bandit")
@@ -63,7 +66,7 @@ FULL = {"steps": 5, "prompts": 8, "k": 8, "new_tokens": 64}
 
 def _data(args, tok):
     total = (args.steps + 1) * args.prompts
-    prompts, prefers_yes, answers = persona_rows(tok, None, args.behavior, total)
+    prompts, prefers_yes, answers = persona_rows(tok, args.data, args.behavior, total)
     targets = [answers[0] if y else answers[1] for y in prefers_yes]
     return prompts, targets
 
@@ -82,7 +85,7 @@ def run_prefdyn(args, bandit: bool) -> dict:
     from prefdyn.training import TrainConfig
     from prefdyn.training.rl_runner import fit_rl
 
-    loaded = load_model(None)
+    loaded = load_model(args.model, device=args.device)
     tok, model = loaded.tokenizer, loaded.model
     prompts, targets = _data(args, tok)
     total = args.steps + 1
@@ -92,11 +95,11 @@ def run_prefdyn(args, bandit: bool) -> dict:
             self.times, self.losses = [], []
 
         def on_train_start(self, state, policy) -> None:
-            self.times.append(time.perf_counter())
+            self.times.append(synced_clock())
 
         def on_step_end(self, state, policy, out) -> None:
             self.losses.append(out.loss.item() / (1 if bandit else args.new_tokens))
-            self.times.append(time.perf_counter())
+            self.times.append(synced_clock())
 
     t0 = time.perf_counter()
     reference = copy.deepcopy(model).requires_grad_(False) if args.beta > 0 else None
@@ -122,7 +125,7 @@ def run_prefdyn(args, bandit: bool) -> dict:
     what = ("exact -E_pi[r] + beta KL over the vocabulary (no samples)" if bandit else
             f"GRPO, sum over tokens / {args.new_tokens} (= TRL dr_grpo)")
     return {"setup_s": probe.times[0] - t0, "step_times": _diffs(probe.times),
-            "losses": probe.losses, "peak_gb": peak_rss_gb(), "objective": what}
+            "losses": probe.losses, "peak_gb": peak_rss_gb(args.device), "objective": what}
 
 
 def run_trl(args, bandit: bool) -> dict:
@@ -135,7 +138,7 @@ def run_trl(args, bandit: bool) -> dict:
     from prefdyn.models import load_model
     from prefdyn.rewards import get_reward
 
-    loaded = load_model(None)
+    loaded = load_model(args.model, device=args.device)
     tok = loaded.tokenizer
     prompts, targets = _data(args, tok)
     total = args.steps + 1
@@ -167,7 +170,7 @@ def run_trl(args, bandit: bool) -> dict:
             weight_decay=0.0, max_grad_norm=1.0, beta=args.beta, loss_type="dr_grpo",
             scale_rewards="group", epsilon=0.2, num_iterations=1, max_steps=total,
             logging_steps=1, report_to="none", save_strategy="no", bf16=False, fp16=False,
-            use_cpu=True, seed=args.seed, shuffle_dataset=False, dataloader_num_workers=0,
+            use_cpu=args.device == "cpu", seed=args.seed, shuffle_dataset=False, dataloader_num_workers=0,
             disable_tqdm=True)
         t0 = time.perf_counter()
         trainer = BenchGRPOTrainer(model=loaded.model,
@@ -178,7 +181,7 @@ def run_trl(args, bandit: bool) -> dict:
     what = (f"GRPO dr_grpo, 1 new token, {k} samples a prompt" if bandit else
             f"GRPO dr_grpo (sum over tokens / {args.new_tokens})")
     return {"setup_s": times[0] - t0, "step_times": _diffs(times), "losses": losses,
-            "peak_gb": peak_rss_gb(), "objective": what}
+            "peak_gb": peak_rss_gb(args.device), "objective": what}
 
 
 def worker(args) -> None:
@@ -194,7 +197,8 @@ def run_side(side: str, args) -> dict | None:
     return run_worker("benchmarks.workloads.rl_step", side, [
         "--steps", str(args.steps), "--prompts", str(args.prompts), "--k", str(args.k),
         "--new-tokens", str(args.new_tokens), "--lr", str(args.lr), "--beta", str(args.beta),
-        "--behavior", args.behavior, "--seed", str(args.seed),
+        "--behavior", args.behavior, "--seed", str(args.seed), "--device", args.device,
+        *(["--model", args.model] if args.model else []), *(["--data", args.data] if args.data else []),
         *(["--activation-checkpointing"] if args.activation_checkpointing else [])])
 
 
@@ -219,7 +223,8 @@ def print_summary(args, summary: dict[str, dict], load_before: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"RL step: SmolLM2-135M fp32 full, {args.prompts} prompts x k={args.k}, "
+    table = Table(title=f"RL step: {args.model or 'SmolLM2-135M'} fp32 full on {args.device}, "
+                        f"{args.prompts} prompts x k={args.k}, "
                         f"{args.new_tokens} new tokens, beta {args.beta:g}, AdamW {args.lr:g}, "
                         f"{args.steps} steps after 1 warm-up, load {load_before} before")
     for col in ("side", "s/step", "prompts/s", "samples/s", "peak GB", "loss per step", "objective"):
@@ -247,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--behavior", default="agreeableness")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]; every side runs there "
+                   "(peak memory is then the CUDA allocator's peak)")
+    p.add_argument("--model", default=None, help="a .gguf file or model folder (default: the "
+                   "embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--data", default=None, help="persona folder (default ../shared/data/persona, "
+                   "else the bundled demo data)")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="prefdyn's sides recompute the layers in the backward, as TRL's default does")
     p.add_argument("--sides", default=",".join(DEFAULT_SIDES),
@@ -268,10 +279,9 @@ def _row(ctx, ours: str, theirs: str, label: str) -> Row:
     import importlib.util
 
     ctx.fp32_only(ours)
-    if ctx.device.type != "cpu":
-        raise Skip("the RL sides run on CPU only so far (no --device)")
     size = QUICK if ctx.quick else FULL
-    args = build_parser().parse_args([f"--{k.replace('_', '-')}={v}" for k, v in size.items()])
+    args = build_parser().parse_args([f"--{k.replace('_', '-')}={v}" for k, v in size.items()]
+                                     + [f"--device={ctx.device}"])
     have_trl = all(importlib.util.find_spec(m) is not None for m in ("trl", "datasets"))
     summary = summarize(args, run_sides(args, [ours] + ([theirs] if have_trl else [])))
     if ours not in summary:

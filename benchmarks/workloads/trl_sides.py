@@ -247,12 +247,22 @@ def trainer_clock():
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
-            times.append(time.perf_counter())
+            times.append(synced_clock())
 
         def on_step_end(self, *a, **k):
-            times.append(time.perf_counter())
+            times.append(synced_clock())
 
     return Clock(), times
+
+
+def synced_clock() -> float:
+    """``time.perf_counter()`` once every queued GPU kernel has finished (a step's time
+    then holds all of its own work and none of the next one's)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def _diffs(times: list[float]) -> list[float]:

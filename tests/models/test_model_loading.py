@@ -60,6 +60,16 @@ def test_local_folder_loads_in_eval_mode_with_left_padding(tmp_path):
     assert loaded.fingerprint == model_fingerprint(model, tok)
 
 
+def test_the_model_keeps_its_own_layers_not_hub_kernels(tmp_path):
+    _save_tiny(tmp_path)
+    model = load_model(tmp_path).model
+    if not hasattr(model, "use_kernels"):
+        pytest.skip("this transformers has no hub kernels")
+    assert model.use_kernels is False
+    model.train()  # where kernels were on, this would fetch them from the hub (on a GPU)
+    assert model.use_kernels is False
+
+
 def test_dtype_is_applied(tmp_path):
     _save_tiny(tmp_path)
     assert load_model(tmp_path, dtype=torch.bfloat16).model.dtype == torch.bfloat16

@@ -14,18 +14,19 @@ from prefdyn.rewards import get_reward
 from prefdyn.training import TrainConfig
 from prefdyn.training.recompute import recomputed_activations
 from prefdyn.training.rl_runner import fit_rl
-from tests._tiny import chat_prompts, tiny_llama, tiny_tokenizer
+from tests._tiny import TEST_DEVICE, chat_prompts, tiny_llama, tiny_tokenizer
 
 TEMPERATURE = 0.8
 
 
 def _model(tok):
-    """The tiny model with its EOS logit raised, so that responses end at several lengths."""
+    """The tiny model with its EOS logit raised, so that responses end at several lengths,
+    on ``TEST_DEVICE``."""
     model = tiny_llama()
     with torch.no_grad():
         head = model.get_output_embeddings().weight
         head[tok.eos_token_id] = head.mean(0) + 8 * head[tok.eos_token_id]
-    return model
+    return model.to(TEST_DEVICE)
 
 
 def _stream(tok, model, **kwargs):
@@ -39,7 +40,7 @@ def _logps_and_grads(model, batch):
     """Weighted log-probs back-propagated: (log-probs, {name: gradient})."""
     model.zero_grad(set_to_none=True)
     logps = RolloutPolicy(model, temperature=TEMPERATURE).logps(batch).logps
-    weights = torch.linspace(-1, 1, logps.numel()).reshape(logps.shape)
+    weights = torch.linspace(-1, 1, logps.numel(), device=logps.device).reshape(logps.shape)
     (logps * weights).sum().backward()
     return logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 

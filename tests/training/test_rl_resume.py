@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from prefdyn.errors import PrefdynError, TrainingError
 from prefdyn.tracking.run_dir import read_metrics
+from tests._tiny import TEST_DEVICE
 from tests.training.test_checkpoint import _assert_metrics_close
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +27,7 @@ _CHILD = textwrap.dedent("""
     from prefdyn.tracking.callbacks import Callback
     from prefdyn.training import TrainConfig
     from prefdyn.training.rl_runner import fit_rl
-    from tests._tiny import chat_prompts, tiny_llama, tiny_tokenizer
+    from tests._tiny import TEST_DEVICE, chat_prompts, tiny_llama, tiny_tokenizer
 
     class KillAt(Callback):
         def on_step_end(self, state, policy, out):
@@ -37,7 +38,7 @@ _CHILD = textwrap.dedent("""
         return torch.tensor([float(len(r)) for r in responses])
 
     set_seed(3)
-    tok, model, ref = tiny_tokenizer(), tiny_llama(), tiny_llama(seed=1)
+    tok, model, ref = tiny_tokenizer(), tiny_llama().to(TEST_DEVICE), tiny_llama(seed=1).to(TEST_DEVICE)
     prompts = chat_prompts(tok, ["I like cats", "Kindness", "The quick brown fox", "Help"])
     stream = RolloutStream(model, tok, prompts, length_reward, group_size=3, prompts_per_batch=2,
                            max_new_tokens=5, temperature=0.9, seed=7, reference=ref)
@@ -77,7 +78,9 @@ def test_killed_and_resumed_grpo_run_equals_an_unbroken_one(tmp_path):
     assert [r["step"] for r in want] == list(range(1, 7))
     assert {"reward", "advantage", "kl", "clip_frac", "loss", "grad_norm"} <= want[0].keys()
     assert len({r["reward"] for r in want}) > 1  # the samples (and their rewards) changed
-    _assert_metrics_close(got, want)
+    # A GPU's reductions are not bitwise repeatable: on an H200 two runs' grad norms (~28)
+    # differed by 7e-8 relative at step 2, before any resume. The CPU's are.
+    _assert_metrics_close(got, want, rel=0.0 if TEST_DEVICE.type == "cpu" else 1e-5)
 
 
 def _bandit_setup(seed: int = 0):

@@ -109,13 +109,25 @@ def _load_hf(source: str | Path, name: str, dtype: torch.dtype, device, trust_re
     kwargs = dict(local_files_only=local_files_only, trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **_own_layers())
     except Exception as e:  # OSError, ValueError, safetensors errors, ...: all mean "cannot load"
         raise ModelError(f"cannot load model {str(source)!r}: {e}") from e
     model = model.to(device).eval()
     prepare_tokenizer(tokenizer)
     logger.info("loaded %s (%s, %s)", name, model.dtype, device)
     return LoadedModel(model, tokenizer, name, model_fingerprint(model, tokenizer))
+
+
+def _own_layers() -> dict:
+    """``use_kernels=False`` where transformers has the option: the model keeps its own
+    PyTorch layers. Since transformers 5, ``from_pretrained`` turns hub kernels on by
+    default when the ``kernels`` package is installed (transformers requires it), and
+    ``model.train()`` on a GPU then swaps layers for code downloaded from the hub: offline
+    that fails ("could not verify publisher trust status", seen on an H200 here), online
+    it changes the numerics prefdyn measures."""
+    from transformers import PreTrainedModel
+
+    return {"use_kernels": False} if hasattr(PreTrainedModel, "set_use_kernels") else {}
 
 
 def prepare_tokenizer(tokenizer) -> None:
