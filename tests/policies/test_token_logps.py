@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prefdyn.policies import _token_logps
-from prefdyn.policies._token_logps import token_logps
+from prefdyn.policies._token_logps import head_token_logps, token_logps
 
 
 def _plain(logits, targets, T):
@@ -39,3 +39,63 @@ def test_bf16_logits_are_read_in_fp32_and_get_a_bf16_gradient():
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match=r"logits \(n, V\)"):
         token_logps(torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("T", [1.0, 0.7])
+@pytest.mark.parametrize("frozen_head", [False, True], ids=["trained-head", "frozen-head"])
+def test_the_fused_head_gives_the_plain_head_and_log_softmax(monkeypatch, T, frozen_head):
+    monkeypatch.setattr(_token_logps, "_CHUNK_ELEMENTS", 7 * 50)  # several uneven chunks
+    gen = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(12, 50, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(50, 12, generator=gen))
+    head.weight.requires_grad_(not frozen_head)
+    hidden = torch.randn(23, 12, generator=gen).requires_grad_()
+    targets = torch.randint(0, 50, (23,), generator=gen)
+    weights = torch.randn(23, generator=gen)
+    calls = []
+    monkeypatch.setattr(_token_logps._HeadTokenLogps, "forward",
+                        _counted(_token_logps._HeadTokenLogps.forward, calls))
+    got = head_token_logps(head, hidden, targets, T)
+    assert calls  # the fused path ran
+    want = _plain(head(hidden), targets, T)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    params = [hidden] + ([] if frozen_head else [head.weight])
+    g_got = torch.autograd.grad((got * weights).sum(), params)
+    g_want = torch.autograd.grad((want * weights).sum(), params)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _counted(fn, calls):
+    def wrapped(*args):
+        calls.append(1)
+        return fn(*args)
+    return staticmethod(wrapped)
+
+
+def test_a_second_backward_through_the_fused_head_is_refused():
+    head = torch.nn.Linear(6, 9, bias=False)
+    logps = head_token_logps(head, torch.randn(4, 6), torch.randint(0, 9, (4,)))
+    logps.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        logps.sum().backward()
+
+
+def test_the_fused_head_takes_no_rows():  # an empty shard of a batch
+    head = torch.nn.Linear(6, 9, bias=False)
+    hidden = torch.zeros(0, 6, requires_grad=True)
+    logps = head_token_logps(head, hidden, torch.zeros(0, dtype=torch.long))
+    logps.sum().backward()
+    assert logps.shape == (0,) and hidden.grad.shape == (0, 6)
+    assert not head.weight.grad.any()
+
+
+def test_other_heads_are_applied_then_read():
+    head = torch.nn.Linear(6, 9, bias=True)  # a bias: not the fused path
+    hidden, targets = torch.randn(4, 6), torch.randint(0, 9, (4,))
+    torch.testing.assert_close(head_token_logps(head, hidden, targets),
+                               _plain(head(hidden), targets, 1.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = head_token_logps(torch.nn.Linear(6, 9, bias=False), hidden, targets)
+    assert bf16.dtype == torch.float32 and bf16.shape == (4,)

@@ -22,7 +22,8 @@ from tests._tiny import TEST_DEVICE, chat_prompts, tiny_llama, tiny_loaded, tiny
 from tests.training.test_lm_mechanics import _stream as answer_stream
 
 pytestmark = pytest.mark.skipif(TEST_DEVICE.type == "cpu",
-                                reason="no second device: set PREFDYN_TEST_DEVICE=cuda where one is")
+                                reason="no second device: set PREFDYN_TEST_DEVICE=cuda "
+                                       "where one is")
 
 
 class Losses(Callback):
@@ -81,7 +82,8 @@ def test_rollout_log_probs_and_gradients_on_the_device_equal_the_cpu_ones(checkp
             logps = RolloutPolicy(model, temperature=0.8).logps(b).logps
             weights = torch.linspace(-1, 1, logps.numel(), device=logps.device).reshape(logps.shape)
             (logps * weights).sum().backward()
-        results.append((logps.detach().cpu(), {n: p.grad.cpu() for n, p in model.named_parameters()}))
+        grads = {n: p.grad.cpu() for n, p in model.named_parameters()}
+        results.append((logps.detach().cpu(), grads))
     (cpu_logps, cpu_grads), (dev_logps, dev_grads) = results
     torch.testing.assert_close(dev_logps, cpu_logps, rtol=1e-4, atol=1e-5)
     for name, grad in cpu_grads.items():

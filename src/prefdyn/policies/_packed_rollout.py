@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from prefdyn.embeddings._prefix import packing_exact
 from prefdyn.policies._shared_prefix import _dropout_active, packed_hidden
-from prefdyn.policies._token_logps import token_logps
+from prefdyn.policies._token_logps import head_token_logps
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
@@ -116,10 +116,11 @@ def group_packing(input_ids: Tensor, attention_mask: Tensor, response_mask: Tens
 
 def logps_from_top(model: nn.Module, top: Tensor, targets: Tensor, temperature: float) -> Tensor:
     """Token log-probs ``(K,)`` from the decoder's last layer's outputs ``top`` (K, d),
-    before its final norm: the norm, the LM head and :func:`token_logps`."""
+    before its final norm: the norm, then the LM head and the log-softmax
+    (:func:`head_token_logps`)."""
     lm = _causal_lm(model)
-    return token_logps(lm.get_output_embeddings()(lm.get_decoder().norm(top)), targets,
-                       temperature)
+    return head_token_logps(lm.get_output_embeddings(), lm.get_decoder().norm(top), targets,
+                            temperature)
 
 
 def packed_response_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
@@ -137,7 +138,7 @@ def packed_response_logps(model: nn.Module, input_ids: Tensor, attention_mask: T
     hidden = packed_hidden(decoder, packing.tokens, packing.segment, packing.positions)
     mask = response_mask.bool()
     picked = hidden.reshape(-1, hidden.shape[-1])[packing.source[mask]]  # (K, d): real tokens only
-    logps = token_logps(head(picked), input_ids[:, prompt_len:][mask], temperature)
+    logps = head_token_logps(head, picked, input_ids[:, prompt_len:][mask], temperature)
     out = logps.new_zeros(mask.shape)
     out[mask] = logps
     return out
