@@ -34,13 +34,28 @@ def _chunks(rows: int, width: int):
         yield slice(start, min(rows, start + step))
 
 
+def _normalizers(logits: Tensor, temperature: float) -> Tensor:
+    """logsumexp(logits / T) of each row, fp32, a chunk of rows at a time."""
+    lse = logits.new_empty(logits.shape[0], dtype=torch.float32)
+    for c in _chunks(*logits.shape):
+        lse[c] = torch.logsumexp(logits[c].float() / temperature, -1)
+    return lse
+
+
+def _logit_grad(logits: Tensor, targets: Tensor, lse: Tensor, scale: Tensor, temperature: float,
+                out: Tensor) -> Tensor:
+    """``(onehot(target) - softmax(logits / T)) * scale`` of each row, written chunk by chunk
+    into ``out`` (which may be ``logits`` itself)."""
+    for c in _chunks(*logits.shape):
+        p = (logits[c].float() / temperature).sub_(lse[c, None]).exp_()
+        out[c] = p.mul_(-scale[c, None])
+    return out.scatter_add_(-1, targets[:, None], scale[:, None].to(out.dtype))
+
+
 class _TokenLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
-        rows, width = logits.shape
-        lse = logits.new_empty(rows, dtype=torch.float32)
-        for c in _chunks(rows, width):
-            lse[c] = torch.logsumexp(logits[c].float() / temperature, -1)
+        lse = _normalizers(logits, temperature)
         picked = logits.gather(-1, targets[:, None]).squeeze(-1).float() / temperature
         ctx.save_for_backward(logits, targets, lse)
         ctx.temperature = temperature
@@ -52,12 +67,7 @@ class _TokenLogps(torch.autograd.Function):
         logits, targets, lse = ctx.saved_tensors
         T = ctx.temperature
         scale = grad.float() / T  # d out / d logit_v = ([v = target] - softmax_v) / T
-        out = torch.empty_like(logits)
-        for c in _chunks(*logits.shape):
-            p = (logits[c].float() / T).sub_(lse[c, None]).exp_()
-            out[c] = p.mul_(-scale[c, None])
-        out.scatter_add_(-1, targets[:, None], scale[:, None].to(out.dtype))
-        return out, None, None
+        return _logit_grad(logits, targets, lse, scale, T, torch.empty_like(logits)), None, None
 
 
 def token_logps(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
@@ -73,9 +83,7 @@ class _HeadTokenLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float) -> Tensor:
         logits = hidden @ weight.T
-        lse = logits.new_empty(logits.shape[0])
-        for c in _chunks(*logits.shape):
-            lse[c] = torch.logsumexp(logits[c] / temperature, -1)
+        lse = _normalizers(logits, temperature)
         picked = logits.gather(-1, targets[:, None]).squeeze(-1) / temperature
         ctx.save_for_backward(hidden, weight, targets, lse, logits)
         ctx.temperature, ctx.used = temperature, False
@@ -90,10 +98,8 @@ class _HeadTokenLogps(torch.autograd.Function):
         ctx.used = True
         hidden, weight, targets, lse, logits = ctx.saved_tensors
         T = ctx.temperature
-        scale = grad / T  # d out / d logit_v = ([v = target] - softmax_v) / T
-        for c in _chunks(*logits.shape):  # the logits become their gradient, in place
-            logits[c].div_(T).sub_(lse[c, None]).exp_().mul_(-scale[c, None])
-        d = logits.scatter_add_(-1, targets[:, None], scale[:, None])
+        # The logits become their own gradient, in place.
+        d = _logit_grad(logits, targets, lse, grad / T, T, out=logits)
         g_hidden = d @ weight if ctx.needs_input_grad[0] else None
         g_weight = d.T @ hidden if ctx.needs_input_grad[1] else None
         return g_hidden, g_weight, None, None
