@@ -99,3 +99,21 @@ def test_other_heads_are_applied_then_read():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = head_token_logps(torch.nn.Linear(6, 9, bias=False), hidden, targets)
     assert bf16.dtype == torch.float32 and bf16.shape == (4,)
+
+
+@pytest.mark.parametrize("no_grad", [True, False], ids=["no_grad", "nothing-requires-grad"])
+def test_without_autograd_the_head_runs_a_chunk_of_rows_at_a_time(monkeypatch, no_grad):
+    """pi_ref's log-probs: the same values, and no (rows, V) logits tensor at once."""
+    monkeypatch.setattr(_token_logps, "_HEAD_CHUNK_ELEMENTS", 5 * 50)  # 5 rows a chunk
+    gen = torch.Generator().manual_seed(2)
+    head = torch.nn.Linear(12, 50, bias=False).requires_grad_(False)
+    hidden, targets = torch.randn(23, 12, generator=gen), torch.randint(0, 50, (23,), generator=gen)
+    fused, products = [], []
+    monkeypatch.setattr(_token_logps._HeadTokenLogps, "forward",
+                        _counted(_token_logps._HeadTokenLogps.forward, fused))
+    monkeypatch.setattr(_token_logps, "_normalizers", lambda logits, T: (
+        products.append(logits.shape[0]), torch.logsumexp(logits / T, -1))[1])
+    with torch.no_grad() if no_grad else torch.enable_grad():
+        got = head_token_logps(head, hidden, targets, 0.7)
+    assert not fused and products == [5, 5, 5, 5, 3]
+    torch.testing.assert_close(got, _plain(head(hidden), targets, 0.7), rtol=1e-5, atol=1e-6)

@@ -57,3 +57,15 @@ def test_an_empty_shard_reports_the_objectives_metric_names(group_size, loss):
                           grad_sync=lambda grads, finite, n: finite)
     assert set(empty.out.metrics) == set(full.out.metrics)
     assert all(v.shape[-1] == 0 for v in empty.out.metrics.values())
+
+
+def test_the_step_frees_the_gradients_once_applied():
+    """What runs between steps (an RL stream sampling the next batch) holds no gradients."""
+    model = tiny_llama(0, hidden=16, vocab=5)
+    stream = BanditStream([[1, 2], [3]], [2, 4], vocab_size=5, pad_id=0, batch_size=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    out = training_step(BanditPolicy(model), get_loss("expected_reward"), next(stream),
+                        torch.optim.SGD(model.parameters(), lr=0.1), step=1)
+    assert out.grad_norm > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # updated
+    assert all(p.grad is None for p in model.parameters())

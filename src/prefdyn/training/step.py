@@ -151,6 +151,9 @@ def training_step(policy: Policy, objective: Objective, batch: Any,
     elif not torch.isfinite(grad_norm):
         raise TrainingError(failure_message(NONFINITE_GRAD, step, 0.0, 0.0, guard, optimizer), step=step)
     optimizer.step()
+    # As transformers' Trainer: the gradients are freed once applied, so that what runs
+    # between steps (an RL stream sampling the next batch) does not hold them too.
+    optimizer.zero_grad(set_to_none=True)
     if not outs:  # this process's shard was empty: nothing of its own to report
         return _empty_output(policy, objective, params[0].device, grad_norm.detach(), step)
     return StepOutput(loss_sum, problem_sum, cat_examples(outs), cat_examples(logps_parts),
