@@ -30,9 +30,14 @@ Reward: VADER sentiment of the response (prefdyn's ``sentiment`` reward, called 
 both sides); for the bandit +1 for the behavior's answer token, -1 otherwise.
 prompts/s = prompts per step / mean step time over ``--steps`` steps after one
 warm-up step (a step: sample, score, reference log-probs, forward, backward, AdamW).
+With ``--rounds R`` the sides run in turn R times (A B A B ...), each time in a fresh
+process; the mean pools every round's timed steps and each round's ratio is printed
+too, so that a drift in the shared machine's speed shows instead of deciding a ratio.
 
     python -m benchmarks --only rl_step,rl_bandit
     python -m benchmarks.workloads.rl_step --steps 3 --sides prefdyn,trl
+    python -m benchmarks.workloads.rl_step --steps 2 --rounds 2 --prompts 8 --k 8 \
+        --new-tokens 64 --activation-checkpointing --sides prefdyn,trl
     python -m benchmarks.workloads.rl_step --device cuda --sides prefdyn,trl
 """
 
@@ -202,16 +207,22 @@ def run_side(side: str, args) -> dict | None:
         *(["--activation-checkpointing"] if args.activation_checkpointing else [])])
 
 
-def summarize(args, results: dict[str, dict]) -> dict[str, dict]:
-    """Per side: seconds a step, prompts/s, samples/s, peak GB, losses, objective."""
+def summarize(args, results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per side, over its rounds (``results[side]``: one worker result a round): seconds a
+    step (the mean of every round's timed steps), prompts/s, samples/s, peak GB (the
+    highest), each round's seconds a step, the first round's losses and whether every
+    round had the same ones, objective."""
     out = {}
-    for side, r in results.items():
-        s_step = statistics.fmean(r["step_times"][1:])
+    for side, rounds in results.items():
+        timed = [t for r in rounds for t in r["step_times"][1:]]
+        s_step = statistics.fmean(timed)
         samples = args.prompts * (1 if side == "prefdyn-bandit" else args.k)
         out[side] = {"s_step": s_step, "prompts_s": args.prompts / s_step,
-                     "samples_s": samples / s_step, "peak_gb": r["peak_gb"],
-                     "losses": r["losses"], "objective": r["objective"],
-                     "spread": _spread(r["step_times"][1:])}
+                     "samples_s": samples / s_step, "peak_gb": max(r["peak_gb"] for r in rounds),
+                     "round_s": [statistics.fmean(r["step_times"][1:]) for r in rounds],
+                     "losses": rounds[0]["losses"],
+                     "losses_agree": all(r["losses"] == rounds[0]["losses"] for r in rounds),
+                     "objective": rounds[0]["objective"], "spread": _spread(timed)}
     return out
 
 
@@ -226,7 +237,9 @@ def print_summary(args, summary: dict[str, dict], load_before: str) -> None:
     table = Table(title=f"RL step: {args.model or 'SmolLM2-135M'} fp32 full on {args.device}, "
                         f"{args.prompts} prompts x k={args.k}, "
                         f"{args.new_tokens} new tokens, beta {args.beta:g}, AdamW {args.lr:g}, "
-                        f"{args.steps} steps after 1 warm-up, load {load_before} before")
+                        f"{args.steps} steps after 1 warm-up"
+                        f"{f' x {args.rounds} rounds' if args.rounds > 1 else ''}, load "
+                        f"{load_before} before")
     for col in ("side", "s/step", "prompts/s", "samples/s", "peak GB", "loss per step", "objective"):
         table.add_column(col, justify="left" if col in ("side", "objective", "loss per step") else "right")
     for side, s in summary.items():
@@ -237,9 +250,17 @@ def print_summary(args, summary: dict[str, dict], load_before: str) -> None:
     for ours, theirs in (("prefdyn", "trl"), ("prefdyn-bandit", "trl-bandit")):
         if ours in summary and theirs in summary:
             a, b = summary[ours], summary[theirs]
-            console.print(f"{ours}: {a['prompts_s'] / b['prompts_s']:.2f}x {theirs}'s prompts/s "
-                          f"(target >= {TARGET_VS_TRL:g}x) at {a['peak_gb'] / b['peak_gb']:.0%} of "
-                          f"its peak memory; load average now {load_average()}")
+            rounds = ""
+            if len(a["round_s"]) > 1:
+                rounds = " (by round: " + ", ".join(
+                    f"{tb / ta:.2f}x" for ta, tb in zip(a["round_s"], b["round_s"])) + ")"
+            console.print(f"{ours}: {a['prompts_s'] / b['prompts_s']:.2f}x {theirs}'s prompts/s"
+                          f"{rounds} (target >= {TARGET_VS_TRL:g}x) at "
+                          f"{a['peak_gb'] / b['peak_gb']:.0%} of its peak memory; load average "
+                          f"now {load_average()}")
+    for side, s in summary.items():
+        if not s["losses_agree"]:
+            console.print(f"{side}: the rounds' losses differ (the first round's are shown)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "else the bundled demo data)")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="prefdyn's sides recompute the layers in the backward, as TRL's default does")
+    p.add_argument("--rounds", type=int, default=1, help="run the sides in turn this many "
+                   "times (A B A B ...); rates pool every round's timed steps, and each "
+                   "round's ratio is printed")
     p.add_argument("--sides", default=",".join(DEFAULT_SIDES),
                    help=f"comma list of {', '.join(SIDES)}")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -267,9 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_sides(args, sides) -> dict[str, dict]:
-    results = {s: run_side(s, args) for s in sides}
-    return {s: r for s, r in results.items() if r is not None}
+def run_sides(args, sides) -> dict[str, list[dict]]:
+    """Each side's results, one a round: the sides run in turn, ``args.rounds`` times
+    (A B A B ...), so that a drift of the machine's speed reaches both sides of a ratio.
+    A side that fails in any round is left out."""
+    results: dict[str, list[dict | None]] = {s: [] for s in sides}
+    for _ in range(args.rounds):
+        for s in sides:
+            results[s].append(run_side(s, args))
+    return {s: rs for s, rs in results.items() if all(r is not None for r in rs)}
 
 
 # ----------------------------------------------------------------------------- suite rows
@@ -326,6 +356,8 @@ def main() -> None:
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if [s for s in sides if s not in SIDES]:
         p.error(f"unknown sides; choose from {', '.join(SIDES)}")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     load_before = load_average()
     print_summary(args, summarize(args, run_sides(args, sides)), load_before)
 
