@@ -45,6 +45,13 @@ def _normalizers(logits: Tensor, temperature: float) -> Tensor:
     return lse
 
 
+def _picked_logps(logits: Tensor, targets: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """(log softmax(logits / T)[targets], logsumexp(logits / T)) of each row, fp32."""
+    lse = _normalizers(logits, temperature)
+    picked = logits.gather(-1, targets[:, None]).squeeze(-1).float() / temperature
+    return picked - lse, lse
+
+
 def _logit_grad(logits: Tensor, targets: Tensor, lse: Tensor, scale: Tensor, temperature: float,
                 out: Tensor) -> Tensor:
     """``(onehot(target) - softmax(logits / T)) * scale`` of each row, written chunk by chunk
@@ -58,11 +65,10 @@ def _logit_grad(logits: Tensor, targets: Tensor, lse: Tensor, scale: Tensor, tem
 class _TokenLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
-        lse = _normalizers(logits, temperature)
-        picked = logits.gather(-1, targets[:, None]).squeeze(-1).float() / temperature
+        out, lse = _picked_logps(logits, targets, temperature)
         ctx.save_for_backward(logits, targets, lse)
         ctx.temperature = temperature
-        return picked - lse
+        return out
 
     @staticmethod
     @once_differentiable
@@ -86,11 +92,10 @@ class _HeadTokenLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float) -> Tensor:
         logits = hidden @ weight.T
-        lse = _normalizers(logits, temperature)
-        picked = logits.gather(-1, targets[:, None]).squeeze(-1) / temperature
+        out, lse = _picked_logps(logits, targets, temperature)
         ctx.save_for_backward(hidden, weight, targets, lse, logits)
         ctx.temperature, ctx.used = temperature, False
-        return picked - lse
+        return out
 
     @staticmethod
     @once_differentiable
@@ -116,9 +121,7 @@ def _chunked_head_token_logps(hidden: Tensor, weight: Tensor, targets: Tensor,
     49,152). The same values; on CPU the same speed (smaller products ran slower)."""
     out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
     for c in _chunks(hidden.shape[0], weight.shape[0], _HEAD_CHUNK_ELEMENTS):
-        logits = hidden[c] @ weight.T
-        picked = logits.gather(-1, targets[c, None]).squeeze(-1) / temperature
-        out[c] = picked - _normalizers(logits, temperature)
+        out[c] = _picked_logps(hidden[c] @ weight.T, targets[c], temperature)[0]
     return out
 
 
